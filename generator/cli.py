@@ -1,0 +1,132 @@
+"""`torchstrap` command line: `new`, `update`, `check` (and `demo`, which lives in generator.demo).
+
+    torchstrap new PATH [--template SRC] [--vcs-ref REF] [--defaults] [-d key=value ...]
+    torchstrap update [PATH] [--vcs-ref REF] [-d key=value ...] [--trust]
+    torchstrap check [PATH]
+
+Exit codes: 0 ok; 1 the experiment needs attention (conflicts left, behind its template); 2 usage or
+environment error (message printed, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from generator.lifecycle import (
+    CheckReport,
+    UpdateReport,
+    check_experiment,
+    describe_version,
+    new_experiment,
+    parse_data,
+    update_experiment,
+)
+from generator.template_source import ENV_VAR, TemplateError
+
+__all__ = ["main", "new_experiment", "update_experiment", "check_experiment"]
+
+
+def _print_new(path: Path) -> None:
+    from generator.lifecycle import read_answers
+
+    answers = read_answers(path)
+    print(f"Created {path} from template {describe_version(str(answers['_commit']))} ({answers['_src_path']}).")
+    print("A git repository with a first commit was made there, so `torchstrap update` can bring template fixes.")
+    print("Next steps:")
+    print(f"  cd {path}")
+    if (path / "Makefile").is_file():
+        print("  make help        # what you can run (tests, training, SLURM)")
+    print("  less README.md   # where to edit: trainer hooks, config, data pipeline")
+    print("  torchstrap check # later: is the template ahead of you?")
+
+
+def _print_update(report: UpdateReport) -> int:
+    before, after = describe_version(report.version_before), describe_version(report.version_after)
+    print(f"Updated {report.path}: template {before} -> {after}." if before != after else
+          f"Re-applied template {after} to {report.path}.")
+    if report.changed:
+        print("Changed files (review with `git diff`, then commit):")
+        for line in report.changed:
+            print(f"  {line}")
+    else:
+        print("Nothing changed.")
+    problems = [f"  {name}  (conflict markers)" for name in report.conflicts]
+    problems += [f"  {name}  (rejected patch; merge it by hand, then delete it)" for name in report.rejects]
+    if problems:
+        print(f"{len(problems)} file(s) need your attention: your edit and the template's edit overlap.")
+        print("Keep what you want between <<<<<<< before updating / ======= / >>>>>>> after updating, "
+              "then `git add` and commit:")
+        print("\n".join(problems))
+        return 1
+    return 0
+
+
+def _print_check(report: CheckReport) -> int:
+    print(f"{report.path}: template {describe_version(report.version)} from {report.template}")
+    if report.newer:
+        print(f"Behind the template by {len(report.newer)} version(s): {', '.join(report.newer)}. "
+              "Run `torchstrap update`.")
+    else:
+        print("Up to date with the template's latest release.")
+    for name in report.conflicts:
+        print(f"Conflict markers left in {name}")
+    for name in report.rejects:
+        print(f"Rejected patch left: {name}")
+    return 0 if report.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="torchstrap", description="Generate and update torchstrap experiments.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    new = sub.add_parser("new", help="generate an experiment (a git repository) from the template")
+    new.add_argument("path", type=Path)
+    new.add_argument("--template", help=f"git path or URL of the template (default: ${ENV_VAR}, else this checkout)")
+    new.add_argument("--vcs-ref", help="template tag/branch/commit (default: latest release tag, or the checkout's HEAD)")
+    new.add_argument("--defaults", action="store_true", help="use defaults for unanswered questions (no prompts)")
+    new.add_argument("-d", "--data", action="append", metavar="KEY=VALUE", help="answer a question")
+
+    update = sub.add_parser("update", help="bring template changes into an experiment")
+    update.add_argument("path", nargs="?", type=Path, default=Path("."))
+    update.add_argument("--vcs-ref", help="template version to update to (default: latest release tag)")
+    update.add_argument("-d", "--data", action="append", metavar="KEY=VALUE", help="change an answer")
+    update.add_argument("--trust", action="store_true", help="allow the template's _migrations to run")
+
+    check = sub.add_parser("check", help="is the experiment behind its template, or are conflicts left?")
+    check.add_argument("path", nargs="?", type=Path, default=Path("."))
+
+    demo = sub.add_parser("demo", help="generate, train and plot the demo experiment")
+    demo.add_argument("path", nargs="?", default="demo-experiment")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "new":
+            defaults = args.defaults or not sys.stdin.isatty()
+            path = new_experiment(args.path, parse_data(args.data), defaults=defaults,
+                                  template=args.template, vcs_ref=args.vcs_ref, quiet=defaults)
+            _print_new(path)
+            return 0
+        if args.command == "update":
+            return _print_update(update_experiment(args.path, parse_data(args.data), args.vcs_ref, args.trust))
+        if args.command == "check":
+            return _print_check(check_experiment(args.path))
+        if args.command == "demo":
+            from generator import demo  # written by the lead
+
+            return int(demo.main([str(args.path)]) or 0)
+    except TemplateError as err:
+        print(f"torchstrap {args.command}: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"torchstrap {args.command}: interrupted.", file=sys.stderr)
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

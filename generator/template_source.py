@@ -1,0 +1,126 @@
+"""Where the experiment template comes from, and which versions it has.
+
+A template source is a git repository (local path or URL) with `copier.yml` at its root. Versions are
+the repository's PEP 440 tags (`v1.2.0`); a generated project records the one it came from in
+`.copier-answers.yml` (`_commit`, a `git describe` string such as `v1.2.0` or `v1.2.0-3-gabc1234`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from copier.vcs import get_repo
+from packaging.version import InvalidVersion, Version
+
+ENV_VAR = "TORCHSTRAP_TEMPLATE"
+CHECKOUT = Path(__file__).resolve().parents[1]  # the torchstrap checkout this module runs from
+_DESCRIBE = re.compile(r"^(?P<tag>.+)-(?P<count>\d+)-g(?P<sha>[0-9a-f]+)$")
+
+
+class TemplateError(Exception):
+    """A problem the user can fix; the message is a full sentence."""
+
+
+@dataclass(frozen=True)
+class TemplateSource:
+    url: str  # what copier is given (and what the answers file records as `_src_path`)
+    origin: str  # how it was chosen: "--template", "$TORCHSTRAP_TEMPLATE" or "checkout"
+
+
+def git(*args: str, cwd: Path | str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run git, capturing text output; never prompts for credentials."""
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, text=True, capture_output=True, check=check)
+
+
+def is_checkout(path: Path = CHECKOUT) -> bool:
+    """True when `path` is the root of a git repository holding a copier template."""
+    return (path / ".git").exists() and (path / "copier.yml").is_file()
+
+
+def resolve(template: str | None = None) -> TemplateSource:
+    """Pick the template: `--template`, else $TORCHSTRAP_TEMPLATE, else the torchstrap checkout."""
+    if template:
+        return TemplateSource(_normalize(template, "--template"), "--template")
+    if os.environ.get(ENV_VAR):
+        return TemplateSource(_normalize(os.environ[ENV_VAR], f"${ENV_VAR}"), f"${ENV_VAR}")
+    if is_checkout():
+        return TemplateSource(str(CHECKOUT), "checkout")
+    raise TemplateError(
+        f"No template source: torchstrap is not running from a git checkout ({CHECKOUT}); "
+        f"give one with --template URL_OR_PATH or the {ENV_VAR} environment variable."
+    )
+
+
+def _normalize(src: str, origin: str) -> str:
+    """Turn a user-given source into copier's form; local paths must be git repository roots."""
+    path = Path(src).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / ".git").exists():
+            raise TemplateError(
+                f"The template source {src} (from {origin}) is not the root of a git repository; "
+                "torchstrap needs a git template so that `torchstrap update` can work later."
+            )
+        if not (path / "copier.yml").is_file() and not (path / "copier.yaml").is_file():
+            raise TemplateError(f"The template source {src} (from {origin}) has no copier.yml at its root.")
+        return str(path.resolve())
+    repo = get_repo(src)
+    if repo is None:
+        raise TemplateError(
+            f"The template source {src} (from {origin}) is not reachable: no such directory, and not a git URL."
+        )
+    return str(repo)
+
+
+def remote_tags(url: str) -> dict[str, str]:
+    """Map tag name -> commit sha of every tag in the template repository (`git ls-remote`)."""
+    result = git("ls-remote", "--tags", url, check=False)
+    if result.returncode != 0:
+        detail = result.stderr.strip().splitlines()[-1:] or ["git ls-remote failed"]
+        raise TemplateError(f"The template {url} is not reachable: {detail[0]}")
+    tags: dict[str, str] = {}
+    for line in result.stdout.splitlines():
+        sha, ref = line.split("\t")
+        name = ref.removeprefix("refs/tags/")
+        if name.endswith("^{}"):  # peeled annotated tag: the commit it points at
+            tags[name[:-3]] = sha
+        else:
+            tags.setdefault(name, sha)
+    return tags
+
+
+def parse_version(tag: str) -> Version | None:
+    """PEP 440 version of a tag (`v1.2.0` -> 1.2.0), or None when the tag is not a version."""
+    try:
+        return Version(tag)
+    except InvalidVersion:
+        return None
+
+
+def versions(url: str, prereleases: bool = False) -> list[tuple[Version, str]]:
+    """Sorted (version, tag) pairs of the template's release tags."""
+    pairs = [(v, t) for t in remote_tags(url) if (v := parse_version(t)) is not None]
+    return sorted(p for p in pairs if prereleases or not p[0].is_prerelease)
+
+
+def commit_version(commit: str) -> tuple[Version | None, int]:
+    """Split a `git describe` string into (base tag version, commits after it); (None, 0) if untagged."""
+    match = _DESCRIBE.match(commit)
+    if match:
+        return parse_version(match["tag"]), int(match["count"])
+    return parse_version(commit), 0
+
+
+def newer_versions(commit: str, url: str) -> list[str]:
+    """Release tags of the template that are newer than the project's recorded `_commit`."""
+    base, _ = commit_version(commit)
+    return [tag for version, tag in versions(url) if base is None or version > base]
+
+
+def checkout_ref(path: Path = CHECKOUT) -> str:
+    """The committed HEAD of a checkout as a full sha (dirty changes are never used for generation)."""
+    return git("rev-parse", "HEAD", cwd=path).stdout.strip()
