@@ -402,7 +402,7 @@ class Config(fastargs.Config):
             path = prefix + tuple(str(name).split("."))
             if path in self.entries:
                 yield path, value
-            elif isinstance(value, Mapping) and any(k[: len(path)] == path for k in self.entries):
+            elif isinstance(value, Mapping) and value:  # a section (or a typo of one: report its leaves)
                 yield from self._flatten(value, path, source, errors)
             else:
                 errors.append(f"unknown config key '{_name(path)}' ({source}){self.suggest(path)}")
