@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from copier import Worker
+from copier._main import Worker  # the public run_copy/run_update cannot validate answers first
 from copier.errors import CopierError
 from plumbum import ProcessExecutionError
 
@@ -94,6 +94,13 @@ def _copier_message(err: BaseException, url: str, ref: str | None) -> TemplateEr
         at = f" at {ref!r}" if ref else ""
         return TemplateError(f"git failed on the template {url}{at}: {last[0]}")
     text = str(err).strip() or type(err).__name__
+    if "version from last update not detected" in text:
+        return TemplateError(
+            f"The experiment was generated from an untagged template commit, so copier cannot update it; "
+            f"tag a release in {url} (e.g. `git tag v0.1.0`) and generate from it, or re-generate."
+        )
+    if "version from template not detected" in text:
+        return TemplateError(f"The template {url} has no release tag (PEP 440, e.g. v0.1.0); tag one first.")
     if text.startswith("Unknown revision"):
         return TemplateError(f"The template {url} has no version/ref {ref!r} (see `git -C <template> tag`).")
     return TemplateError(f"Invalid answer: {text}" if isinstance(err, ValueError) else text)

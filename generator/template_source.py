@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from copier.vcs import get_repo
+from copier._vcs import get_repo
 from packaging.version import InvalidVersion, Version
 
 ENV_VAR = "TORCHSTRAP_TEMPLATE"

@@ -1,0 +1,205 @@
+"""`torchstrap new / update / check`: behaviour and error sentences, on a tiny real git template.
+
+The tiny template (built here, real copier, real git, real tags) keeps these tests independent of the
+experiment template's content; tests/test_lifecycle_updates.py runs the real template.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from generator.cli import main, new_experiment
+from generator.template_repo import commit, edit, tag
+from generator.template_source import git
+
+TINY_COPIER = """\
+_subdirectory: template
+_templates_suffix: .jinja
+_answers_file: .copier-answers.yml
+project_name:
+  type: str
+  default: my-experiment
+task:
+  type: str
+  choices: [supervised, ssl-multiview]
+  default: supervised
+use_slurm:
+  type: bool
+  default: true
+"""
+ANSWERS = "# Changes here will be overwritten by Copier\n{{ _copier_answers|to_nice_yaml -}}\n"
+TRAINER = "def hook():\n    pass\n# --- anchor\n"
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    """A git template repository tagged v1.0.0."""
+    repo = tmp_path / "tiny"
+    (repo / "template" / "src").mkdir(parents=True)
+    (repo / "copier.yml").write_text(TINY_COPIER)
+    (repo / "template" / "{{ _copier_conf.answers_file }}.jinja").write_text(ANSWERS)
+    (repo / "template" / "src" / "trainer.py").write_text(TRAINER)
+    slurm = repo / "template" / "{% if use_slurm %}slurm{% endif %}"
+    slurm.mkdir()
+    (slurm / "run.sh.jinja").write_text("sbatch {{ project_name }}\n")
+    git("init", "-q", "-b", "main", cwd=repo)
+    tag(repo, "v1.0.0", "v1")
+    return repo
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_new_makes_committed_git_project(tiny, tmp_path, capsys):
+    code, out, err = run(capsys, "new", str(tmp_path / "exp"), "--template", str(tiny), "-d", "task=ssl-multiview")
+    exp = tmp_path / "exp"
+    assert code == 0, err
+    assert "Next steps" in out and f"cd {exp}" in out
+    answers = yaml.safe_load((exp / ".copier-answers.yml").read_text())
+    assert answers["_commit"] == "v1.0.0" and answers["task"] == "ssl-multiview" and answers["_src_path"] == str(tiny)
+    assert (exp / "slurm" / "run.sh").read_text() == "sbatch my-experiment\n"
+    assert git("status", "--porcelain", cwd=exp).stdout == ""  # everything committed
+    assert git("log", "--format=%s", cwd=exp).stdout.strip() == "Generate from torchstrap template v1.0.0"
+
+
+def test_new_python_api_and_vcs_ref(tiny, tmp_path):
+    edit(tiny, "template/src/trainer.py", "pass", "return 2")
+    tag(tiny, "v2.0.0", "v2")
+    exp = new_experiment(tmp_path / "old", {"use_slurm": False}, template=str(tiny), vcs_ref="v1.0.0")
+    assert exp == tmp_path / "old"
+    assert "pass" in (exp / "src" / "trainer.py").read_text()
+    assert not (exp / "slurm").exists()
+    latest = new_experiment(tmp_path / "latest", {}, template=str(tiny))
+    assert "return 2" in (latest / "src" / "trainer.py").read_text()
+
+
+def test_template_from_environment_variable(tiny, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TORCHSTRAP_TEMPLATE", str(tiny))
+    code, _, err = run(capsys, "new", str(tmp_path / "exp"))
+    assert code == 0, err
+    assert yaml.safe_load((tmp_path / "exp" / ".copier-answers.yml").read_text())["_src_path"] == str(tiny)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-d", "optimizer=adam"], "Unknown answer key 'optimizer'; the template asks: project_name, task, use_slurm."),
+        (["-d", "task=reinforcement"], "Invalid answer: Invalid choice for 'task'"),
+        (["-d", "use_slurm=maybe"], "Invalid answer: use_slurm must be true or false, got 'maybe'."),
+        (["-d", "task"], "-d expects key=value, got 'task'."),
+        (["--vcs-ref", "v9.9.9"], "has no version/ref 'v9.9.9'"),
+        (["--template", "/nonexistent/template"], "is not reachable: no such directory, and not a git URL."),
+        (["--template", "file:///nonexistent/template.git"], "is not reachable"),
+    ],
+)
+def test_new_errors_are_sentences(tiny, tmp_path, capsys, args, message):
+    argv = ["new", str(tmp_path / "exp")] + (args if "--template" in args else ["--template", str(tiny), *args])
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert err.startswith("torchstrap new: ") and message in err
+    assert "Traceback" not in err + out
+    assert not (tmp_path / "exp").exists()  # nothing half-generated
+
+
+def test_new_refuses_plain_folder_template_and_nonempty_destination(tiny, tmp_path, capsys):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "copier.yml").write_text(TINY_COPIER)
+    code, _, err = run(capsys, "new", str(tmp_path / "exp"), "--template", str(plain))
+    assert code == 2 and "is not the root of a git repository" in err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    code, _, err = run(capsys, "new", str(tmp_path / "full"), "--template", str(tiny))
+    assert code == 2 and "already exists and is not empty" in err
+    assert (tmp_path / "full" / "notes.txt").read_text() == "mine"
+
+
+def test_update_and_check_errors(tiny, tmp_path, capsys):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for command in ("update", "check"):
+        code, _, err = run(capsys, command, str(plain))
+        assert code == 2 and "is not a git repository" in err, err
+    git("init", "-q", cwd=plain)
+    for command in ("update", "check"):
+        code, _, err = run(capsys, command, str(plain))
+        assert code == 2 and "has no .copier-answers.yml" in err, err
+
+    exp = new_experiment(tmp_path / "exp", {}, template=str(tiny))
+    (exp / "src" / "trainer.py").write_text("def hook():\n    return 1\n# --- anchor\n")
+    (exp / "notes.md").write_text("untracked\n")
+    code, _, err = run(capsys, "update", str(exp))
+    assert code == 2 and "has uncommitted changes" in err and "src/trainer.py" in err and "notes.md" in err
+    assert "return 1" in (exp / "src" / "trainer.py").read_text()  # untouched
+
+    commit(exp, "mine")
+    code, _, err = run(capsys, "update", str(exp), "-d", "gpu=true")
+    assert code == 2 and "Unknown answer key 'gpu'" in err
+    assert git("status", "--porcelain", cwd=exp).stdout == ""
+
+    (tiny / ".git").rename(tiny / "moved.git")  # the template disappears
+    for command in ("update", "check"):
+        code, out, err = run(capsys, command, str(exp))
+        assert code == 2 and f"The template {tiny} is not reachable" in err, err
+        assert "Traceback" not in out + err
+
+
+def test_update_merges_conflicts_and_check_flags_them(tiny, tmp_path, capsys):
+    exp = new_experiment(tmp_path / "exp", {}, template=str(tiny))
+    code, out, _ = run(capsys, "check", str(exp))
+    assert code == 0 and "Up to date" in out
+
+    (exp / "src" / "trainer.py").write_text("def hook():\n    return 'mine'\n# --- anchor\n")
+    commit(exp, "my hook")
+    (tiny / "template" / "src" / "trainer.py").write_text("import os\n\n\ndef hook():\n    pass\n# --- anchor\n")
+    tag(tiny, "v1.1.0", "imports")
+    edit(tiny, "template/src/trainer.py", "    pass", "    return 'template'")
+    tag(tiny, "v2.0.0", "hook changes")
+    tag(tiny, "v3.0.0rc1", "a pre-release is not a release")
+
+    code, out, _ = run(capsys, "check", str(exp))
+    assert code == 1 and "Behind the template by 2 version(s): v1.1.0, v2.0.0." in out
+
+    code, out, _ = run(capsys, "update", str(exp), "--vcs-ref", "v1.1.0")
+    assert code == 0, out
+    assert (exp / "src" / "trainer.py").read_text() == "import os\n\n\ndef hook():\n    return 'mine'\n# --- anchor\n"
+    commit(exp, "update to v1.1.0")
+
+    code, out, _ = run(capsys, "update", str(exp))
+    assert code == 1
+    assert "v1.1.0 -> v2.0.0" in out and "src/trainer.py  (conflict markers)" in out
+    text = (exp / "src" / "trainer.py").read_text()
+    assert "<<<<<<< before updating\n    return 'mine'\n=======\n    return 'template'\n>>>>>>> after updating" in text
+
+    code, out, _ = run(capsys, "check", str(exp))
+    assert code == 1 and "Up to date" in out and "Conflict markers left in src/trainer.py" in out
+
+    (exp / "src" / "trainer.py").write_text("import os\n\n\ndef hook():\n    return 'mine'\n# --- anchor\n")
+    (exp / "stale.py.rej").write_text("@@ rejected hunk\n")
+    code, out, _ = run(capsys, "check", str(exp))
+    assert code == 1 and "Rejected patch left: stale.py.rej" in out
+    (exp / "stale.py.rej").unlink()
+    commit(exp, "resolved")
+    code, out, _ = run(capsys, "check", str(exp))
+    assert code == 0 and "Up to date" in out
+
+
+def test_console_script_runs(tiny, tmp_path):
+    """The installed `torchstrap` entry point (a fresh process) generates and checks."""
+    script = Path(sys.executable).with_name("torchstrap")
+    env = {**os.environ, "TORCHSTRAP_TEMPLATE": str(tiny)}
+    done = subprocess.run([str(script), "new", str(tmp_path / "exp")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    done = subprocess.run([str(script), "check"], cwd=tmp_path / "exp", capture_output=True, text=True)
+    assert done.returncode == 0 and "Up to date" in done.stdout
+    done = subprocess.run([str(script), "update", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "is not a git repository" in done.stderr
