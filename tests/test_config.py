@@ -405,3 +405,57 @@ def test_checkers_are_reexported():
     assert C.File().check(__file__) == __file__
     with pytest.raises(ValueError):
         C.Folder().check(__file__)
+
+
+def test_anything_decodes_json_from_cli():
+    Section("extra").params(kwargs=Param(C.Anything(), "keyword arguments", default={}),
+                            word=Param(C.Anything(), "any string", default="x"))
+    load_config(["--extra.kwargs", '{"margin": 0.1, "p": [1, 2]}', "--extra.word", "hello"])
+    assert get_value("extra.kwargs") == {"margin": 0.1, "p": [1, 2]} and get_value("extra.word") == "hello"
+    default = get_value("criterion.params")
+    default["mutated"] = True
+    assert get_value("criterion.params") == {}  # defaults are copied, never shared
+
+
+def test_unparsable_file_names_the_file(tmp_path, capsys):
+    path = tmp_path / "broken.yaml"
+    path.write_text("optimizer: [unclosed\n")
+    with pytest.raises(SystemExit):
+        load_config(["-C", str(path)])
+    assert f"config file '{path}' could not be parsed" in capsys.readouterr().err
+
+
+def test_param_above_staticmethod_and_classmethod():
+    class Box:
+        factor = 3
+
+        @param("training.epochs")
+        @staticmethod
+        def epochs(epochs):
+            return epochs
+
+        @section("training")
+        @param("epochs")
+        @classmethod
+        def scaled(cls, epochs):
+            return cls.factor * epochs
+
+    assert Box.epochs() == 10 and Box().epochs(2) == 2 and Box.scaled() == 30 and Box().scaled(1) == 3
+
+
+def test_config_object_pickles():
+    load_config(["--optimizer.lr", "0.5"])
+    again = pickle.loads(pickle.dumps(get_config()))
+    assert again["optimizer.lr"] == 0.5 and again.as_dict() == config_as_dict()
+
+
+def test_validate_modes():
+    set_values({"optimizer.lr": 0.2})
+    get_config().set_value("training.epochs", "many", source="in a test")  # set_value does not validate
+    assert get_config().validate("errordict") == {
+        ("training", "epochs"): "training.epochs: got 'many', expected an int (in a test)"}
+    with pytest.raises(ConfigError, match="training.epochs"):
+        get_config().validate("raise")
+    with pytest.raises(SystemExit) as e:
+        get_config().validate()
+    assert e.value.code == 2

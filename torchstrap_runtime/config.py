@@ -18,13 +18,12 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
-import importlib
 import inspect
 import json
 import math
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -358,6 +357,7 @@ class Config(fastargs.Config):
 
     def __init__(self) -> None:
         super().__init__()
+        self.sections: dict[Key, Section] = {}  # a plain dict (fastargs's lambda defaultdict cannot pickle)
         self.sources: dict[Key, str] = {}
 
     # declarations: re-declaring a section or param replaces it (last declaration wins)
@@ -395,7 +395,7 @@ class Config(fastargs.Config):
             raise ConfigError("\n".join(errors))
         return self
 
-    def _flatten(self, tree: Any, prefix: Key, source: str, errors: list[str]) -> Iterable[tuple[Key, Any]]:
+    def _flatten(self, tree: Any, prefix: Key, source: str, errors: list[str]) -> Iterator[tuple[Key, Any]]:
         if not isinstance(tree, Mapping):
             raise ConfigError(f"{source}: expected a mapping {{section: {{param: value}}}}, got {tree!r}")
         for name, value in tree.items():
@@ -435,7 +435,7 @@ class Config(fastargs.Config):
             return None
         given = path in self.content
         value = self.content[path] if given else param.default
-        where = f" ({self.sources[path]})" if given else " (the default)"
+        where = f" ({self.sources.get(path, 'given')})" if given else " (the default)"
         if value is None:
             if param.required:
                 raise ConfigError(f"{_name(path)}: missing required value, expected {param.checker.help()}"
@@ -446,31 +446,28 @@ class Config(fastargs.Config):
         except Exception as e:
             raise ConfigError(f"{_name(path)}: got {value!r}, expected {param.checker.help()}{where}") from e
 
-    def errors(self) -> list[str]:
-        """Every validation error, one sentence each."""
-        errors = []
+    def error_dict(self) -> dict[Key, str]:
+        """{key: one-sentence problem} for every bad or missing value."""
+        errors = {}
         for path in self.entries:
             try:
                 self[path]
             except ConfigError as e:
-                errors.append(str(e))
+                errors[path] = str(e)
         return errors
 
+    def errors(self) -> list[str]:
+        return list(self.error_dict().values())
+
     def validate(self, mode: str = "stderr") -> Any:
-        """mode='stderr': print errors, exit 2; 'raise': ConfigError; 'errordict': {key: message}."""
+        """mode='stderr': print the errors and exit 2; 'raise': ConfigError; 'errordict': {key: message}."""
+        errors = self.error_dict()
         if mode == "errordict":
-            out = {}
-            for path in self.entries:
-                try:
-                    self[path]
-                except ConfigError as e:
-                    out[path] = e
-            return out
-        errors = self.errors()
+            return errors
         if errors and mode == "stderr":
-            _fail(errors)
+            _fail(list(errors.values()))
         if errors:
-            raise ConfigError("\n".join(errors))
+            raise ConfigError("\n".join(errors.values()))
         return None
 
     def as_dict(self) -> dict:
@@ -498,7 +495,7 @@ class Config(fastargs.Config):
                 p = self.entries[path]
                 default = "required" if p.required and p.default is None else repr(p.default)
                 rows.append([_name(path), default, p.checker.help(), p.desc])
-            section_obj = self.sections[ns]
+            section_obj = self.sections.get(ns)
             title = f" {_name(ns)}: {section_obj.desc} " if section_obj is not None and section_obj.desc else None
             lines += [AsciiTable(rows, title).table, ""]
         return "\n".join(lines)
@@ -525,7 +522,7 @@ def read_config_file(fname: str | os.PathLike) -> dict:
     """The mapping in a YAML (.yaml/.yml) or JSON (.json) config file; ConfigError naming the file if bad."""
     path = Path(fname)
     if not path.is_file():
-        raise ConfigError(f"config file not found: '{path}'")
+        raise ConfigError(f"config file not found: '{path}'" + (" (it is a folder)" if path.is_dir() else ""))
     suffix = path.suffix.lower()
     text = path.read_text()
     try:
@@ -733,6 +730,8 @@ def param(key: str, alias: str | None = None) -> Callable[[F], F]:
     spec: ParamSpec = (None, key, alias or key.split(".")[-1])
 
     def decorator(fn: F) -> F:
+        if isinstance(fn, (staticmethod, classmethod)):  # @param above @staticmethod / @classmethod
+            return type(fn)(decorator(fn.__func__))  # type: ignore[return-value]
         inner, specs = _unwrap(fn)
         return _wrap(inner, (spec, *specs))  # type: ignore[return-value]
 
@@ -743,6 +742,8 @@ def section(name: str) -> Callable[[F], F]:
     """Prefix `name.` to the keys of the `@param` decorators below it that have no section yet."""
 
     def decorator(fn: F) -> F:
+        if isinstance(fn, (staticmethod, classmethod)):
+            return type(fn)(decorator(fn.__func__))  # type: ignore[return-value]
         inner, specs = _unwrap(fn)
         if not specs:
             raise TypeError(f"@section('{name}') on {getattr(fn, '__qualname__', fn)}: put @param below it")
