@@ -387,13 +387,20 @@ class Config(fastargs.Config):
         self.sources[path] = source
 
     def collect(self, config: Mapping, source: str = "set_values") -> "Config":
-        """Set every value of a nested (or dotted) mapping; unknown keys are a ConfigError."""
-        errors = []
+        """Set every value of a nested (or dotted) mapping, unvalidated; unknown keys are a ConfigError."""
+        self.collect_paths(config, source)
+        return self
+
+    def collect_paths(self, config: Mapping, source: str) -> list[Key]:
+        """`collect`, returning the keys it set."""
+        errors: list[str] = []
+        paths = []
         for path, value in self._flatten(config, (), source, errors):
             self.set_value(path, value, source)
+            paths.append(path)
         if errors:
             raise ConfigError("\n".join(errors))
-        return self
+        return paths
 
     def _flatten(self, tree: Any, prefix: Key, source: str, errors: list[str]) -> Iterator[tuple[Key, Any]]:
         if not isinstance(tree, Mapping):
@@ -594,9 +601,8 @@ def set_values(mapping: Mapping, source: str = "set_values") -> None:
     config = get_config()
     saved = (dict(config.content), dict(config.sources))
     try:
-        config.collect(mapping, source=source)
         bad = []
-        for path, _ in config._flatten(mapping, (), source, []):
+        for path in config.collect_paths(mapping, source):
             try:
                 config[path]
             except ConfigError as e:
