@@ -1,0 +1,156 @@
+"""Run logs: scalars and text as JSON lines (`log.jsonl`), arrays as rows of HDF5 datasets (`arrays.h5`).
+
+Both files survive a crash: every JSON line is written whole and flushed, and the HDF5 file is flushed
+after each row, so a killed run leaves complete lines and an openable file. Read them back with
+`read_log(run_dir)` and `read_hdf5(run_dir)`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+LOG_FILE = "log.jsonl"
+HDF5_FILE = "arrays.h5"
+
+
+def _to_jsonable(value: Any) -> Any:
+    """Tensors and numpy scalars become Python numbers/lists; NaN/inf become strings JSON can hold."""
+    if hasattr(value, "detach"):  # torch.Tensor
+        value = value.detach().cpu()
+        value = value.item() if value.numel() == 1 else value.tolist()
+    elif isinstance(value, np.ndarray):
+        value = value.item() if value.size == 1 else value.tolist()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_jsonable(v) for v in value]
+    return value
+
+
+class JSONLogger:
+    """Appends one JSON object per `log()` call to `path`, flushed immediately (line-buffered)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", buffering=1, encoding="utf-8")
+        self._start = time.time()
+
+    def log(self, values: dict[str, Any], **context: Any) -> None:
+        record = {**context, "time": round(time.time() - self._start, 6), **_to_jsonable(values)}
+        self._file.write(json.dumps(record) + "\n")
+
+    def tell(self) -> int:
+        """Bytes written so far (stored in checkpoints, so a resume can cut the log back to them)."""
+        return self._file.tell()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+class HDF5Logger:
+    """Each key becomes a resizable HDF5 dataset; each `log()` call appends one row per key.
+
+    Beside every dataset `<key>` there is `<key>__step` and `<key>__epoch` with the step and epoch of
+    each row. The file is opened lazily (h5py is imported only when arrays are logged) and flushed
+    after every call, so a killed run leaves an openable file.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._file = None
+
+    def _open(self):
+        if self._file is None:
+            import h5py
+
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = h5py.File(self.path, "a")
+        return self._file
+
+    def _append(self, name: str, row: np.ndarray) -> None:
+        f = self._open()
+        if name not in f:
+            f.create_dataset(name, shape=(0, *row.shape), maxshape=(None, *row.shape), dtype=row.dtype,
+                             chunks=(max(1, min(64, (1 << 20) // max(1, row.nbytes))), *row.shape))
+        dataset = f[name]
+        if dataset.shape[1:] != row.shape:
+            raise ValueError(f"log_hdf5: '{name}' rows have shape {dataset.shape[1:]}, got an array of shape {row.shape}")
+        n = dataset.shape[0]
+        dataset.resize(n + 1, axis=0)
+        dataset[n] = row
+
+    def log(self, arrays: dict[str, Any], step: int = 0, epoch: int = 0) -> None:
+        for key, value in arrays.items():
+            if hasattr(value, "detach"):
+                value = value.detach().cpu().numpy()
+            row = np.asarray(value)
+            self._append(key, row)
+            self._append(f"{key}__step", np.asarray(step, dtype=np.int64))
+            self._append(f"{key}__epoch", np.asarray(epoch, dtype=np.int64))
+        self._file.flush()
+
+    def row_counts(self) -> dict[str, int]:
+        """Rows of every dataset so far (stored in checkpoints, so a resume can cut back to them)."""
+        if self._file is None and not self.path.exists():
+            return {}
+        f = self._open()
+        return {name: int(f[name].shape[0]) for name in f.keys()}
+
+    def truncate_rows(self, counts: dict[str, int]) -> None:
+        """Cut every dataset back to `counts[name]` rows (0 for datasets created after the checkpoint)."""
+        f = self._open()
+        for name in f.keys():
+            keep = counts.get(name, 0)
+            if f[name].shape[0] > keep:
+                f[name].resize(keep, axis=0)
+        f.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def read_log_lines(path: str | Path) -> list[dict[str, Any]]:
+    """Every complete JSON line of a `log.jsonl` file (a line cut by a crash is skipped)."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break  # the last line of a killed run may be partial
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of `<run_dir>/log.jsonl`, in order. Filter them by key, e.g. `[r for r in rows if 'val_top1' in r]`."""
+    run_dir = Path(run_dir)
+    path = run_dir / LOG_FILE if run_dir.is_dir() else run_dir
+    return read_log_lines(path)
+
+
+def read_hdf5(run_dir: str | Path, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of `<run_dir>/arrays.h5` as `{key: array of shape (rows, ...)}`, with `key__step`/`key__epoch`."""
+    import h5py
+
+    run_dir = Path(run_dir)
+    path = run_dir / HDF5_FILE if run_dir.is_dir() else run_dir
+    with h5py.File(path, "r") as f:
+        names = list(f.keys()) if keys is None else [n for k in keys for n in (k, f"{k}__step", f"{k}__epoch")]
+        return {name: f[name][:] for name in names}

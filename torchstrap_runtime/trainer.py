@@ -1,0 +1,657 @@
+"""The Trainer base class: the whole training workflow of a torchstrap experiment, top to bottom.
+
+An experiment subclasses `Trainer` and overrides hooks. The order is fixed:
+
+    __init__:  initialize_model (then device, dtype, distributed, sync_BN)
+               if not training.eval_only: initialize_train_loader
+               initialize_val_loader
+               if not training.eval_only: initialize_optimizer, initialize_scheduler
+               load_checkpoint, initialize_metrics, initialize_criterion, initialize_logger
+    train_all_epochs: per epoch: modules.train(); before_train_epoch
+               per batch: self.data = batch, self.step = step; before_train_step; train_step; after_train_step
+               scheduler.step() per epoch for StepLR/MultiStepLR (other schedulers step inside train_step)
+               after_train_epoch
+               if logging.eval_each_epoch: evaluate():
+                   modules.eval(); before_eval_epoch; per batch: before_eval_step; eval_step; after_eval_step
+                   after_eval_epoch
+
+Hyper-parameters come from the config with `@param("section.key")` (see `torchstrap_runtime.config`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import random
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from . import sections as _sections  # noqa: F401  (declares the standard config sections)
+from .config import config_as_dict, param
+from .distributed import setup_distributed
+from .loggers import HDF5_FILE, LOG_FILE, HDF5Logger, JSONLogger
+
+PER_EPOCH_SCHEDULERS = (torch.optim.lr_scheduler.StepLR, torch.optim.lr_scheduler.MultiStepLR)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class Trainer:
+    """Base trainer. Override any hook; `run()` trains (or only evaluates with `training.eval_only`)."""
+
+    # ------------------------------------------------------------------ construction
+    @param("training.eval_only")
+    @param("training.seed")
+    def __init__(self, eval_only: bool, seed: int | None) -> None:
+        self.eval_only = eval_only
+        self.seed = seed
+        if seed is not None:
+            seed_everything(seed)
+        self.epoch = 0            # current epoch (0-based)
+        self.step = 0             # global index of the current training batch
+        self.batch_index = 0      # index of the current batch within its epoch
+        self.start_batch = 0      # first batch of self.epoch to run (non-zero when resuming mid-epoch)
+        self.data: Any = None     # the current batch, for the hooks
+        self.stop_requested = False
+        self.train_loader: Iterable | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+
+        self.rank, self.local_rank, self.world_size = setup_distributed()
+        self.is_main = self.rank == 0
+        self.initialize_model()
+        self.prepare_model()
+        if not self.eval_only:
+            self.initialize_train_loader()
+        self.initialize_val_loader()
+        if not self.eval_only:
+            self.initialize_optimizer()
+            self.initialize_scheduler()
+        self.run_dir = self.make_run_dir()
+        self.load_checkpoint()
+        self.initialize_metrics()
+        self.initialize_criterion()
+        if getattr(self, "_criterion_state", None):  # resumed: the criterion's state (e.g. CoKe's centers)
+            self.criterion.load_state_dict(self._criterion_state)
+        self.initialize_logger()
+
+    # ------------------------------------------------------------------ hooks: construction
+    @param("model.name")
+    @param("model.num_classes")
+    def initialize_model(self, name: str, num_classes: int) -> None:
+        """Set `self.model`. Default: `torchstrap_runtime.models.build_model(model.name)` for 32x32 RGB."""
+        from .models import build_model
+
+        self.model = build_model(name, num_classes)
+
+    @param("training.device")
+    @param("training.dtype")
+    @param("training.channels_last")
+    @param("training.grad_clip")
+    @param("model.sync_bn")
+    def prepare_model(self, device: str, dtype: str, channels_last: bool, grad_clip: float, sync_bn: bool) -> None:
+        """Device (CUDA when present), dtype (AMP for bfloat16/float16), DDP and SyncBN for `self.model`."""
+        self.grad_clip = grad_clip
+        if device == "auto":
+            device = f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.dtype = DTYPES[dtype]
+        self.use_amp = self.dtype != torch.float32
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16 and self.device.type == "cuda")
+        self.channels_last = channels_last
+        self.model = self.model.to(self.device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if self.world_size > 1:
+            if sync_bn and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+
+    def initialize_train_loader(self) -> None:
+        """Set `self.train_loader` (any iterable of batches; FFCV loaders get `set_epoch` for exact resume)."""
+        raise NotImplementedError("override initialize_train_loader (the generated experiment's data.py builds it)")
+
+    def initialize_val_loader(self) -> None:
+        """Set `self.val_loader`."""
+        raise NotImplementedError("override initialize_val_loader (the generated experiment's data.py builds it)")
+
+    @param("optimizer.name")
+    @param("optimizer.lr")
+    @param("optimizer.momentum")
+    @param("optimizer.weight_decay")
+    @param("optimizer.nesterov")
+    def initialize_optimizer(self, name: str, lr: float, momentum: float, weight_decay: float, nesterov: bool) -> None:
+        """Set `self.optimizer`: SGD, Adam or AdamW over the model's parameters (and the criterion's, if any)."""
+        params = list(self.raw_model.parameters())
+        if name == "sgd":
+            self.optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+        elif name == "adam":
+            self.optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        else:
+            self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+    @param("scheduler.name")
+    @param("scheduler.warmup_epochs")
+    @param("scheduler.step_size")
+    @param("scheduler.milestones")
+    @param("scheduler.gamma")
+    @param("training.epochs")
+    def initialize_scheduler(self, name: str, warmup_epochs: float, step_size: int, milestones: list[int],
+                             gamma: float, epochs: int) -> None:
+        """Set `self.scheduler` (or None). Cosine and one-cycle step per batch; step/multistep per epoch."""
+        sched = torch.optim.lr_scheduler
+        steps = max(1, epochs * len(self.train_loader))
+        if name == "none":
+            self.scheduler = None
+        elif name == "step":
+            self.scheduler = sched.StepLR(self.optimizer, step_size=step_size, gamma=gamma)
+        elif name == "multistep":
+            self.scheduler = sched.MultiStepLR(self.optimizer, milestones=list(milestones), gamma=gamma)
+        elif name == "onecycle":
+            self.scheduler = sched.OneCycleLR(self.optimizer, max_lr=[g["lr"] for g in self.optimizer.param_groups],
+                                              total_steps=steps)
+        else:
+            warmup = int(warmup_epochs * len(self.train_loader))
+            self.scheduler = sched.LambdaLR(self.optimizer, lambda s: cosine_with_warmup(s, warmup, steps))
+
+    @param("model.load_from")
+    @param("model.load_optimizer")
+    @param("model.load_scheduler")
+    @param("model.load_epoch")
+    def load_checkpoint(self, load_from: str, load_optimizer: bool, load_scheduler: bool, load_epoch: bool) -> None:
+        """Resume from `run_dir/checkpoints/last.pt` when it exists (everything, exactly), else start
+        from `model.load_from` when given (the model, and optionally optimizer, scheduler and epoch)."""
+        last = self.checkpoint_path
+        if last.exists():
+            self.load_state_dict(load_torch(last), resume=True)
+            if self.is_main:
+                print(f"resumed from {last} at epoch {self.epoch}, batch {self.start_batch}", file=sys.stderr)
+        elif load_from:
+            state = load_torch(Path(load_from))
+            self.raw_model.load_state_dict(state["model"])
+            if load_optimizer and self.optimizer is not None and "optimizer" in state:
+                self.optimizer.load_state_dict(state["optimizer"])
+            if load_scheduler and self.scheduler is not None and state.get("scheduler"):
+                self.scheduler.load_state_dict(state["scheduler"])
+            if load_epoch:
+                self.epoch = int(state.get("epoch", 0))
+
+    def initialize_metrics(self) -> None:
+        """Set up metric accumulators. Default: running sums for train loss and val loss/top-1/top-5."""
+        self.train_sums: dict[str, float] = getattr(self, "train_sums", {}) or {}
+        self.val_sums: dict[str, float] = {}
+
+    @param("criterion.name")
+    @param("criterion.params")
+    @param("criterion.miner")
+    @param("criterion.miner_params")
+    def initialize_criterion(self, name: str, params: dict, miner: str, miner_params: dict) -> None:
+        """Set `self.criterion` from the `criterion` section (any torch.nn / pytorch-metric-learning loss, CoKe)."""
+        from .criteria import build_criterion
+
+        self.criterion = build_criterion(name, params or None, miner or None, miner_params or None).to(self.device)
+
+    @param("logging.log_every")
+    def initialize_logger(self, log_every: int) -> None:
+        """Open `log.jsonl` and `arrays.h5` in the run folder (rank 0 only) and write `config.json`."""
+        self.log_every = log_every
+        self.json_logger = JSONLogger(self.run_dir / LOG_FILE) if self.is_main else None
+        self.hdf5_logger = HDF5Logger(self.run_dir / HDF5_FILE) if self.is_main else None
+        if self.is_main and not (self.run_dir / "config.json").exists():
+            write_json_atomic(self.run_dir / "config.json", self.run_record())
+
+    # ------------------------------------------------------------------ hooks: training
+    def before_train_epoch(self) -> None:
+        """Called after `modules.train()`, before the first batch of an epoch."""
+        if self.start_batch == 0:
+            self.train_sums = {"loss": 0.0, "count": 0}
+
+    def before_train_step(self) -> None:
+        """Called with `self.data` and `self.step` set, before `train_step`."""
+
+    def train_step(self) -> None:
+        """Forward, criterion, backward, optimizer step, and per-step scheduler step."""
+        inputs, targets = self.to_device(self.data)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.use_amp):
+            outputs = self.model(inputs)
+            loss = self.criterion(outputs, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.clip_gradients()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scheduler is not None and not isinstance(self.scheduler, PER_EPOCH_SCHEDULERS):
+            self.scheduler.step()
+        self.loss = loss.detach()
+
+    def after_train_step(self) -> None:
+        """Accumulate the epoch's training loss; log it every `logging.log_every` steps."""
+        loss = float(self.loss)
+        self.train_sums["loss"] += loss
+        self.train_sums["count"] += 1
+        if self.log_every and self.step % self.log_every == 0:
+            self.log({"kind": "train_step", "train_loss": loss, "lr": self.optimizer.param_groups[0]["lr"]})
+        if self.progress_bar is not None:
+            self.progress_bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    def after_train_epoch(self) -> None:
+        """Store the epoch's mean training loss in `self.epoch_record` (logged after evaluation)."""
+        self.epoch_record["train_loss"] = self.train_sums["loss"] / max(1, self.train_sums["count"])
+        self.epoch_record["lr"] = self.optimizer.param_groups[0]["lr"]
+
+    # ------------------------------------------------------------------ hooks: evaluation
+    def before_eval_epoch(self) -> None:
+        """Called after `modules.eval()`, before the first validation batch."""
+        self.val_sums = {"loss": 0.0, "top1": 0.0, "top5": 0.0, "count": 0}
+
+    def before_eval_step(self) -> None:
+        """Called with `self.data` set to a validation batch."""
+
+    def test_time_augmentation(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The prediction used by `eval_step`; override for test-time augmentation (e.g. average with flips)."""
+        return self.model(inputs)
+
+    def eval_step(self) -> None:
+        """Loss and top-1/top-5 accuracy of a validation batch (under `torch.no_grad`)."""
+        inputs, targets = self.to_device(self.data)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.use_amp):
+            outputs = self.test_time_augmentation(inputs)
+            loss = self.criterion(outputs, targets)
+        top1, top5 = topk_correct(outputs.float(), targets, (1, 5))
+        n = targets.shape[0]
+        self.val_sums["loss"] += float(loss) * n
+        self.val_sums["top1"] += top1
+        self.val_sums["top5"] += top5
+        self.val_sums["count"] += n
+
+    def after_eval_step(self) -> None:
+        """Called after each `eval_step`."""
+
+    def after_eval_epoch(self) -> None:
+        """Reduce the validation sums across ranks and store them in `self.epoch_record`."""
+        sums = all_reduce_sums(self.val_sums, self.device) if self.world_size > 1 else self.val_sums
+        n = max(1, sums["count"])
+        self.epoch_record.update(val_loss=sums["loss"] / n, val_top1=sums["top1"] / n, val_top5=sums["top5"] / n)
+
+    # ------------------------------------------------------------------ the loops
+    def run(self) -> dict[str, Any]:
+        """Train for `training.epochs` (or only evaluate with `training.eval_only`); returns the last epoch record."""
+        if self.eval_only:
+            self.epoch_record = {"kind": "eval"}
+            self.evaluate()
+            self.log(self.epoch_record)
+            return self.epoch_record
+        record = self.train_all_epochs()
+        if self.is_main and not self.stop_requested:
+            from .plots import plot_curves
+
+            plot_curves(self.run_dir)
+        return record
+
+    def print_summary(self, record: dict[str, Any]) -> None:
+        """Print the final metrics and where the run folder is."""
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float))
+        print(f"epoch {self.epoch}: {metrics}")
+        if "val_top1" in record:
+            print(f"final validation top-1 accuracy: {100 * record['val_top1']:.2f}%")
+        print(f"run folder: {self.run_dir}")
+
+    @param("training.epochs")
+    @param("logging.eval_each_epoch")
+    @param("logging.checkpoint_every")
+    def train_all_epochs(self, epochs: int, eval_each_epoch: bool, checkpoint_every: int) -> dict[str, Any]:
+        """The training loop. Returns the last epoch's record (stops early, checkpointed, on `request_stop()`)."""
+        self.epoch_record: dict[str, Any] = {}
+        while self.epoch < epochs:
+            self.epoch_record = {"kind": "epoch"}
+            self.modules.train()
+            self.before_train_epoch()
+            self.progress_bar = self.make_progress_bar(f"epoch {self.epoch + 1}/{epochs}")
+            for self.batch_index, self.data in enumerate(self.epoch_batches(self.train_loader), start=self.start_batch):
+                self.before_train_step()
+                self.train_step()
+                self.after_train_step()
+                self.step += 1
+                if self.progress_bar is not None:
+                    self.progress_bar.update()
+                if self.stop_requested or (checkpoint_every and self.step % checkpoint_every == 0):
+                    self.save_checkpoint(batch_done=self.batch_index + 1)
+                    if self.stop_requested:
+                        self.close_progress_bar()
+                        return self.epoch_record
+            self.close_progress_bar()
+            self.start_batch = 0
+            if isinstance(self.scheduler, PER_EPOCH_SCHEDULERS):
+                self.scheduler.step()
+            self.after_train_epoch()
+            if eval_each_epoch:
+                self.evaluate()
+            self.log(self.epoch_record)
+            self.epoch += 1
+            self.save_checkpoint()
+            if self.stop_requested:
+                break
+        return self.epoch_record
+
+    @torch.no_grad()
+    def evaluate(self) -> None:
+        """One pass over `self.val_loader` with the eval hooks; results land in `self.epoch_record`."""
+        self.modules.eval()
+        self.before_eval_epoch()
+        self.progress_bar = self.make_progress_bar("eval", total=safe_len(self.val_loader))
+        for self.data in self.val_loader:
+            self.before_eval_step()
+            self.eval_step()
+            self.after_eval_step()
+            if self.progress_bar is not None:
+                self.progress_bar.update()
+        self.close_progress_bar()
+        self.after_eval_epoch()
+
+    def epoch_batches(self, loader: Iterable) -> Iterable:
+        """The batches of `self.epoch` from `self.start_batch` on (seeded loaders replay exactly on resume)."""
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(self.epoch, self.start_batch)
+            return loader
+        if self.start_batch:
+            import itertools
+
+            return itertools.islice(iter(loader), self.start_batch, None)
+        return loader
+
+    def request_stop(self) -> None:
+        """Ask the loop to checkpoint after the current step and return (SLURM requeue, preemption)."""
+        self.stop_requested = True
+
+    # ------------------------------------------------------------------ logging
+    def log(self, values: dict[str, Any]) -> None:
+        """Append one JSON line to `log.jsonl` (with epoch, step and wall time). Rank 0 only."""
+        if self.json_logger is not None:
+            self.json_logger.log(values, epoch=self.epoch, step=self.step)
+
+    def log_hdf5(self, arrays: dict[str, Any]) -> None:
+        """Append one row per key to the datasets of `arrays.h5` (with this row's step and epoch). Rank 0 only."""
+        if self.hdf5_logger is not None:
+            self.hdf5_logger.log(arrays, step=self.step, epoch=self.epoch)
+
+    @param("logging.progress")
+    def make_progress_bar(self, description: str, progress: bool, total: int | None = None):
+        if not (progress and self.is_main):
+            return None
+        from tqdm.auto import tqdm
+
+        if total is None:
+            total = safe_len(self.train_loader)
+        return tqdm(total=total, initial=self.start_batch if description != "eval" else 0,
+                    desc=description, leave=False, dynamic_ncols=True, mininterval=0.5)
+
+    def close_progress_bar(self) -> None:
+        if getattr(self, "progress_bar", None) is not None:
+            self.progress_bar.close()
+        self.progress_bar = None
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.pt"
+
+    def state_dict(self, batch: int = 0) -> dict[str, Any]:
+        """Everything an exact resume needs: weights, optimizer, scheduler, scaler, position, RNGs, criterion,
+        and how far the logs had got (so a resumed run neither repeats nor loses rows)."""
+        criterion = getattr(self, "criterion", None)
+        return {
+            "model": self.raw_model.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "criterion": criterion.state_dict() if isinstance(criterion, nn.Module) else None,
+            "epoch": self.epoch,
+            "step": self.step,
+            "batch": batch,
+            "train_sums": dict(self.train_sums) if hasattr(self, "train_sums") else {},
+            "rng": rng_state(),
+            "log_bytes": self.json_logger.tell() if getattr(self, "json_logger", None) else 0,
+            "hdf5_rows": self.hdf5_logger.row_counts() if getattr(self, "hdf5_logger", None) else {},
+        }
+
+    def load_state_dict(self, state: dict[str, Any], resume: bool = True) -> None:
+        self.raw_model.load_state_dict(state["model"])
+        if self.optimizer is not None and state.get("optimizer"):
+            self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler"):
+            self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self._criterion_state = state.get("criterion")
+        if resume:
+            self.epoch, self.step, self.start_batch = int(state["epoch"]), int(state["step"]), int(state["batch"])
+            self.train_sums = dict(state.get("train_sums") or {})
+            set_rng_state(state["rng"])
+            if self.is_main:
+                truncate_run_logs(self.run_dir, state.get("log_bytes", 0), state.get("hdf5_rows") or {})
+
+    def save_checkpoint(self, batch_done: int = 0) -> None:
+        """Write `run_dir/checkpoints/last.pt` atomically (rank 0). `batch_done` > 0 marks a mid-epoch checkpoint."""
+        if self.is_main:
+            save_torch_atomic(self.state_dict(batch=batch_done), self.checkpoint_path)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def raw_model(self) -> nn.Module:
+        """`self.model` without its DistributedDataParallel wrapper."""
+        return self.model.module if isinstance(self.model, nn.parallel.DistributedDataParallel) else self.model
+
+    @property
+    def modules(self) -> nn.ModuleDict:
+        """What `train()`/`eval()` toggle: the model, and the criterion when it is a module."""
+        modules = nn.ModuleDict({"model": self.model})
+        if isinstance(getattr(self, "criterion", None), nn.Module):
+            modules["criterion"] = self.criterion
+        return modules
+
+    def to_device(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(inputs, targets)` of a batch on `self.device`; targets flattened to shape (N,)."""
+        inputs, targets = batch[0], batch[1]
+        inputs = inputs.to(self.device, non_blocking=True)
+        if self.channels_last and inputs.dim() == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return inputs, targets.to(self.device, non_blocking=True).view(-1).long()
+
+    def clip_gradients(self) -> None:
+        """Clip the gradient norm to `training.grad_clip` (when > 0)."""
+        if self.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.grad_clip)
+
+    @param("logging.folder")
+    @param("logging.run_id")
+    def make_run_dir(self, folder: str, run_id: str) -> Path:
+        """`<logging.folder>/<logging.run_id>/` (a fresh id is generated when none is given)."""
+        if not run_id:
+            run_id = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+            if self.world_size > 1:  # every rank must agree on the generated id
+                run_id = broadcast_object(run_id)
+        run_dir = Path(folder) / run_id
+        if self.is_main:
+            try:
+                (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise SystemExit(f"cannot create the run folder {run_dir}: {error.strerror}") from None
+        return run_dir
+
+    def run_record(self) -> dict[str, Any]:
+        """What `config.json` holds: every resolved hyper-parameter, versions and the experiment's git state."""
+        repo = find_experiment_root(type(self))
+        return {
+            "config": config_as_dict(),
+            "seeds": {"training.seed": self.seed, **{k: v for k, v in flatten(config_as_dict()).items() if "seed" in k}},
+            "versions": {"python": sys.version.split()[0], "torch": torch.__version__,
+                         "torchstrap_runtime": __version__, "template": template_version(repo)},
+            "git": git_state(repo),
+            "world_size": self.world_size,
+            "started": datetime.datetime.now().isoformat(timespec="seconds"),
+            "command": sys.argv,
+        }
+
+
+# ---------------------------------------------------------------------- module helpers
+def cosine_with_warmup(step: int, warmup: int, total: int) -> float:
+    """LR factor: linear warm-up over `warmup` steps, then cosine decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + float(np.cos(np.pi * progress)))
+
+
+def topk_correct(outputs: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...]) -> list[float]:
+    """Number of samples whose target is among the top-k outputs, for each k (k capped at the class count)."""
+    kmax = min(max(ks), outputs.shape[1])
+    top = outputs.topk(kmax, dim=1).indices
+    hits = top == targets.view(-1, 1)
+    return [float(hits[:, : min(k, kmax)].any(dim=1).sum()) for k in ks]
+
+
+def safe_len(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """python/numpy/torch (and CUDA) RNG states in types that `torch.load(weights_only=True)` accepts."""
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+             "numpy_pos": int(np_state[2]), "numpy_gauss": (int(np_state[3]), float(np_state[4])),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    has_gauss, gauss = state["numpy_gauss"]
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_torch_atomic(obj: Any, path: Path) -> None:
+    """`torch.save` to a temporary file in the same folder, fsync, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_torch(path: Path) -> dict[str, Any]:
+    """Load a checkpoint with `weights_only=True`; a missing or unreadable file is a clear error."""
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise RuntimeError(f"cannot load checkpoint {path}: {error}") from error
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def truncate_run_logs(run_dir: Path, log_bytes: int, hdf5_rows: dict[str, int]) -> None:
+    """Cut `log.jsonl` and `arrays.h5` back to where they were at the checkpoint (no duplicated rows)."""
+    log = run_dir / LOG_FILE
+    if log.exists() and log.stat().st_size > log_bytes:
+        with open(log, "r+b") as f:
+            f.truncate(log_bytes)
+    if (run_dir / HDF5_FILE).exists():
+        HDF5Logger(run_dir / HDF5_FILE).truncate_rows(hdf5_rows)
+
+
+def all_reduce_sums(sums: dict[str, float], device: torch.device) -> dict[str, float]:
+    import torch.distributed as dist
+
+    keys = sorted(sums)
+    values = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(values)
+    return dict(zip(keys, values.tolist()))
+
+
+def broadcast_object(obj: Any) -> Any:
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in nested.items():
+        if isinstance(value, dict) and not prefix:
+            flat.update(flatten(value, f"{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def find_experiment_root(cls: type) -> Path | None:
+    """The folder holding `.copier-answers.yml` above the module that defines `cls` (or the cwd)."""
+    import inspect
+
+    try:
+        start = Path(inspect.getfile(cls)).resolve().parent
+    except (TypeError, OSError):
+        start = Path.cwd()
+    for folder in (start, *start.parents, Path.cwd(), *Path.cwd().parents):
+        if (folder / ".copier-answers.yml").exists():
+            return folder
+    return None
+
+
+def template_version(repo: Path | None) -> str | None:
+    if repo is None:
+        return None
+    for line in (repo / ".copier-answers.yml").read_text().splitlines():
+        if line.startswith("_commit:"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def git_state(repo: Path | None) -> dict[str, Any]:
+    """`{"commit": sha, "dirty": bool}` of the experiment's git repository (None when it is not one)."""
+    if repo is None:
+        return {"commit": None, "dirty": None}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": None}
+    if commit.returncode != 0:
+        return {"commit": None, "dirty": None}
+    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
