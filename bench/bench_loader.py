@@ -42,13 +42,32 @@ class PILDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
         from PIL import Image
 
-        image = Image.open(io.BytesIO(self.jpegs[index])).convert("RGB")
+        image = Image.open(io.BytesIO(self.read(index))).convert("RGB")
         if self.crop is not None:
             top, left, h, w = random_crop_box(image.height, image.width)
             image = image.resize((self.crop, self.crop), Image.BILINEAR, box=(left, top, left + w, top + h))
         if np.random.random() < 0.5:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
         return np.asarray(image), self.labels[index]
+
+    def read(self, index: int) -> bytes:
+        return self.jpegs[index]
+
+
+class PILFolder(PILDataset):
+    """The same, reading each JPEG from its own file (`<index>_<label>.jpg`) like an ImageFolder."""
+
+    def __init__(self, folder: str, crop: int | None):
+        from pathlib import Path
+
+        self.files = sorted(Path(folder).glob("*.jpg"))
+        super().__init__([], [int(f.stem.split("_")[1]) for f in self.files], crop)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def read(self, index: int) -> bytes:
+        return self.files[index].read_bytes()
 
 
 def random_crop_box(height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
@@ -77,14 +96,16 @@ def worker_seed(worker_id: int) -> None:
     np.random.seed(torch.initial_seed() % 2**32)
 
 
-def pil_loader(spec: datasets.Spec) -> Iterable:
-    """torch DataLoader over the .beton's JPEG bytes, 2 persistent workers."""
-    jpegs, labels = datasets.read_jpegs(spec.path)
+def pil_loader(spec: datasets.Spec, from_files: bool = False) -> Iterable:
+    """torch DataLoader over the .beton's JPEG bytes (in memory, or one file each), 2 persistent workers."""
     crop = CROP if spec.max_side > CROP else None
+    if from_files:
+        dataset = PILFolder(str(spec.path.with_suffix("")), crop)
+    else:
+        dataset = PILDataset(*datasets.read_jpegs(spec.path), crop)
     return torch.utils.data.DataLoader(
-        PILDataset(jpegs, labels, crop), batch_size=BATCH[size_of(spec)], shuffle=True, num_workers=WORKERS,
-        collate_fn=collate_nchw, persistent_workers=True, drop_last=True, worker_init_fn=worker_seed,
-        prefetch_factor=4)
+        dataset, batch_size=BATCH[size_of(spec)], shuffle=True, num_workers=WORKERS, collate_fn=collate_nchw,
+        persistent_workers=True, drop_last=True, worker_init_fn=worker_seed, prefetch_factor=4)
 
 
 # ---------------------------------------------------------------- upstream FFCV (unseeded ops)

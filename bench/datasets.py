@@ -102,6 +102,20 @@ def read_jpegs(path: Path) -> tuple[list[bytes], list[int]]:
     return images, labels.astype(int).tolist()
 
 
+def export_jpegs(s: Spec) -> Path:
+    """The .beton's JPEGs as a folder of files (`<index>_<label>.jpg`), the way a PIL pipeline reads them."""
+    folder = s.path.with_suffix("")
+    if folder.is_dir():
+        return folder
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    images, labels = read_jpegs(ensure(s))
+    for i, (jpeg, label) in enumerate(zip(images, labels)):
+        (tmp / f"{i:06d}_{label}.jpg").write_bytes(jpeg)
+    tmp.replace(folder)
+    return folder
+
+
 if __name__ == "__main__":
     import time
 
