@@ -6,7 +6,7 @@ Importing this module declares them; `declare_standard_sections()` declares them
 
 from __future__ import annotations
 
-from .config import Anything, Bool, Float, Int, OneOf, OptionalInt, Param, Section, Str
+from .config import Anything, Bool, Float, Int, ListOfInt, OneOf, OptionalInt, Param, Section, Str
 
 
 def declare_standard_sections() -> None:
@@ -40,7 +40,7 @@ def declare_standard_sections() -> None:
                    "none | cosine (per step) | step, multistep (per epoch) | onecycle (per step)", default="cosine"),
         warmup_epochs=Param(Float(), "linear warm-up epochs (cosine)", default=0.0),
         step_size=Param(Int(), "StepLR: epochs between decays", default=30),
-        milestones=Param(Anything(), "MultiStepLR: epochs where the lr decays, e.g. [30, 60]", default=[30, 60]),
+        milestones=Param(ListOfInt(), "MultiStepLR: epochs where the lr decays, e.g. [30, 60] or 30,60", default=[30, 60]),
         gamma=Param(Float(), "StepLR/MultiStepLR decay factor", default=0.1),
     )
     Section("criterion", "the loss (any torch.nn or pytorch-metric-learning loss, or CoKe)").params(

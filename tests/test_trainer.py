@@ -1,0 +1,236 @@
+"""The Trainer base: hook order (compared to the spec), eval_only, scheduler stepping, logs, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from torchstrap_runtime.config import reset_config, set_values
+from torchstrap_runtime.loggers import read_hdf5, read_log
+from torchstrap_runtime.trainer import Trainer, load_torch
+
+SPEC_INIT = ["initialize_model", "initialize_train_loader", "initialize_val_loader", "initialize_optimizer",
+             "initialize_scheduler", "load_checkpoint", "initialize_metrics", "initialize_criterion",
+             "initialize_logger"]
+HOOKS = SPEC_INIT + ["before_train_epoch", "before_train_step", "train_step", "after_train_step", "after_train_epoch",
+                     "before_eval_epoch", "before_eval_step", "eval_step", "after_eval_step", "after_eval_epoch"]
+
+
+def make_batches(n: int, batch: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 8, 8, generator=g)
+    y = (x[:, 0].mean((1, 2)) > 0).long()
+    return [(x[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)]
+
+
+class SeededBatches:
+    """An in-memory loader with FFCV-like `set_epoch(epoch, start_batch)`: order depends on (seed, epoch)."""
+
+    def __init__(self, n: int, batch: int, seed: int = 0):
+        self.batches = make_batches(n, batch)
+        self.seed, self.epoch, self.start = seed, 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start = epoch, start_batch
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.batches))
+        return (self.batches[i] for i in order[self.start:])
+
+
+class TinyTrainer(Trainer):
+    """In-memory data and a small MLP; records every hook call."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        super().__init__()
+
+    def initialize_model(self) -> None:
+        self.model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 16), torch.nn.BatchNorm1d(16),
+                                         torch.nn.ReLU(), torch.nn.Linear(16, 2))
+
+    def initialize_train_loader(self) -> None:
+        self.train_loader = SeededBatches(64, 16)
+
+    def initialize_val_loader(self) -> None:
+        self.val_loader = make_batches(32, 16, seed=1)
+
+
+def recording(cls: type) -> type:
+    """A subclass of `cls` whose every hook appends its name to `self.calls` before running."""
+    def wrap(name):
+        def hook(self, *args, **kwargs):
+            self.calls.append(name)
+            return getattr(cls, name)(self, *args, **kwargs)
+        hook.__name__ = name
+        return hook
+    return type(f"Recording{cls.__name__}", (cls,), {name: wrap(name) for name in HOOKS})
+
+
+@pytest.fixture(autouse=True)
+def config(tmp_path):
+    reset_config(keep_sections=True)
+    set_values({"logging.folder": str(tmp_path), "logging.progress": False, "model.num_classes": 2,
+                "training.epochs": 2, "optimizer.lr": 0.05, "logging.log_every": 1})
+    yield
+    reset_config(keep_sections=True)
+
+
+def test_hook_order_matches_the_spec():
+    trainer = recording(TinyTrainer)()
+    assert trainer.calls == SPEC_INIT
+    trainer.calls.clear()
+    trainer.run()
+    one_epoch = (["before_train_epoch"] + ["before_train_step", "train_step", "after_train_step"] * 4
+                 + ["after_train_epoch", "before_eval_epoch"] + ["before_eval_step", "eval_step", "after_eval_step"] * 2
+                 + ["after_eval_epoch"])
+    assert trainer.calls == one_epoch * 2
+
+
+def test_eval_each_epoch_false_skips_evaluation():
+    set_values({"logging.eval_each_epoch": False})
+    trainer = recording(TinyTrainer)()
+    trainer.run()
+    assert "eval_step" not in trainer.calls and trainer.calls.count("train_step") == 8
+
+
+def test_eval_only_skips_train_loader_optimizer_and_scheduler():
+    set_values({"training.eval_only": True})
+    trainer = recording(TinyTrainer)()
+    assert trainer.calls == ["initialize_model", "initialize_val_loader", "load_checkpoint", "initialize_metrics",
+                             "initialize_criterion", "initialize_logger"]
+    assert trainer.train_loader is None and trainer.optimizer is None and trainer.scheduler is None
+    record = trainer.run()
+    assert "train_step" not in trainer.calls and 0.0 <= record["val_top1"] <= 1.0
+
+
+def test_step_schedulers_step_per_epoch_others_per_step():
+    set_values({"scheduler.name": "step", "scheduler.step_size": 1, "scheduler.gamma": 0.5, "training.epochs": 3})
+    trainer = TinyTrainer()
+    trainer.run()
+    train_lrs = [r["lr"] for r in read_log(trainer.run_dir) if r.get("kind") == "train_step"]
+    assert train_lrs == pytest.approx([0.05] * 4 + [0.025] * 4 + [0.0125] * 4)
+
+    set_values({"scheduler.name": "cosine", "scheduler.warmup_epochs": 0.0, "logging.run_id": "cosine"})
+    trainer = TinyTrainer()
+    trainer.run()
+    train_lrs = [r["lr"] for r in read_log(trainer.run_dir) if r.get("kind") == "train_step"]
+    assert len(set(train_lrs[:4])) == 4  # changes within the first epoch
+    assert train_lrs == sorted(train_lrs, reverse=True)
+
+
+def test_log_and_log_hdf5_files(tmp_path):
+    class Logging(TinyTrainer):
+        def after_train_step(self):
+            super().after_train_step()
+            self.log({"note": f"step {self.step}", "tensor": torch.tensor(1.5)})
+            self.log_hdf5({"weights": self.model[1].weight.detach(), "scalar": float(self.step)})
+
+    trainer = Logging()
+    trainer.run()
+    rows = read_log(trainer.run_dir)
+    notes = [r for r in rows if "note" in r]
+    assert [r["step"] for r in notes] == list(range(8)) and all(r["tensor"] == 1.5 for r in notes)
+    assert all({"epoch", "step", "time"} <= r.keys() for r in rows)
+    epochs = [r for r in rows if r.get("kind") == "epoch"]
+    assert [r["epoch"] for r in epochs] == [0, 1] and all("val_top1" in r and "train_loss" in r for r in epochs)
+    arrays = read_hdf5(trainer.run_dir)
+    assert arrays["weights"].shape == (8, 16, 192) and arrays["scalar"].tolist() == list(range(8))
+    assert arrays["weights__step"].tolist() == list(range(8)) and arrays["weights__epoch"].tolist() == [0] * 4 + [1] * 4
+    np.testing.assert_array_equal(arrays["weights"][-1], trainer.model[1].weight.detach().numpy())
+
+
+def test_run_folder_holds_config_checkpoint_and_curves(tmp_path):
+    set_values({"logging.run_id": "", "training.seed": 7})
+    trainer = TinyTrainer()
+    trainer.run()
+    run = trainer.run_dir
+    assert run.parent == tmp_path and len(run.name) > 10  # generated id
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["config"]["optimizer"]["lr"] == 0.05 and saved["config"]["scheduler"]["name"] == "cosine"
+    assert saved["seeds"]["training.seed"] == 7
+    assert saved["versions"]["torch"] == torch.__version__ and "torchstrap_runtime" in saved["versions"]
+    assert set(saved["git"]) == {"commit", "dirty"}
+    state = load_torch(run / "checkpoints" / "last.pt")  # weights_only=True
+    assert state["epoch"] == 2 and state["step"] == 8
+    assert (run / "curves.png").stat().st_size > 1000
+
+
+def test_load_from_restores_the_model_and_optionally_epoch(tmp_path):
+    set_values({"logging.run_id": "first"})
+    first = TinyTrainer()
+    first.run()
+    set_values({"logging.run_id": "second", "model.load_from": str(first.checkpoint_path),
+                "model.load_epoch": True, "training.epochs": 3})
+    second = TinyTrainer()
+    assert second.epoch == 2
+    for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    second.run()
+    assert [r["epoch"] for r in read_log(second.run_dir) if r.get("kind") == "epoch"] == [2]
+
+
+def test_interrupted_run_resumes_exactly(tmp_path):
+    set_values({"logging.run_id": "straight", "training.epochs": 3})
+    straight = TinyTrainer()
+    straight.run()
+
+    class StopsAtStep5(TinyTrainer):
+        def after_train_step(self):
+            super().after_train_step()
+            if self.step == 5:
+                self.request_stop()
+
+    set_values({"logging.run_id": "interrupted"})
+    StopsAtStep5().run()
+    assert load_torch(tmp_path / "interrupted" / "checkpoints" / "last.pt")["batch"] == 2
+    resumed = TinyTrainer()  # same run id: resumes from last.pt
+    assert (resumed.epoch, resumed.start_batch, resumed.step) == (1, 2, 6)
+    resumed.run()
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "time"} for r in rows]
+    assert strip(read_log(resumed.run_dir)) == strip(read_log(straight.run_dir))
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_amp_dtypes_train(dtype):
+    set_values({"training.dtype": dtype, "training.epochs": 1})
+    record = TinyTrainer().run()
+    assert np.isfinite(record["train_loss"]) and np.isfinite(record["val_loss"])
+
+
+def test_killed_run_leaves_parseable_logs(tmp_path):
+    script = textwrap.dedent(f"""
+        import time, torch
+        from torchstrap_runtime.loggers import JSONLogger, HDF5Logger
+        json_log, h5_log = JSONLogger({str(tmp_path / 'log.jsonl')!r}), HDF5Logger({str(tmp_path / 'arrays.h5')!r})
+        for step in range(10**9):
+            json_log.log({{"loss": 1.0 / (step + 1), "text": "x" * 200}}, step=step)
+            h5_log.log({{"a": torch.full((64, 64), float(step))}}, step=step)
+            if step == 50:
+                print("ready", flush=True)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "ready"
+    time.sleep(0.3)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    rows = read_log(tmp_path)
+    assert len(rows) > 50 and [r["step"] for r in rows] == list(range(len(rows)))
+    with h5py.File(tmp_path / "arrays.h5", "r") as f:
+        assert f["a"].shape[0] > 50
