@@ -1,7 +1,7 @@
 PY := .venv/bin/python
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-all bench clean
 
 setup:  ## create .venv and install everything (idempotent)
 	@bash scripts/setup.sh
@@ -9,11 +9,11 @@ setup:  ## create .venv and install everything (idempotent)
 demo: setup  ## generate demo-experiment/, train it on digits, print metrics, write logs and plots
 	$(PY) -m generator.demo demo-experiment
 
-test: setup  ## the whole test suite
-	$(PY) -m pytest -q -ra tests
-
-test-fast: setup
+test: setup  ## the whole test suite (tests marked slow excluded; see test-all)
 	$(PY) -m pytest -q -ra -m "not slow" tests
+
+test-all: setup  ## every test, the slow generation matrix and long checks included
+	$(PY) -m pytest -q -ra tests
 
 bench: setup  ## benchmarks; regenerates the README performance table
 	$(PY) bench/run_all.py
