@@ -52,6 +52,11 @@ def _print_update(report: UpdateReport) -> int:
             print(f"  {line}")
     else:
         print("Nothing changed.")
+    if report.kept:
+        print("Kept your edited files that this template version (or your new answers) no longer generates; "
+              "`git rm` them if you do not need them:")
+        for name in report.kept:
+            print(f"  {name}")
     problems = [f"  {name}  (conflict markers)" for name in report.conflicts]
     problems += [f"  {name}  (rejected patch; merge it by hand, then delete it)" for name in report.rejects]
     if problems:

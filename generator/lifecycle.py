@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +42,7 @@ class UpdateReport:
     changed: list[str] = field(default_factory=list)  # `git status --porcelain` lines after the update
     conflicts: list[str] = field(default_factory=list)  # files with conflict markers
     rejects: list[str] = field(default_factory=list)  # leftover .rej files
+    kept: list[str] = field(default_factory=list)  # edited files the new template (or answers) drops, kept
 
 
 @dataclass
@@ -254,6 +257,7 @@ def update_experiment(
     except (CopierError, ValueError, ProcessExecutionError) as err:
         raise _copier_message(err, url, vcs_ref) from None
     after = read_answers(root)
+    kept = _keep_edited_deletions(root, answers)
     return UpdateReport(
         path=root,
         version_before=str(answers["_commit"]),
@@ -261,7 +265,34 @@ def update_experiment(
         changed=dirty_files(root),
         conflicts=find_conflicts(root),
         rejects=find_rejects(root),
+        kept=kept,
     )
+
+
+def _keep_edited_deletions(root: Path, answers: Mapping[str, Any]) -> list[str]:
+    """Restore files the update deleted although the researcher had edited them; return their names.
+
+    copier removes every file the new template (or a changed answer) no longer generates, edited or not.
+    A file is "edited" when its committed content differs from what the old template version renders.
+    """
+    out = git("diff", "--name-only", "-z", "--diff-filter=D", "--", ".", cwd=root).stdout
+    deleted = [name for name in out.split("\0") if name]
+    if not deleted:
+        return []
+    data = {k: v for k, v in answers.items() if not str(k).startswith("_")}
+    with tempfile.TemporaryDirectory(prefix="torchstrap_old_") as tmp:
+        old = Path(tmp) / "old"
+        with Worker(src_path=str(answers["_src_path"]), dst_path=old, data=data, defaults=True,
+                    vcs_ref=str(answers["_commit"]), quiet=True) as worker:
+            worker.run_copy()
+        kept = []
+        for name in deleted:
+            committed = subprocess.run(["git", "show", f"HEAD:./{name}"], cwd=root, capture_output=True).stdout
+            rendered = (old / name).read_bytes() if (old / name).is_file() else None
+            if committed != rendered:
+                git("checkout", "HEAD", "--", name, cwd=root)
+                kept.append(name)
+    return kept
 
 
 # ---------------------------------------------------------------------------------------------- check

@@ -1,0 +1,369 @@
+"""`torchstrap update` on the real experiment template: no researcher edit is lost, template changes arrive.
+
+Each test builds a template repository from this checkout (copier.yml + template/), tags v1.0.0,
+generates an experiment (real copier, real git), makes the researcher's edits and commits them, changes
+the template programmatically, tags v2.0.0 (and v3.0.0), then runs `torchstrap update` / `check`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from generator.cli import main, new_experiment
+from generator.template_repo import build_template_repo, commit, tag
+from generator.template_source import git
+
+PKG = "my_experiment"  # package_name of the default answers
+T_TRAINER = "template/src/{{package_name}}/trainer.py.jinja"
+T_CONFIG_PY = "template/src/{{package_name}}/config.py.jinja"
+T_DATA = "template/src/{{package_name}}/data.py.jinja"
+T_YAML = "template/configs/default.yaml.jinja"
+TRAINER = f"src/{PKG}/trainer.py"
+CONFIG_PY = f"src/{PKG}/config.py"
+DATA = f"src/{PKG}/data.py"
+YAML = "configs/default.yaml"
+OWN_METHODS = "    # --- add your own methods below this line ---\n"
+OWN_SECTIONS = "# --- add your own sections below this line ---\n"
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+@pytest.fixture
+def tpl(tmp_path: Path) -> Path:
+    repo = build_template_repo(tmp_path / "tpl")
+    tag(repo, "v1.0.0")
+    return repo
+
+
+def generate(tpl: Path, tmp_path: Path, **answers) -> Path:
+    return new_experiment(tmp_path / "exp", answers, template=str(tpl))
+
+
+def sub(path: Path, pattern: str, repl: str, count: int = 1) -> None:
+    """Regex-replace in a file; exactly `count` matches (0 = at least one) or the test is wrong."""
+    text = path.read_text()
+    new, n = re.subn(pattern, repl, text, flags=re.M)
+    assert n == count if count else n > 0, f"{path.name}: {n} matches of {pattern!r}"
+    path.write_text(new)
+
+
+def insert_before(path: Path, anchor: str, text: str) -> None:
+    content = path.read_text()
+    assert content.count(anchor) == 1, f"{path.name}: anchor {anchor!r} not found exactly once"
+    path.write_text(content.replace(anchor, text + anchor))
+
+
+def insert_after(path: Path, anchor: str, text: str) -> None:
+    content = path.read_text()
+    assert content.count(anchor) == 1, f"{path.name}: anchor {anchor!r} not found exactly once"
+    path.write_text(content.replace(anchor, anchor + text))
+
+
+def hooks(trainer_text: str) -> list[str]:
+    """Hook names, from the `# --- end of <hook> ---` anchors."""
+    return re.findall(r"^    # --- end of (\w+) ---$", trainer_text, flags=re.M)
+
+
+def edit_every_hook(exp: Path) -> list[str]:
+    """The researcher adds a line at the end of every hook body; returns the lines added."""
+    path = exp / TRAINER
+    added = []
+    for name in hooks(path.read_text()):
+        line = f"        self.note_{name} = 'edited by the researcher'\n"
+        insert_before(path, f"    # --- end of {name} ---\n", line)
+        added.append(line)
+    assert len(added) >= 15, "the template should have every hook of the workflow"
+    return added
+
+
+def cli(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def assert_clean_update(capsys, exp: Path, *args: str) -> str:
+    code, out = cli(capsys, "update", str(exp), *args)
+    assert code == 0, out
+    assert "need your attention" not in out
+    return out
+
+
+def assert_python(exp: Path, relpath: str) -> None:
+    compile((exp / relpath).read_text(), relpath, "exec")
+
+
+def committed_and_checked(capsys, exp: Path) -> None:
+    """After a clean update: commit, then `check` says up to date with exit code 0."""
+    commit(exp, "torchstrap update")
+    code, out = cli(capsys, "check", str(exp))
+    assert code == 0 and "Up to date" in out, out
+
+
+def version(exp: Path) -> str:
+    return yaml.safe_load((exp / ".copier-answers.yml").read_text())["_commit"]
+
+
+# ------------------------------------------------------------------------------------------ scenarios
+
+
+def test_edit_every_hook_then_template_adds_a_hook(tpl, tmp_path, capsys):
+    exp = generate(tpl, tmp_path)
+    added = edit_every_hook(exp)
+    own = "\n    def my_helper(self) -> int:\n        return 7\n"
+    insert_after(exp / TRAINER, OWN_METHODS, own)
+    commit(exp, "my hooks")
+
+    new_hook = ("    def before_checkpoint(self) -> None:\n        \"\"\"New in v2: called before saving.\"\"\"\n"
+                "        pass\n    # --- end of before_checkpoint ---\n\n")
+    insert_before(tpl / T_TRAINER, OWN_METHODS, new_hook)
+    sub(tpl / T_TRAINER, r'"""Called after each eval_step."""', '"""Called after each eval_step (v2 docstring)."""')
+    tag(tpl, "v2.0.0", "v2: before_checkpoint hook")
+
+    code, out = cli(capsys, "check", str(exp))
+    assert code == 1 and "Behind the template by 1 version(s): v2.0.0" in out
+    out = assert_clean_update(capsys, exp)
+    assert "v1.0.0 -> v2.0.0" in out and TRAINER in out
+    text = (exp / TRAINER).read_text()
+    assert all(line in text for line in added), "a hook edit was lost"
+    assert own in text and "def before_checkpoint(self)" in text and "(v2 docstring)" in text
+    assert text.index("def before_checkpoint") < text.index(OWN_METHODS) < text.index("def my_helper")
+    assert_python(exp, TRAINER)
+    assert version(exp) == "v2.0.0"
+    committed_and_checked(capsys, exp)
+
+
+def test_template_changes_imports(tpl, tmp_path, capsys):
+    exp = generate(tpl, tmp_path)
+    insert_after(exp / TRAINER, "from .models import build_model\n", "import numpy as np  # mine\n")
+    sub(exp / TRAINER, r"^(        super\(\).train_step\(\))$", "        np.random.seed(self.step)  # mine\n\\1")
+    commit(exp, "my imports")
+
+    insert_after(tpl / T_TRAINER, "from __future__ import annotations\n\n", "import math\n\n")
+    sub(tpl / T_TRAINER, r"^from \. import data$", "from . import data as data  # v2")
+    tag(tpl, "v2.0.0", "v2: imports")
+
+    assert_clean_update(capsys, exp)
+    text = (exp / TRAINER).read_text()
+    assert "import numpy as np  # mine\n" in text and "np.random.seed(self.step)  # mine" in text
+    assert "import math\n" in text and "from . import data as data  # v2\n" in text
+    assert_python(exp, TRAINER)
+    committed_and_checked(capsys, exp)
+
+
+def test_untouched_config_default_arrives_touched_one_stays(tpl, tmp_path, capsys):
+    """The user changed lr (template keeps it); the template changes epochs and batch_size defaults."""
+    exp = generate(tpl, tmp_path)
+    sub(exp / YAML, r"^(  lr: )[0-9.]+", r"\g<1>0.0123")
+    commit(exp, "my lr")
+
+    sub(tpl / T_YAML, r"^(  epochs: )\d+", r"\g<1>37")
+    sub(tpl / T_CONFIG_PY, r"^(    batch_size=Param\(Int\(\), .*default=)\d+", r"\g<1>96")
+    sub(tpl / T_YAML, r"^(  batch_size: )\d+", r"\g<1>96")
+    tag(tpl, "v2.0.0", "v2: longer training, bigger batches")
+
+    assert_clean_update(capsys, exp)
+    config = yaml.safe_load((exp / YAML).read_text())
+    assert config["optimizer"]["lr"] == 0.0123  # mine stays
+    assert config["training"]["epochs"] == 37 and config["data"]["batch_size"] == 96  # template's arrive
+    assert "default=96" in (exp / CONFIG_PY).read_text()
+    committed_and_checked(capsys, exp)
+
+
+def test_touched_config_value_changed_by_template_is_a_conflict(tpl, tmp_path, capsys):
+    exp = generate(tpl, tmp_path)
+    sub(exp / YAML, r"^(  lr: )[0-9.]+", r"\g<1>0.0123")
+    sub(exp / YAML, r"^(  epochs: )\d+", r"\g<1>3")
+    commit(exp, "my lr and epochs")
+
+    sub(tpl / T_YAML, r"^(  lr: )[0-9.]+", r"\g<1>0.4")
+    sub(tpl / T_YAML, r"^(  momentum: )[0-9.]+", r"\g<1>0.85")
+    tag(tpl, "v2.0.0", "v2: lr")
+
+    code, out = cli(capsys, "update", str(exp))
+    assert code == 1 and f"{YAML}  (conflict markers)" in out
+    text = (exp / YAML).read_text()
+    mine, theirs = text.split("<<<<<<< before updating\n")[1].split(">>>>>>> after updating")[0].split("=======\n")
+    assert "lr: 0.0123" in mine and "lr: 0.4" in theirs
+    assert "epochs: 3 " in text  # the other edit is kept outside the conflict
+    code, out = cli(capsys, "check", str(exp))
+    assert code == 1 and f"Conflict markers left in {YAML}" in out
+
+
+def test_same_line_edited_conflict_reported_until_resolved(tpl, tmp_path, capsys):
+    exp = generate(tpl, tmp_path)
+    added = edit_every_hook(exp)
+    sub(exp / TRAINER, r"^        super\(\)\.train_step\(\)$", "        self.my_train_step()  # mine")
+    commit(exp, "my train_step")
+
+    sub(tpl / T_TRAINER, r"^        super\(\)\.train_step\(\)$", "        super().train_step()  # v2: now with AMP")
+    tag(tpl, "v2.0.0", "v2")
+
+    code, out = cli(capsys, "update", str(exp))
+    assert code == 1 and f"{TRAINER}  (conflict markers)" in out and "1 file(s) need your attention" in out
+    text = (exp / TRAINER).read_text()
+    mine, theirs = text.split("<<<<<<< before updating\n")[1].split(">>>>>>> after updating")[0].split("=======\n")
+    assert mine.startswith("        self.my_train_step()  # mine\n")  # with the adjacent edit of the same hook
+    assert theirs == "        super().train_step()  # v2: now with AMP\n"
+    assert all(line in text for line in added)
+    code, out = cli(capsys, "check", str(exp))
+    assert code == 1 and f"Conflict markers left in {TRAINER}" in out
+
+    resolved = re.sub(r"<<<<<<< before updating\n(.*?)=======\n.*?>>>>>>> after updating\n", r"\1", text, flags=re.S)
+    (exp / TRAINER).write_text(resolved)
+    assert_python(exp, TRAINER)
+    committed_and_checked(capsys, exp)
+
+
+def test_user_deleted_a_template_file(tpl, tmp_path, capsys):
+    exp = generate(tpl, tmp_path)
+    git("rm", "-q", "scripts/prepare_data.py", "Makefile", cwd=exp)
+    commit(exp, "I don't use these")
+
+    for name in ("template/scripts/prepare_data.py.jinja", "template/Makefile.jinja"):
+        (tpl / name).write_text((tpl / name).read_text() + "\n# v2 line\n")
+    sub(tpl / T_YAML, r"^(  epochs: )\d+", r"\g<1>37")
+    tag(tpl, "v2.0.0", "v2")
+
+    assert_clean_update(capsys, exp)
+    assert not (exp / "scripts" / "prepare_data.py").exists() and not (exp / "Makefile").exists()
+    assert yaml.safe_load((exp / YAML).read_text())["training"]["epochs"] == 37
+    committed_and_checked(capsys, exp)
+
+
+def test_user_added_modules_configs_and_sections(tpl, tmp_path, capsys):
+    exp = generate(tpl, tmp_path)
+    (exp / "src" / PKG / "my_losses.py").write_text("def my_loss(x):\n    return x.mean()\n")
+    (exp / "configs" / "long_run.yaml").write_text("training:\n  epochs: 300\n")
+    own_section = 'Section("ema", "my EMA").params(decay=Param(Float(), "decay", default=0.99))\n'
+    insert_after(exp / CONFIG_PY, OWN_SECTIONS, own_section)
+    insert_after(exp / YAML, "  progress: true", "\n\nema:\n  decay: 0.99              # mine")
+    commit(exp, "my modules")
+
+    template_section = 'Section("v2", "new in v2").params(flag=Param(Bool(), "a v2 flag", default=False))\n\n'
+    insert_before(tpl / T_CONFIG_PY, OWN_SECTIONS, template_section)
+    (tpl / "template" / "src" / "{{package_name}}" / "callbacks.py").write_text('"""New in v2."""\n')
+    tag(tpl, "v2.0.0", "v2: section and module")
+
+    assert_clean_update(capsys, exp)
+    assert (exp / "src" / PKG / "my_losses.py").read_text() == "def my_loss(x):\n    return x.mean()\n"
+    assert (exp / "configs" / "long_run.yaml").read_text() == "training:\n  epochs: 300\n"
+    config_py = (exp / CONFIG_PY).read_text()
+    assert own_section in config_py and template_section in config_py
+    assert config_py.index(template_section) < config_py.index(OWN_SECTIONS) < config_py.index(own_section)
+    assert yaml.safe_load((exp / YAML).read_text())["ema"] == {"decay": 0.99}
+    assert (exp / "src" / PKG / "callbacks.py").is_file()
+    assert_python(exp, CONFIG_PY)
+    committed_and_checked(capsys, exp)
+
+
+def _slurm_files(exp: Path) -> set[str]:
+    out = git("ls-files", cwd=exp).stdout.split()
+    return {name for name in out if "slurm" in name.lower() or "sbatch" in name.lower() or "submit" in name.lower()}
+
+
+def test_answers_changed_at_update_add_and_remove_slurm_files(tpl, tmp_path, capsys):
+    exp = generate(tpl, tmp_path, use_slurm=False)
+    assert _slurm_files(exp) == set()
+    edit_every_hook(exp)
+    commit(exp, "my hooks")
+
+    assert_clean_update(capsys, exp, "-d", "use_slurm=true")
+    slurm = _slurm_files(exp)
+    assert slurm, "use_slurm=true at update should add the SLURM files"
+    assert yaml.safe_load((exp / ".copier-answers.yml").read_text())["use_slurm"] is True
+    commit(exp, "slurm on")
+
+    edited, untouched = sorted(slurm)[0], sorted(slurm)[1:]
+    (exp / edited).write_text((exp / edited).read_text() + "\n# my cluster's partition\n")
+    commit(exp, "my cluster")
+    code, out = cli(capsys, "update", str(exp), "-d", "use_slurm=false")
+    assert code == 0, out
+    assert all(not (exp / name).exists() for name in untouched), "untouched SLURM files should go"
+    assert "# my cluster's partition" in (exp / edited).read_text(), "an edited file must never vanish"
+    assert "Kept your edited files" in out and edited in out
+    assert all(f"self.note_{h} = " in (exp / TRAINER).read_text() for h in hooks((exp / TRAINER).read_text()))
+
+
+def test_two_successive_updates(tpl, tmp_path, capsys):
+    exp = generate(tpl, tmp_path)
+    added = edit_every_hook(exp)
+    commit(exp, "my hooks")
+
+    sub(tpl / T_YAML, r"^(  epochs: )\d+", r"\g<1>37")
+    tag(tpl, "v2.0.0", "v2")
+    insert_before(tpl / T_TRAINER, OWN_METHODS, "    def on_v3(self) -> None:\n        pass\n    # --- end of on_v3 ---\n\n")
+    sub(tpl / T_YAML, r"^(  log_every: )\d+", r"\g<1>25")
+    tag(tpl, "v3.0.0", "v3")
+
+    assert_clean_update(capsys, exp, "--vcs-ref", "v2.0.0")
+    assert version(exp) == "v2.0.0"
+    commit(exp, "update to v2")
+    sub(exp / YAML, r"^(  lr: )[0-9.]+", r"\g<1>0.0123")
+    commit(exp, "edit between updates")
+    code, out = cli(capsys, "check", str(exp))
+    assert code == 1 and "by 1 version(s): v3.0.0" in out
+
+    out = assert_clean_update(capsys, exp)
+    assert "v2.0.0 -> v3.0.0" in out and version(exp) == "v3.0.0"
+    config = yaml.safe_load((exp / YAML).read_text())
+    assert (config["training"]["epochs"], config["logging"]["log_every"], config["optimizer"]["lr"]) == (37, 25, 0.0123)
+    text = (exp / TRAINER).read_text()
+    assert all(line in text for line in added) and "def on_v3(self)" in text
+    committed_and_checked(capsys, exp)
+
+
+def test_update_after_reformatting_a_file(tpl, tmp_path, capsys):
+    """A formatter pass (quote style, wrapped signatures, spacing) changed many lines, renamed nothing."""
+    exp = generate(tpl, tmp_path)
+    path = exp / TRAINER
+    sub(path, r'^    @param\("([\w.]+)"\)$', r"    @param('\1')", count=0)
+    sub(path, r"^    def (\w+)\(self\) -> None:$", r"    def \1(\n        self,\n    ) -> None:", count=0)
+    before = path.read_text()
+    commit(exp, "ruff format")
+
+    insert_before(tpl / T_TRAINER, OWN_METHODS, "    def on_v2(self) -> None:\n        pass\n    # --- end of on_v2 ---\n\n")
+    sub(tpl / T_YAML, r"^(  epochs: )\d+", r"\g<1>37")
+    tag(tpl, "v2.0.0", "v2")
+
+    assert_clean_update(capsys, exp)
+    text = path.read_text()
+    assert "def on_v2(self)" in text
+    assert text.replace("    def on_v2(self) -> None:\n        pass\n    # --- end of on_v2 ---\n\n", "") == before
+    assert yaml.safe_load((exp / YAML).read_text())["training"]["epochs"] == 37
+    assert_python(exp, TRAINER)
+    committed_and_checked(capsys, exp)
+
+
+def test_template_removes_files_edited_ones_are_kept(tpl, tmp_path, capsys):
+    exp = generate(tpl, tmp_path)
+    sub(exp / DATA, r"^(def val_pipelines)", "# my note on the validation pipeline\n\\1")
+    commit(exp, "my data note")
+
+    git("rm", "-q", "template/scripts/prepare_data.py.jinja", T_DATA, cwd=tpl)
+    tag(tpl, "v2.0.0", "v2: data.py and prepare_data.py moved to the runtime")
+
+    code, out = cli(capsys, "update", str(exp))
+    assert code == 0, out
+    assert not (exp / "scripts" / "prepare_data.py").exists()  # untouched: removed with the template
+    assert "# my note on the validation pipeline" in (exp / DATA).read_text()  # edited: kept, and said so
+    assert "Kept your edited files" in out and DATA in out
+    committed_and_checked(capsys, exp)
+
+
+def test_file_added_by_both_is_a_conflict_not_a_loss(tpl, tmp_path, capsys):
+    exp = generate(tpl, tmp_path)
+    (exp / "src" / PKG / "callbacks.py").write_text("def mine():\n    return 1\n")
+    commit(exp, "my callbacks")
+    (tpl / "template" / "src" / "{{package_name}}" / "callbacks.py").write_text("def templates():\n    return 2\n")
+    tag(tpl, "v2.0.0", "v2: callbacks")
+
+    code, out = cli(capsys, "update", str(exp))
+    text = (exp / "src" / PKG / "callbacks.py").read_text()
+    assert "def mine():\n    return 1\n" in text and "def templates():\n    return 2\n" in text
+    assert code == 1 and f"src/{PKG}/callbacks.py  (conflict markers)" in out
