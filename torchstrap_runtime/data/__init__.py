@@ -1,0 +1,15 @@
+"""Seeded, reproducible FFCV data: ops, Loader, dataset writers (see docs/data.md)."""
+from ffcv.loader import OrderOption
+
+from .decoders import SimpleRGBImageDecoder
+from .horizontal_flip import RandomHorizontalFlip
+from .loader import Loader
+from .random_resized_crop import RandomResizedCrop
+from .translation import RandomTranslation
+from .vertical_flip import RandomVerticalFlip
+from .writers import beton_info, check_beton, write_dataset, write_digits, write_image_folder
+
+__all__ = [
+    "Loader", "OrderOption", "write_dataset", "write_digits", "write_image_folder", "check_beton", "beton_info",
+    "SimpleRGBImageDecoder", "RandomResizedCrop", "RandomTranslation", "RandomHorizontalFlip", "RandomVerticalFlip",
+]

@@ -1,0 +1,74 @@
+"""Base class of the seeded ops.
+
+A seeded op is an FFCV `Operation` whose compiled function receives, after FFCV's usual arguments,
+the dataset indices of the batch and a 64-bit key for (op seed, op stream, epoch). Our `Loader`
+passes both (see `loader.py`); the kernels derive per-sample randomness with `rng.sample_key`.
+
+    transform:  fn(images, dst, indices, key) -> batch
+    decoder:    fn(indices, memory, metadata, storage_state, key) -> batch
+"""
+from dataclasses import replace
+from typing import Optional, Tuple
+
+from ffcv.pipeline.allocation_query import AllocationQuery
+from ffcv.pipeline.operation import Operation
+from ffcv.pipeline.state import State
+
+from .rng import stream_id
+
+
+def check_seed(seed: Optional[int], owner: str) -> Optional[int]:
+    """Validate a seed: None or a non-negative int below 2**63."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"{owner}: seed must be None or an int in [0, 2**63), got {seed!r}")
+    return seed
+
+
+def check_probability(p: float, owner: str, name: str = "p") -> float:
+    if not 0.0 <= float(p) <= 1.0:
+        raise ValueError(f"{owner}: {name} must be in [0, 1], got {p!r}")
+    return float(p)
+
+
+def check_range(values, owner: str, name: str, low: float = 0.0) -> Tuple[float, float]:
+    """A (min, max) pair with low <= min <= max."""
+    try:
+        a, b = (float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ValueError(f"{owner}: {name} must be a pair (min, max), got {values!r}") from None
+    if not low <= a <= b:
+        raise ValueError(f"{owner}: {name} must satisfy {low} <= min <= max, got {values!r}")
+    return a, b
+
+
+class Seeded:
+    """Mixin: `seed` (None = fresh entropy per Loader) and `stream` (per-class constant)."""
+
+    stream: int = 0
+    seed: Optional[int] = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.stream = stream_id(cls.__name__)
+
+
+class SeededTransform(Seeded, Operation):
+    """A seeded transform on uint8 NHWC batches that writes its result into a buffer of the same shape."""
+
+    def __init__(self, seed: Optional[int] = None):
+        super().__init__()
+        self.seed = check_seed(seed, type(self).__name__)
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items()
+                           if k not in ("metadata", "memory_read", "field"))
+        return f"{type(self).__name__}({params})"
+
+    def declare_state_and_memory(self, previous_state: State) -> Tuple[State, Optional[AllocationQuery]]:
+        shape = previous_state.shape
+        if shape is None or len(shape) != 3 or shape[2] != 3:
+            raise ValueError(f"{type(self).__name__} needs uint8 HxWx3 images from a decoder before it, "
+                             f"got shape {shape}")
+        return replace(previous_state, jit_mode=True), AllocationQuery(shape, previous_state.dtype)

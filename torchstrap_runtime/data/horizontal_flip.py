@@ -1,0 +1,38 @@
+"""RandomHorizontalFlip: mirror left-right with probability p."""
+from typing import Callable, Optional
+
+from numba import njit, prange
+
+from .base import SeededTransform, check_probability
+from .rng import sample_key, uniform
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def horizontal_flip_kernel(images, dst, indices, key, p):
+    for i in prange(images.shape[0]):
+        if uniform(sample_key(key, indices[i]), 0) < p:
+            dst[i] = images[i, :, ::-1]
+        else:
+            dst[i] = images[i]
+    return dst
+
+
+class RandomHorizontalFlip(SeededTransform):
+    """Flip each image left-right with probability `p` (draw 0 < p).
+
+    Args:
+        p: probability of flipping a sample, in [0, 1]; 0 never flips, 1 always flips.
+        seed: None (fresh entropy each time a Loader is built) or an int.
+    """
+
+    def __init__(self, p: float = 0.5, seed: Optional[int] = None):
+        super().__init__(seed)
+        self.p = check_probability(p, "RandomHorizontalFlip")
+
+    def generate_code(self) -> Callable:
+        p = self.p
+
+        def horizontal_flip(images, dst, indices, key):
+            return horizontal_flip_kernel(images, dst, indices, key, p)
+
+        return horizontal_flip

@@ -1,0 +1,302 @@
+"""Loader: `ffcv.loader.Loader` with seeded ops, its own well-mixed order, exact resume and sharding.
+
+What differs from FFCV's loader:
+- `seed` fixes the order only; each seeded op has its own seed. A seed left None is drawn from OS
+  entropy when the Loader is built (one per op object: the same op object in two pipelines shares
+  its draws).
+- the order of epoch e is a permutation drawn from `numpy.random.default_rng([seed, e])`
+  (SeedSequence-mixed, so seeds s and s+1 do not share epochs).
+- the compiled pipeline receives each seeded op's key for the epoch (see `rng.py`); a sample's
+  augmentation therefore depends only on (op seed, epoch, dataset index).
+- `start_epoch`, `start_batch`, `set_epoch(epoch, start_batch)` resume exactly inside an epoch.
+- `distributed=True` splits each epoch's order into disjoint per-rank shards order[rank::world_size].
+- `custom_field_mapper={'view2': 'image'}` decodes a stored field again under another output name.
+"""
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from ffcv.loader.epoch_iterator import IS_CUDA, EpochIterator, select_buffer
+from ffcv.loader.loader import DEFAULT_OS_CACHE, Loader as FFCVLoader, OrderOption
+from ffcv.pipeline import PipelineSpec
+from ffcv.pipeline.compiler import Compiler
+from ffcv.pipeline.graph import DecoderNode, Graph, RefNode, TransformNode
+
+from .base import Seeded, check_seed
+from .rng import fresh_seed, op_key_py
+from .writers import check_beton
+
+Stage = Tuple[Callable, List[int]]
+
+
+class Loader(FFCVLoader):
+    """FFCV loader with reproducible, per-op-seeded augmentations.
+
+    Accepts every argument of `ffcv.loader.Loader` (same meaning, but `order` defaults to RANDOM and
+    `seed` only drives the order), plus:
+
+    Args:
+        custom_field_mapper: {output name: stored field}; `pipelines[output name]` then decodes that field
+            again (e.g. a second augmented view of 'image'). Extra outputs come after the stored fields.
+        start_epoch: epoch of the first `__iter__` (later ones count up).
+        start_batch: batch at which the first `__iter__` starts (0 = the full epoch).
+        rank, world_size: shard explicitly; with `distributed=True` they default to torch.distributed's.
+    """
+
+    def __init__(self, fname: Union[str, Path], batch_size: int, num_workers: int = -1,
+                 os_cache: bool = DEFAULT_OS_CACHE, order: OrderOption = OrderOption.RANDOM,
+                 distributed: bool = False, seed: Optional[int] = None, indices: Optional[Sequence[int]] = None,
+                 pipelines: Optional[Mapping[str, Union[Sequence, PipelineSpec, None]]] = None,
+                 custom_fields: Optional[Mapping] = None, drop_last: bool = True, batches_ahead: int = 3,
+                 recompile: bool = False, custom_field_mapper: Optional[Mapping[str, str]] = None,
+                 start_epoch: int = 0, start_batch: int = 0, rank: Optional[int] = None,
+                 world_size: Optional[int] = None):
+        fname = str(check_beton(fname))
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"Loader: batch_size must be an int >= 1, got {batch_size!r}")
+        if order not in (OrderOption.RANDOM, OrderOption.SEQUENTIAL, OrderOption.QUASI_RANDOM):
+            raise ValueError(f"Loader: order must be an OrderOption, got {order!r}")
+        self.rank, self.world_size = resolve_shard(distributed, rank, world_size)
+        if order is OrderOption.QUASI_RANDOM and self.world_size > 1:
+            raise ValueError("Loader: order=QUASI_RANDOM cannot be sharded across ranks; use RANDOM")
+        self.order_option = order
+        seed = resolve_order_seed(check_seed(seed, "Loader"), self.world_size, distributed)
+        pipelines = map_custom_fields(fname, pipelines or {}, custom_field_mapper or {}, custom_fields or {})
+
+        super().__init__(fname, batch_size, num_workers=num_workers, os_cache=os_cache,
+                         order=order if order is OrderOption.QUASI_RANDOM else OrderOption.SEQUENTIAL,
+                         distributed=False, seed=seed, indices=indices, pipelines=pipelines,
+                         custom_fields=custom_fields or {}, drop_last=drop_last, batches_ahead=batches_ahead,
+                         recompile=recompile)
+        self.op_seeds: Dict[int, int] = {id(op): (op.seed if op.seed is not None else fresh_seed())
+                                         for op in self._seeded_ops().values()}
+        self.epoch: Optional[int] = None  # epoch of the latest __iter__
+        self.set_epoch(start_epoch, start_batch)
+
+    # ------------------------------------------------------------------ order, length, epochs
+    def samples_per_epoch(self) -> int:
+        """How many samples this rank yields in a full epoch."""
+        total = len(self.indices)
+        if self.drop_last:
+            return (total // self.world_size) // self.batch_size * self.batch_size
+        return len(range(self.rank, total, self.world_size))
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """Dataset indices this rank visits in `epoch`, in order (before batching and `start_batch`)."""
+        if self.order_option is OrderOption.RANDOM:
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.indices)
+        elif self.order_option is OrderOption.QUASI_RANDOM:
+            order = self.traversal_order.sample_order(epoch)
+        else:
+            order = np.asarray(self.indices)
+        return order[self.rank::self.world_size][:self.samples_per_epoch()]
+
+    def next_traversal_order(self) -> np.ndarray:
+        return self.epoch_order(self.next_epoch)
+
+    def __len__(self) -> int:
+        """Batches in a full epoch (regardless of start_batch)."""
+        return -(-self.samples_per_epoch() // self.batch_size)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Make the next `__iter__` yield epoch `epoch` from batch `start_batch` on."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"Loader: epoch must be an int >= 0, got {epoch!r}")
+        if isinstance(start_batch, bool) or not isinstance(start_batch, (int, np.integer)) \
+                or not 0 <= start_batch <= len(self):
+            raise ValueError(f"Loader: start_batch must be an int in [0, {len(self)}], got {start_batch!r}")
+        self.next_epoch, self.next_start_batch = int(epoch), int(start_batch)
+
+    def __iter__(self) -> "SeededEpochIterator":
+        Compiler.set_num_threads(self.num_workers)
+        epoch, start = self.next_epoch, self.next_start_batch
+        order = self.epoch_order(epoch)[start * self.batch_size:]
+        self.epoch = epoch
+        self.next_epoch, self.next_start_batch = epoch + 1, 0
+        if self.code is None or self.recompile:
+            self.generate_code()
+        return SeededEpochIterator(self, order, self.rng_keys(epoch))
+
+    # ------------------------------------------------------------------ seeds
+    def _seeded_ops(self) -> Dict[int, Seeded]:
+        """Seeded op of each graph node, by node id."""
+        ops = {}
+        for node in self.graph.nodes:
+            op = node.decoder if isinstance(node, DecoderNode) else getattr(node, "operation", None)
+            if isinstance(op, Seeded):
+                ops[node.id] = op
+        return ops
+
+    def rng_keys(self, epoch: int) -> Dict[int, np.uint64]:
+        """Key of every seeded node for `epoch` (what the compiled pipeline receives)."""
+        return {node_id: np.uint64(op_key_py(self.op_seeds[id(op)], op.stream, epoch))
+                for node_id, op in self._seeded_ops().items()}
+
+    @property
+    def augmentation_seeds(self) -> Dict[str, List[Tuple[str, int]]]:
+        """{output name: [(op class, resolved seed), ...]}: log it to rebuild a seed=None run."""
+        seeds = {}
+        for name, spec in self.pipeline_specs.items():
+            ops = [spec.decoder, *spec.transforms]
+            seeds[name] = [(type(op).__name__, self.op_seeds[id(op)]) for op in ops if isinstance(op, Seeded)]
+        return seeds
+
+    # ------------------------------------------------------------------ code generation
+    def generate_code(self) -> None:
+        _, code = self.graph.collect_requirements()
+        self.code = build_stages(self.graph, code)
+
+    def filter(self, field_name, condition):
+        raise NotImplementedError("torchstrap Loader.filter: pass `indices` instead")
+
+
+class SeededEpochIterator(EpochIterator):
+    """FFCV's epoch iterator that also hands the seeded ops their epoch keys."""
+
+    def __init__(self, loader: Loader, order: np.ndarray, rng_keys: Dict[int, np.uint64]):
+        self.rng_keys = rng_keys  # set before super().__init__, which starts the worker thread
+        super().__init__(loader, order)
+
+    def run_pipeline(self, b_ix, batch_indices, batch_slot, cuda_event):
+        self.memory_context.start_batch(b_ix)
+        stream = torch.cuda.stream(self.cuda_streams[batch_slot]) if IS_CUDA else nullcontext()
+        stages, outputs = self.loader.code
+        with stream:
+            if IS_CUDA and cuda_event:
+                cuda_event.wait()
+            args = {"batch_indices": batch_indices, "storage_state": self.storage_state,
+                    "metadata": self.metadata, "rng_keys": self.rng_keys}
+            count = len(batch_indices)
+            for node_id, buffer in self.memory_allocations["operation"].items():
+                args[f"memory_{node_id}"] = select_buffer(buffer, batch_slot, count)
+            for node_id, buffer in self.memory_allocations["shared"].items():
+                args[f"shared_memory_{node_id}"] = select_buffer(buffer, batch_slot, count)
+            for stage, defined in stages:
+                for node_id, value in zip(defined, stage(**args)):
+                    args[f"result_{node_id}"] = value
+            return tuple(args[f"result_{node_id}"] for node_id in outputs)
+
+
+# ---------------------------------------------------------------------- helpers
+def resolve_shard(distributed: bool, rank: Optional[int], world_size: Optional[int]) -> Tuple[int, int]:
+    """(rank, world_size) of this process; (0, 1) when not sharding."""
+    if rank is None and world_size is None:
+        if not distributed:
+            return 0, 1
+        if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+            raise ValueError("Loader: distributed=True needs an initialised torch.distributed process group "
+                             "(or explicit rank= and world_size=)")
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    if rank is None or world_size is None:
+        raise ValueError(f"Loader: pass both rank and world_size, got rank={rank!r}, world_size={world_size!r}")
+    if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+        raise ValueError(f"Loader: need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
+    return rank, world_size
+
+
+def resolve_order_seed(seed: Optional[int], world_size: int, distributed: bool) -> int:
+    """The order seed; ranks must agree on it, so None is broadcast from rank 0 under torch.distributed."""
+    if seed is not None:
+        return seed
+    seed = fresh_seed()
+    if world_size == 1:
+        return seed
+    if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
+        box = [seed]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+    raise ValueError("Loader: sharding without torch.distributed needs an explicit order seed "
+                     "(ranks must agree on the order)")
+
+
+def map_custom_fields(fname: str, pipelines: Mapping, mapper: Mapping[str, str],
+                      custom_fields: Mapping) -> Dict[str, Union[list, PipelineSpec, None]]:
+    """Copy the pipelines (FFCV pops decoders out of the lists it gets) and point mapped outputs at their field."""
+    from ffcv.reader import Reader
+
+    result = {name: (list(spec) if isinstance(spec, (list, tuple)) else spec) for name, spec in pipelines.items()}
+    if not mapper:
+        return result
+    fields = Reader(fname, custom_fields).field_names
+    for output, field in mapper.items():
+        if field not in fields:
+            raise ValueError(f"Loader: custom_field_mapper[{output!r}] = {field!r} is not a field of {fname} "
+                             f"(fields: {fields})")
+        if output in fields:
+            raise ValueError(f"Loader: custom_field_mapper output {output!r} is already a stored field of {fname}")
+        if not isinstance(result.get(output), list):
+            raise ValueError(f"Loader: custom_field_mapper maps {output!r} to {field!r}, so pipelines[{output!r}] "
+                             f"must be a list of ops, got {result.get(output)!r}")
+        result[output] = PipelineSpec(field, transforms=result[output])
+    return result
+
+
+def compile_op(fn: Callable) -> Callable:
+    """numba-compile one op's function like FFCV does; ours (`fn.cacheable`) also go to the disk cache."""
+    if not Compiler.is_enabled:
+        return fn
+    from numba import njit
+
+    parallel = getattr(fn, "is_parallel", False) and Compiler.num_threads > 1
+    return njit(fastmath=True, nogil=True, error_model="numpy", parallel=parallel,
+                cache=getattr(fn, "cacheable", False))(fn)
+
+
+def node_call(node, code: dict, shared_owner: dict) -> Tuple[List[str], str]:
+    """Source lines that run one node, and the name of its result."""
+    if isinstance(node, RefNode):
+        return [], node.result_id
+    i = node.id
+    op = node.decoder if isinstance(node, DecoderNode) else node.operation
+    lines, args = [], [node.arg_id, f"memory_{i}"]
+    if node.with_indices:
+        args.append("batch_indices")
+    if isinstance(node, DecoderNode):
+        args += [f"metadata['f{node.f_ix}']", "storage_state"]
+    if isinstance(op, Seeded):
+        if isinstance(node, TransformNode):
+            args.append("batch_indices")
+        args.append(f"rng_keys[{i}]")
+    if code["shared"].get(i) is not None:
+        if op not in shared_owner:
+            shared_owner[op] = i
+            lines.append(f"init_shared_state_code_{i}(shared_memory_{i})")
+        args.append(f"shared_memory_{shared_owner[op]}")
+    lines.append(f"{node.result_id} = code_{i}({', '.join(args)})")
+    return lines, node.result_id
+
+
+def build_stage(graph: Graph, stage: List[int], jitted: bool, code: dict, defined: List[int],
+                shared_owner: dict) -> Stage:
+    """One pipeline stage as a Python function calling the (numba-compiled when `jitted`) op functions."""
+    params = ["batch_indices", "metadata", "storage_state", "rng_keys"]
+    params += [f"memory_{i}" for i in code["operation"]] + [f"shared_memory_{i}" for i in code["shared"]]
+    params += [f"result_{i}" for i in defined]
+    body, results, namespace = [], [], {}
+    for node_id in stage:
+        node = graph.id_to_node[node_id]
+        if node_id in code["operation"]:
+            namespace[f"code_{node_id}"] = code["operation"][node_id]
+        if code["shared"].get(node_id) is not None:
+            namespace[f"init_shared_state_code_{node_id}"] = code["shared"][node_id]
+        lines, result = node_call(node, code, shared_owner)
+        body += lines
+        results.append(result)
+    if jitted:
+        namespace = {name: compile_op(fn) for name, fn in namespace.items()}
+    source = f"def stage({', '.join(params)}):\n"
+    source += "".join(f"    {line}\n" for line in body)
+    source += f"    return ({''.join(r + ', ' for r in results)})\n"
+    exec(compile(source, "<torchstrap pipeline stage>", "exec"), namespace)
+    defined += stage
+    return namespace["stage"], list(stage)
+
+
+def build_stages(graph: Graph, code: dict) -> Tuple[List[Stage], List[int]]:
+    """All stages (alternately numba-compiled and plain Python, as FFCV groups them) and the output node ids."""
+    stages, defined, shared_owner = [], [], {}
+    for s_ix, stage in enumerate(graph.group_operations()):
+        stages.append(build_stage(graph, stage, s_ix % 2 == 0, code, defined, shared_owner))
+    return stages, [node.id for node in graph.leaf_nodes.values()]

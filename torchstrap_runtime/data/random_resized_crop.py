@@ -1,0 +1,109 @@
+"""RandomResizedCrop: a decoder that crops a random region (area and aspect ratio drawn) and resizes it."""
+import math
+from typing import Callable, Optional, Tuple
+
+import numpy as np
+from numba import njit
+from ffcv.fields.rgb_image import IMAGE_MODES, ResizedCropRGBImageDecoder
+from ffcv.libffcv import imdecode, resize_crop
+from ffcv.pipeline.compiler import Compiler
+
+from .base import Seeded, check_range, check_seed
+from .rng import randint, sample_key, uniform_range
+
+ATTEMPTS = 10  # like torchvision: 10 tries, then a central crop with the aspect ratio clamped
+
+
+@njit(cache=True, nogil=True)
+def sample_crop(k, height, width, scale_lo, scale_hi, log_ratio_lo, log_ratio_hi):
+    """(top, left, crop_height, crop_width) for the sample with key k. Draws 4a..4a+3 for attempt a."""
+    area = float(height) * float(width)
+    for attempt in range(ATTEMPTS):
+        d = 4 * attempt
+        target_area = area * uniform_range(k, d, scale_lo, scale_hi)
+        aspect = math.exp(uniform_range(k, d + 1, log_ratio_lo, log_ratio_hi))
+        crop_w = int(round(math.sqrt(target_area * aspect)))
+        crop_h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < crop_w <= width and 0 < crop_h <= height:
+            top = randint(k, d + 2, 0, height - crop_h)
+            left = randint(k, d + 3, 0, width - crop_w)
+            return top, left, crop_h, crop_w
+    in_ratio = float(width) / float(height)
+    if in_ratio < math.exp(log_ratio_lo):
+        crop_w = width
+        crop_h = int(round(crop_w / math.exp(log_ratio_lo)))
+    elif in_ratio > math.exp(log_ratio_hi):
+        crop_h = height
+        crop_w = int(round(crop_h * math.exp(log_ratio_hi)))
+    else:
+        crop_w, crop_h = width, height
+    return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
+
+
+class RandomResizedCrop(Seeded, ResizedCropRGBImageDecoder):
+    """Decoder: crop a random region of each image and resize it to `output_size` (area interpolation).
+
+    The region's area is a uniform fraction in `scale` of the image's area (draw 4a), its aspect ratio
+    width/height is log-uniform in `ratio` (draw 4a+1), its position uniform (draws 4a+2, 4a+3); up to
+    10 attempts a = 0..9 until the region fits, then a central crop with the aspect ratio clamped into
+    `ratio`. Crops are not forced square. Works on raw and JPEG images of any size.
+
+    Args:
+        output_size: (height, width) of the output images.
+        scale: (min, max) fraction of the image's area, 0 < min <= max <= 1.
+        ratio: (min, max) aspect ratio width/height, 0 < min <= max.
+        seed: None (fresh entropy each time a Loader is built) or an int.
+    """
+
+    def __init__(self, output_size: Tuple[int, int], scale: Tuple[float, float] = (0.08, 1.0),
+                 ratio: Tuple[float, float] = (3 / 4, 4 / 3), seed: Optional[int] = None):
+        size = tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size, output_size)
+        if len(size) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in size):
+            raise ValueError(f"RandomResizedCrop: output_size must be (height, width) > 0, got {output_size!r}")
+        super().__init__((int(size[0]), int(size[1])))
+        self.scale = check_range(scale, "RandomResizedCrop", "scale")
+        if self.scale[0] <= 0 or self.scale[1] > 1:
+            raise ValueError(f"RandomResizedCrop: scale must satisfy 0 < min <= max <= 1, got {scale!r}")
+        self.ratio = check_range(ratio, "RandomResizedCrop", "ratio")
+        if self.ratio[0] <= 0:
+            raise ValueError(f"RandomResizedCrop: ratio must satisfy 0 < min <= max, got {ratio!r}")
+        self.seed = check_seed(seed, "RandomResizedCrop")
+
+    def __repr__(self) -> str:
+        return (f"RandomResizedCrop(output_size={self.output_size}, scale={self.scale}, "
+                f"ratio={self.ratio}, seed={self.seed})")
+
+    @property
+    def get_crop_generator(self):
+        return sample_crop
+
+    def generate_code(self) -> Callable:
+        mem_read = self.memory_read
+        my_range = Compiler.get_iterator()
+        imdecode_c = Compiler.compile(imdecode)
+        resize_crop_c = Compiler.compile(resize_crop)
+        jpg = IMAGE_MODES["jpg"]
+        scale_lo, scale_hi = self.scale
+        log_ratio_lo, log_ratio_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+
+        def random_resized_crop(batch_indices, my_storage, metadata, storage_state, key):
+            destination, temp_storage = my_storage
+            for dst_ix in my_range(len(batch_indices)):
+                source_ix = batch_indices[dst_ix]
+                field = metadata[source_ix]
+                image_data = mem_read(field["data_ptr"], storage_state)
+                height = np.uint32(field["height"])
+                width = np.uint32(field["width"])
+                if field["mode"] == jpg:
+                    temp_buffer = temp_storage[dst_ix]
+                    imdecode_c(image_data, temp_buffer, height, width, height, width, 0, 0, 1, 1, False, False)
+                    temp_buffer = temp_buffer.reshape(-1)[:3 * height * width].reshape(height, width, 3)
+                else:
+                    temp_buffer = image_data.reshape(height, width, 3)
+                top, left, crop_h, crop_w = sample_crop(sample_key(key, source_ix), int(height), int(width),
+                                                        scale_lo, scale_hi, log_ratio_lo, log_ratio_hi)
+                resize_crop_c(temp_buffer, top, top + crop_h, left, left + crop_w, destination[dst_ix])
+            return destination[:len(batch_indices)]
+
+        random_resized_crop.is_parallel = True
+        return random_resized_crop
