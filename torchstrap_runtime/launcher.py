@@ -1,0 +1,448 @@
+"""Run an experiment on SLURM (or locally) through submitit, with requeue and exact resume.
+
+    python scripts/submit.py -C configs/default.yaml --slurm.partition gpu --slurm.timeout_min 240
+    python scripts/submit.py -C configs/default.yaml --sweep optimizer.lr=0.1,0.01 --sweep training.seed=0,1
+    python scripts/submit.py -C configs/default.yaml --local        # submitit's LocalExecutor, no cluster
+
+Every job trains in a fixed run folder (`logging.folder/logging.run_id`, decided at submission). On USR2
+(time limit or preemption) the Trainer finishes its step, saves `run_dir/checkpoints/last.pt` and the job
+requeues itself; the new process resumes from that checkpoint by itself. Plain sbatch scripts use
+`python -m torchstrap_runtime.launcher run PKG.MODULE:Trainer [config args]`, which does the same without
+submitit (it calls `scontrol requeue` itself).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import itertools
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from . import config as cfg
+from . import distributed
+from .config import Dict, Int, Param, Section, Str
+
+
+def declare_slurm_section() -> None:
+    """Declare the `slurm` config section (done on import; again after `config.reset_config()` in tests)."""
+    Section("slurm", "SLURM submission (scripts/submit.py)").params(
+        partition=Param(Str(), "partition to submit to (required for SLURM; not for --local)", default=""),
+        nodes=Param(Int(), "number of nodes", default=1),
+        tasks_per_node=Param(Int(), "processes per node (one per GPU); >1 runs DDP", default=1),
+        gpus_per_node=Param(Int(), "GPUs per node", default=0),
+        cpus_per_task=Param(Int(), "CPU cores per process (data loading workers)", default=4),
+        timeout_min=Param(Int(), "time limit per job in minutes; the job requeues itself when it hits it", default=60),
+        mem_gb=Param(Int(), "memory per node in GB (0 = the cluster's default)", default=0),
+        signal_delay_s=Param(Int(), "USR2 arrives this many seconds before the time limit", default=120),
+        max_requeues=Param(Int(), "give up after this many time-limit requeues (preemptions do not count)", default=20),
+        array_parallelism=Param(Int(), "at most this many sweep jobs run at once", default=64),
+        job_name=Param(Str(), "job name ('' = the trainer's module)", default=""),
+        extra=Param(Dict(), "more sbatch options as a dict, e.g. {account: abc, qos: high, constraint: a100}",
+                    default={}),
+        folder=Param(Str(), "where submitit writes job scripts, pickles and stdout/stderr (%j = job id)",
+                     default="slurm_logs/%j"),
+    )
+
+
+declare_slurm_section()
+
+
+class LaunchError(ValueError):
+    """Bad launcher input, found before anything is submitted."""
+
+
+# --------------------------------------------------------------------------- sbatch options
+
+# The long options of sbatch (Slurm 22-24). Keys of `slurm.extra` must be one of these.
+SBATCH_OPTIONS = frozenset("""
+account acctg-freq array batch bb bbf begin chdir cluster-constraint clusters comment constraint container
+container-id contiguous core-spec cores-per-socket cpu-freq cpus-per-gpu cpus-per-task deadline delay-boot
+dependency distribution error exclude exclusive export export-file extra extra-node-info get-user-env gid
+gpu-bind gpu-freq gpus gpus-per-node gpus-per-socket gpus-per-task gres gres-flags hint hold ignore-pbs input
+job-name kill-on-invalid-dep licenses mail-type mail-user mcs-label mem mem-bind mem-per-cpu mem-per-gpu
+mincpus network nice no-kill no-requeue nodefile nodelist nodes ntasks ntasks-per-core ntasks-per-gpu
+ntasks-per-node ntasks-per-socket open-mode output overcommit oversubscribe parsable partition power prefer
+priority profile propagate qos quiet reboot requeue reservation signal sockets-per-node spread-job switches
+test-only thread-spec threads-per-core time time-min tmp tres-per-task uid use-min-nodes verbose wait
+wait-all-nodes wckey wrap
+""".split())
+
+# sbatch options the launcher sets itself from the `slurm` section (or must own to requeue correctly).
+MANAGED_OPTIONS = {
+    "partition": "slurm.partition", "nodes": "slurm.nodes", "ntasks-per-node": "slurm.tasks_per_node",
+    "gpus-per-node": "slurm.gpus_per_node", "cpus-per-task": "slurm.cpus_per_task",
+    "time": "slurm.timeout_min", "mem": "slurm.mem_gb", "signal": "slurm.signal_delay_s",
+    "job-name": "slurm.job_name", "output": "slurm.folder", "error": "slurm.folder",
+    "array": "--sweep", "wrap": "(not supported)", "open-mode": "(always append)",
+}
+
+# Options submitit's SlurmExecutor takes by name; every other sbatch option goes through additional_parameters.
+SUBMITIT_NAMED = frozenset("""
+qos comment constraint exclude account gres mail_type mail_user nodelist dependency exclusive mem_per_gpu
+mem_per_cpu cpus_per_gpu gpus_per_task wckey
+""".split())
+
+
+def check_extra_options(extra: Any) -> dict[str, Any]:
+    """Validate `slurm.extra` (a dict, or its JSON/YAML text); returns {sbatch-option: value}."""
+    if isinstance(extra, str):
+        try:
+            extra = yaml.safe_load(extra) if extra.strip() else {}
+        except yaml.YAMLError as e:
+            raise LaunchError(f"slurm.extra must be a dict of sbatch options, got unparsable text {extra!r}: {e}")
+    if extra is None:
+        extra = {}
+    if not isinstance(extra, dict):
+        raise LaunchError(f"slurm.extra must be a dict of sbatch options, e.g. {{account: abc}}, got {extra!r}")
+    out = {}
+    for key, value in extra.items():
+        option = str(key).strip().lstrip("-").replace("_", "-")
+        if option in MANAGED_OPTIONS:
+            raise LaunchError(f"slurm.extra: sbatch option '{key}' is set by the launcher; "
+                              f"use {MANAGED_OPTIONS[option]} instead")
+        if option not in SBATCH_OPTIONS:
+            close = difflib.get_close_matches(option, SBATCH_OPTIONS, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise LaunchError(f"slurm.extra: unknown SLURM option '{key}'{hint}; keys must be sbatch long options, "
+                              f"see `man sbatch`")
+        out[option] = value
+    return out
+
+
+def slurm_executor_parameters(slurm: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of `submitit.SlurmExecutor.update_parameters` for a `slurm` section."""
+    for key in ("nodes", "tasks_per_node", "cpus_per_task", "timeout_min"):
+        if int(slurm[key]) < 1:
+            raise LaunchError(f"slurm.{key} must be >= 1, got {slurm[key]}")
+    for key in ("gpus_per_node", "mem_gb", "signal_delay_s"):
+        if int(slurm[key]) < 0:
+            raise LaunchError(f"slurm.{key} must be >= 0, got {slurm[key]}")
+    params: dict[str, Any] = dict(
+        nodes=int(slurm["nodes"]), ntasks_per_node=int(slurm["tasks_per_node"]),
+        cpus_per_task=int(slurm["cpus_per_task"]), time=int(slurm["timeout_min"]),
+        signal_delay_s=int(slurm["signal_delay_s"]), array_parallelism=int(slurm["array_parallelism"]),
+        additional_parameters={"requeue": True},
+    )
+    if slurm["partition"]:
+        params["partition"] = slurm["partition"]
+    if int(slurm["gpus_per_node"]) > 0:
+        params["gpus_per_node"] = int(slurm["gpus_per_node"])
+    if int(slurm["mem_gb"]) > 0:
+        params["mem"] = f"{int(slurm['mem_gb'])}G"
+    if slurm["job_name"]:
+        params["job_name"] = slurm["job_name"]
+    for option, value in check_extra_options(slurm["extra"]).items():
+        name = option.replace("-", "_")
+        if name in SUBMITIT_NAMED:
+            params[name] = value
+        else:
+            params["additional_parameters"][option] = value
+    return params
+
+
+def check_partition(partition: str) -> None:
+    """Fail early when the partition is missing, or unknown to this cluster's `sinfo`."""
+    if not partition:
+        raise LaunchError("slurm.partition is missing: pass --slurm.partition NAME (see `sinfo -s`), "
+                          "or --local to run without SLURM")
+    if shutil.which("sinfo") is None:
+        raise LaunchError("cannot submit to SLURM: `sinfo`/`sbatch` are not on PATH (use --local to run here)")
+    out = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, timeout=30)
+    known = sorted(set(out.stdout.split()))
+    if out.returncode == 0 and known and partition not in known:
+        raise LaunchError(f"slurm.partition '{partition}' does not exist on this cluster (known: {', '.join(known)})")
+
+
+def check_writable_folder(folder: Path, key: str) -> Path:
+    """Create `folder` and prove it is writable with a probe file; LaunchError naming `key` otherwise."""
+    folder = Path(folder).expanduser().absolute()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-"):
+            pass
+    except OSError as e:
+        raise LaunchError(f"{key}: folder '{folder}' is not writable ({e.strerror or e})") from None
+    return folder
+
+
+# --------------------------------------------------------------------------- sweeps and run ids
+
+def parse_sweeps(specs: list[str], config: dict[str, dict[str, Any]]) -> list[tuple[str, list[Any]]]:
+    """`["optimizer.lr=0.1,0.01", "training.seed=0,1"]` -> [("optimizer.lr", [0.1, 0.01]), ...] (YAML-typed)."""
+    sweeps = []
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        key = key.strip().lstrip("-")
+        section, _, name = key.partition(".")
+        if not sep or not values.strip():
+            raise LaunchError(f"--sweep {spec!r}: expected SECTION.KEY=V1,V2,...")
+        if section not in config or name not in config[section]:
+            raise LaunchError(f"--sweep {spec!r}: unknown config key '{key}'")
+        if any(key == k for k, _ in sweeps):
+            raise LaunchError(f"--sweep {spec!r}: '{key}' is swept twice")
+        sweeps.append((key, [yaml.safe_load(v.strip()) for v in values.split(",")]))
+    return sweeps
+
+
+def new_run_id() -> str:
+    """A fresh, sortable run id: date-time plus 4 random hex digits."""
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def _slug(value: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", str(value))
+
+
+def expand_sweeps(config: dict[str, dict[str, Any]], sweeps: list[tuple[str, list[Any]]]) -> list[dict]:
+    """One resolved config per point of the sweeps' product, each with its own `logging.run_id`."""
+    base = json.loads(json.dumps(config))
+    base_id = base["logging"]["run_id"] or new_run_id()
+    base["logging"]["run_id"] = base_id
+    if not sweeps:
+        return [base]
+    out = []
+    for values in itertools.product(*[v for _, v in sweeps]):
+        point = json.loads(json.dumps(base))
+        parts = []
+        for (key, _), value in zip(sweeps, values):
+            section, name = key.split(".", 1)
+            point[section][name] = value
+            parts.append(f"{key}={_slug(value)}")
+        point["logging"]["run_id"] = base_id + "__" + "__".join(parts)
+        out.append(point)
+    return out
+
+
+# --------------------------------------------------------------------------- the job
+
+def import_object(path: str) -> Any:
+    """`"pkg.module:Name"` -> the object (also accepts `"pkg.module.Name"`)."""
+    module, sep, name = path.partition(":")
+    if not sep:
+        module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise LaunchError(f"cannot import trainer '{path}': {e}") from e
+
+
+class TrainJob:
+    """The picklable submitit job: rebuilds the config and the Trainer in the job's process and trains.
+
+    submitit calls `checkpoint()` from its USR2 handler. We catch USR2 first: the handler only asks the
+    Trainer to stop, the loop finishes its step, saves `last.pt` and returns; then submitit's own handler
+    runs (our `checkpoint()` + `scontrol requeue`). The requeued job resumes from `last.pt`.
+    """
+
+    def __init__(self, config: dict[str, dict[str, Any]], trainer: str) -> None:
+        self.config = config
+        self.trainer = trainer
+        self._signal: int | None = None
+        self._trainer_obj: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"config": self.config, "trainer": self.trainer}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["config"], state["trainer"])
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config["logging"]["folder"]) / self.config["logging"]["run_id"]
+
+    def _on_signal(self, signum: int, frame: Any = None) -> None:
+        self._signal = signum
+        if self._trainer_obj is not None:
+            self._trainer_obj.request_stop()
+
+    def __call__(self) -> dict[str, Any]:
+        submitit_handler = _export_submitit_distributed_env()
+        result = run_training(self.config, self.trainer, self)
+        if self._signal is not None and not result["finished"]:
+            if callable(submitit_handler):
+                submitit_handler(self._signal, None)  # submitit: checkpoint() + requeue + exit (rank 0)
+        return result
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """Called by submitit on USR2 once the Trainer has saved; the new job resumes from last.pt."""
+        import submitit
+        return submitit.helpers.DelayedSubmission(TrainJob(self.config, self.trainer))
+
+
+def _export_submitit_distributed_env() -> Any:
+    """Inside a submitit job: export RANK/WORLD_SIZE/MASTER_* and return submitit's USR2 handler."""
+    import submitit
+    try:
+        submitit.JobEnvironment()
+    except RuntimeError:
+        return None
+    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    usr2 = submitit.JobEnvironment._usr_sig()
+    return signal.getsignal(usr2)
+
+
+def run_training(config: dict[str, dict[str, Any]], trainer_path: str, job: TrainJob | None = None
+                 ) -> dict[str, Any]:
+    """Set the config, build the Trainer, train; USR2 makes the Trainer save and return early."""
+    job = job or TrainJob(config, trainer_path)
+    trainer_cls = import_object(trainer_path)   # importing declares the experiment's config sections
+    cfg.set_values(config)
+    previous = signal.signal(signal.SIGUSR2, job._on_signal)
+    try:
+        trainer = trainer_cls()
+        job._trainer_obj = trainer
+        if job._signal is None:
+            trainer.run()
+        # the loop only returns early when USR2 asked it to stop (it saved last.pt first)
+        finished = job._signal is None or _is_finished(trainer)
+        return {"run_dir": str(trainer.run_dir), "epoch": int(trainer.epoch), "step": int(trainer.step),
+                "finished": finished, "rank": int(getattr(trainer, "rank", 0))}
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+        if job._trainer_obj is not None:
+            _close_loggers(job._trainer_obj)
+        job._trainer_obj = None
+
+
+def _close_loggers(trainer: Any) -> None:
+    for name in ("json_logger", "hdf5_logger", "logger"):
+        close = getattr(getattr(trainer, name, None), "close", None)
+        if callable(close):
+            close()
+
+
+def _is_finished(trainer: Any) -> bool:
+    training = cfg.config_as_dict()["training"]
+    return bool(training.get("eval_only")) or int(trainer.epoch) >= int(training["epochs"])
+
+
+# --------------------------------------------------------------------------- submission
+
+def make_executor(slurm: dict[str, Any], local: bool) -> Any:
+    """A submitit LocalExecutor (`local`) or SlurmExecutor configured from the `slurm` section."""
+    import submitit
+    folder = check_writable_folder(Path(slurm["folder"].replace("%j", "")).parent
+                                   if slurm["folder"].endswith("%j") else Path(slurm["folder"]), "slurm.folder")
+    folder = str(folder / "%j") if slurm["folder"].endswith("%j") else str(folder)
+    params = slurm_executor_parameters(slurm)
+    if local:
+        executor = submitit.LocalExecutor(folder, max_num_timeout=int(slurm["max_requeues"]))
+        executor.update_parameters(timeout_min=params["time"], tasks_per_node=params["ntasks_per_node"],
+                                   gpus_per_node=params.get("gpus_per_node", 0),
+                                   signal_delay_s=params["signal_delay_s"])
+        return executor
+    check_partition(slurm["partition"])
+    executor = submitit.SlurmExecutor(folder, max_num_timeout=int(slurm["max_requeues"]))
+    executor.update_parameters(**params)
+    return executor
+
+
+def submit(config: dict[str, dict[str, Any]], trainer: str, sweeps: list[str] = (), local: bool = False
+           ) -> list[tuple[Any, Path]]:
+    """Validate everything, then submit one job (or one array job over the sweeps' product).
+
+    Returns `(submitit job, run folder)` pairs. Nothing is submitted when any input is bad (LaunchError).
+    """
+    config = json.loads(json.dumps(config))
+    slurm = config["slurm"]
+    if not slurm["job_name"]:
+        slurm["job_name"] = trainer.replace(":", ".").split(".")[0]
+    points = expand_sweeps(config, parse_sweeps(list(sweeps), config))
+    logs = check_writable_folder(Path(config["logging"]["folder"]), "logging.folder")
+    executor = make_executor(slurm, local)
+    for point in points:
+        point["logging"]["folder"] = str(logs)
+    fns = [TrainJob(point, trainer) for point in points]
+    if len(fns) == 1:
+        jobs = [executor.submit(fns[0])]
+    else:
+        with executor.batch():
+            jobs = [executor.submit(fn) for fn in fns]
+    return [(job, fn.run_dir) for job, fn in zip(jobs, fns)]
+
+
+def split_launcher_args(argv: list[str]) -> tuple[list[str], list[str], bool, bool]:
+    """Take `--sweep K=V,..` (repeatable), `--local` and `--wait` out of argv; the rest is config."""
+    sweeps, rest, local, wait = [], [], False, False
+    it = iter(argv)
+    for arg in it:
+        if arg == "--sweep":
+            value = next(it, None)
+            if value is None:
+                raise LaunchError("--sweep needs a value: --sweep SECTION.KEY=V1,V2")
+            sweeps.append(value)
+        elif arg.startswith("--sweep="):
+            sweeps.append(arg.split("=", 1)[1])
+        elif arg == "--local":
+            local = True
+        elif arg == "--wait":
+            wait = True
+        else:
+            rest.append(arg)
+    return rest, sweeps, local, wait
+
+
+def main(trainer: str, argv: list[str] | None = None) -> list[tuple[Any, Path]]:
+    """Entry point of the generated `scripts/submit.py`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        rest, sweeps, local, wait = split_launcher_args(argv)
+        import_object(trainer)   # declares the experiment's sections before the config is parsed
+        cfg.load_config(rest, description=f"Submit {trainer} to SLURM (or --local) with submitit.")
+        jobs = submit(cfg.config_as_dict(), trainer, sweeps, local)
+    except LaunchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    where = "locally (submitit LocalExecutor)" if local else "to SLURM"
+    print(f"submitted {len(jobs)} job(s) {where}")
+    for job, run_dir in jobs:
+        print(f"  job {job.job_id}: run folder {run_dir}")
+    if wait:
+        for job, _ in jobs:
+            print(json.dumps(job.result()))
+    return jobs
+
+
+# --------------------------------------------------------------------------- sbatch without submitit
+
+def run_here(trainer: str, argv: list[str]) -> dict[str, Any]:
+    """Train in this process (e.g. under `srun` in a plain sbatch script); on USR2 save and requeue.
+
+    The run folder must be fixed across requeues: pass `--logging.run_id` (e.g. the SLURM job id).
+    Rank 0 calls `scontrol requeue $SLURM_JOB_ID` after the checkpoint is saved.
+    """
+    import_object(trainer)
+    cfg.load_config(argv, description=f"Train {trainer} here (requeue on USR2 under SLURM).")
+    config = cfg.config_as_dict()
+    if not config["logging"]["run_id"]:
+        config["logging"]["run_id"] = os.environ.get("SLURM_JOB_ID") or new_run_id()
+    job = TrainJob(config, trainer)
+    result = run_training(config, trainer, job)
+    if job._signal is not None and not result["finished"] and distributed.is_main_process():
+        job_id = os.environ.get("SLURM_ARRAY_JOB_ID", "") and (
+            f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}") or os.environ.get("SLURM_JOB_ID")
+        if job_id:
+            print(f"torchstrap: checkpoint saved, requeueing SLURM job {job_id}", flush=True)
+            subprocess.run(["scontrol", "requeue", job_id], check=False)
+    distributed.cleanup_distributed()
+    return result
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3 or sys.argv[1] != "run":
+        print("usage: python -m torchstrap_runtime.launcher run PKG.MODULE:Trainer [config args]", file=sys.stderr)
+        raise SystemExit(2)
+    run_here(sys.argv[2], sys.argv[3:])
