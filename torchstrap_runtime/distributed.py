@@ -1,41 +1,168 @@
-"""torch.distributed set-up from the environment (torchrun or SLURM), and rank helpers."""
+"""torch.distributed set-up from the environment (torchrun, submitit or `srun`), rank helpers, and SyncBN.
+
+Where the ranks come from, first match wins:
+  1. torchrun / submitit (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`);
+  2. an `srun` step (`SLURM_PROCID`, `SLURM_STEP_NUM_TASKS`, `SLURM_LOCALID`; master = first node of the step,
+     port derived from the job id);
+  3. otherwise one process.
+gloo on CPU, nccl on CUDA. `convert_sync_batchnorm` works on CPU too (torch's SyncBatchNorm is CUDA-only).
+"""
 
 from __future__ import annotations
 
+import datetime
 import os
+import re
+import subprocess
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
-def _env_int(*names: str, default: int) -> int:
-    for name in names:
-        if name in os.environ:
-            return int(os.environ[name])
-    return default
+def _slurm_first_host(nodelist: str) -> str:
+    """First host of a SLURM node list (`node[03-05,07],gpu1` -> `node03`), via scontrol when present."""
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=10)
+        if out.returncode == 0 and out.stdout.split():
+            return out.stdout.split()[0]
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    first = re.split(r",(?![^\[]*\])", nodelist)[0]
+    match = re.match(r"([^\[]+)\[([^\],-]+)", first)
+    return match.group(1) + match.group(2) if match else first
 
 
-def setup_distributed() -> tuple[int, int, int]:
+def distributed_env() -> tuple[int, int, int]:
+    """`(rank, local_rank, world_size)` from the environment; exports MASTER_ADDR/PORT for SLURM steps."""
+    env = os.environ
+    if "WORLD_SIZE" in env and "RANK" in env:
+        return int(env["RANK"]), int(env.get("LOCAL_RANK", env["RANK"])), int(env["WORLD_SIZE"])
+    if "SLURM_STEP_ID" in env and "SLURM_PROCID" in env:   # inside `srun`, not the batch script itself
+        world_size = int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1")))
+        if world_size > 1:
+            env.setdefault("MASTER_ADDR", _slurm_first_host(env.get("SLURM_STEP_NODELIST", env["SLURM_JOB_NODELIST"])))
+            env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
+        return int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", "0")), world_size
+    return 0, 0, 1
+
+
+def setup_distributed(timeout_s: int = 1800) -> tuple[int, int, int]:
     """Initialise the default process group when the world has more than one process.
 
-    Returns `(rank, local_rank, world_size)`. Reads torchrun's variables, else SLURM's; uses nccl on
-    CUDA and gloo otherwise. A single process returns `(0, 0, 1)` and initialises nothing.
+    Returns `(rank, local_rank, world_size)`. A single process returns `(0, 0, 1)` and initialises nothing.
+    On CUDA, each process uses GPU `local_rank` (modulo the visible GPUs).
     """
-    world_size = _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
-    rank = _env_int("RANK", "SLURM_PROCID", default=0)
-    local_rank = _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
+    rank, local_rank, world_size = distributed_env()
     if world_size > 1 and not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29500")
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend, rank=rank, world_size=world_size)
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(seconds=timeout_s))
     return rank, local_rank, world_size
 
 
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_initialized() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_initialized() else 1
+
+
 def is_main_process() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_initialized():
+        dist.barrier()
+
+
+def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """True on every rank when `flag` is true on at least one (e.g. one rank caught the stop signal)."""
+    if not is_initialized():
+        return bool(flag)
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
 
 
 def cleanup_distributed() -> None:
-    if dist.is_initialized():
+    if is_initialized():
         dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------- SyncBN on any device
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics are those of the global batch (all ranks), on CPU or GPU.
+
+    Same parameters, buffers and state-dict keys as `nn.BatchNorm*d`. Mean, then variance, are all-reduced
+    with autograd-aware collectives, so gradients equal those of one process seeing the whole batch.
+    """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = [0] + list(range(2, x.dim()))
+        shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
+        xf = x.float()
+        count = all_reduce(torch.tensor([x.numel() / x.shape[1]], dtype=torch.float32, device=x.device))
+        mean = all_reduce(xf.sum(dims)) / count
+        centered = xf - mean.view(shape)
+        var = all_reduce((centered * centered).sum(dims)) / count
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                unbiased = var * (count / (count - 1).clamp(min=1))
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
+        out = centered * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out.to(x.dtype)
+
+
+def convert_sync_batchnorm(model: nn.Module, device: torch.device | None = None) -> nn.Module:
+    """Every BatchNorm of `model` synchronised across ranks: torch's SyncBatchNorm on CUDA, GlobalBatchNorm else."""
+    device = device or next(model.parameters(), torch.empty(0)).device
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return _convert_cpu(model)
+
+
+def _convert_cpu(module: nn.Module) -> nn.Module:
+    out = module
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
+        out = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                              module.track_running_stats)
+        if module.affine:
+            with torch.no_grad():
+                out.weight = module.weight
+                out.bias = module.bias
+        out.running_mean = module.running_mean
+        out.running_var = module.running_var
+        out.num_batches_tracked = module.num_batches_tracked
+        out.training = module.training
+    for name, child in module.named_children():
+        out.add_module(name, _convert_cpu(child))
+    return out
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())

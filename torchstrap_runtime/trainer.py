@@ -37,7 +37,7 @@ from torch import nn
 from . import __version__
 from . import sections as _sections  # noqa: F401  (declares the standard config sections)
 from .config import config_as_dict, param
-from .distributed import setup_distributed
+from .distributed import any_rank, convert_sync_batchnorm, has_batchnorm, setup_distributed
 from .loggers import HDF5_FILE, LOG_FILE, HDF5Logger, JSONLogger
 
 PER_EPOCH_SCHEDULERS = (torch.optim.lr_scheduler.StepLR, torch.optim.lr_scheduler.MultiStepLR)
@@ -113,8 +113,8 @@ class Trainer:
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if self.world_size > 1:
-            if sync_bn and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
-                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            if sync_bn and has_batchnorm(self.model):   # torch's SyncBatchNorm on CUDA, GlobalBatchNorm on CPU
+                self.model = convert_sync_batchnorm(self.model, self.device)
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
 
@@ -325,7 +325,7 @@ class Trainer:
                 self.step += 1
                 if self.progress_bar is not None:
                     self.progress_bar.update()
-                if self.stop_requested or (checkpoint_every and self.step % checkpoint_every == 0):
+                if self.should_stop() or (checkpoint_every and self.step % checkpoint_every == 0):
                     self.save_checkpoint(batch_done=self.batch_index + 1)
                     if self.stop_requested:
                         self.close_progress_bar()
@@ -340,7 +340,7 @@ class Trainer:
             self.log(self.epoch_record)
             self.epoch += 1
             self.save_checkpoint()
-            if self.stop_requested:
+            if self.should_stop():
                 break
         return self.epoch_record
 
@@ -373,6 +373,12 @@ class Trainer:
     def request_stop(self) -> None:
         """Ask the loop to checkpoint after the current step and return (SLURM requeue, preemption)."""
         self.stop_requested = True
+
+    def should_stop(self) -> bool:
+        """Whether a stop was requested; with several ranks, on any of them (so all stop after the same step)."""
+        if self.world_size > 1:
+            self.stop_requested = any_rank(self.stop_requested, self.device)
+        return self.stop_requested
 
     # ------------------------------------------------------------------ logging
     def log(self, values: dict[str, Any]) -> None:
