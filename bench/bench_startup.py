@@ -109,7 +109,7 @@ def bench_size(size: int, quick: bool, rounds: int, workdir: Path) -> dict:
     values = interleave(contenders, rounds)
     summaries = [Summary(name, "s", v) for name, v in values.items()]
     print_table(f"{size} px: seconds from process start to first batch (lower is better), "
-                f"speed-up vs upstream FFCV", summaries, reference="upstream FFCV", higher_is_better=False)
+                f"ratios to upstream FFCV", summaries, reference="upstream FFCV")
     split = {name: {phase: Summary(phase, "s", [m[phase] for m in marks]).median
                     for phase in ("imported", "built", "first")} for name, marks in phases.items()}
     for name, s in split.items():

@@ -83,21 +83,19 @@ def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
 
-def print_table(title: str, summaries: list[Summary], reference: str | None = None,
-                higher_is_better: bool = True) -> None:
+def print_table(title: str, summaries: list[Summary], reference: str | None = None) -> None:
     """Print medians, [min–max] and the ratio of each median to the reference contender's median."""
     ref = next((s for s in summaries if s.name == reference), None)
     print(f"\n{title}")
     head = f"{'contender':<44s} {'median':>12s} {'[min–max]':>24s}"
     if ref is not None:
-        head += f" {'vs ' + ref.name[:18]:>24s}"
+        head += f"  ÷ {ref.name[:30]}"
     print(head)
     print("-" * len(head))
     for s in summaries:
         line = f"{s.name:<44s} {fmt(s.median) + ' ' + s.unit:>12s} {'[' + fmt(s.low) + '–' + fmt(s.high) + ']':>24s}"
         if ref is not None:
-            r = ratio(s.median, ref.median) if higher_is_better else ratio(ref.median, s.median)
-            line += f" {fmt(r) + '×':>24s}"
+            line += f"  {ratio(s.median, ref.median):.3f}"
         print(line)
     print(flush=True)
 
@@ -119,10 +117,13 @@ def machine() -> dict:
         info["memory_gib"] = round(mem_kb / 2**20, 1)
     except (OSError, ValueError, IndexError):
         pass
-    for mod in ("torch", "numpy", "numba", "ffcv", "PIL"):
+    from importlib.metadata import PackageNotFoundError, version
+
+    for mod, dist in (("torch", "torch"), ("numpy", "numpy"), ("numba", "numba"), ("ffcv", "ffcv"),
+                      ("PIL", "pillow"), ("h5py", "h5py")):
         try:
-            info[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - a missing package is just not reported
+            info[mod] = version(dist)  # ffcv's own __version__ says 0.0.3rc1 for 1.0.2
+        except PackageNotFoundError:
             pass
     return info
 

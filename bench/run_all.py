@@ -1,0 +1,252 @@
+"""Run every benchmark, then regenerate the performance table of README.md from bench/results/*.json.
+
+The table goes between `<!-- bench:start -->` and `<!-- bench:end -->` in README.md (and always to
+bench/results/README_table.md). `--quick` runs short rounds and writes only README_table_quick.md;
+`--table-only` skips the runs and rebuilds the table from the JSON already there.
+
+    python bench/run_all.py [--quick] [--table-only] [--only loader startup trainer logging generator demo]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import BENCH_DIR, REPO_DIR, RESULTS_DIR, fmt, numba_env
+
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+SCRIPTS = {"loader": "bench_loader.py", "startup": "bench_startup.py", "trainer": "bench_trainer.py",
+           "logging": "bench_logging.py", "generator": "bench_generator.py", "demo": "bench_demo.py"}
+NOTES = BENCH_DIR / "NOTES.md"  # hand-written analysis, appended under the table
+
+
+def run_benchmarks(names: list[str], quick: bool) -> dict[str, str]:
+    """Run each benchmark script in its own process; return {name: 'ok' | why it did not run}."""
+    status = {}
+    for name in names:
+        script = BENCH_DIR / SCRIPTS[name]
+        if not script.exists():
+            status[name] = f"{script.name} does not exist"
+            print(f"--- {name}: skipped ({status[name]})")
+            continue
+        print(f"--- {name}: {script.name}", flush=True)
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, str(script)] + ["--quick"] * quick, cwd=REPO_DIR, env=numba_env())
+        status[name] = "ok" if proc.returncode == 0 else f"failed with exit code {proc.returncode}"
+        print(f"--- {name}: {status[name]} in {time.perf_counter() - t0:.0f} s", flush=True)
+    return status
+
+
+# ---------------------------------------------------------------- reading results
+def load(name: str, quick: bool) -> dict | None:
+    path = RESULTS_DIR / f"{name}{'_quick' if quick else ''}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def contender(result: dict | None, name: str, key: str = "contenders") -> dict | None:
+    if not result:
+        return None
+    return next((c for c in result.get(key, []) if c["name"] == name), None)
+
+
+def cell(c: dict | None, unit: str | None = None) -> str:
+    """'median unit [min–max]' of a contender summary, or 'not measured'."""
+    if c is None or c["median"] is None or (isinstance(c["median"], float) and math.isnan(c["median"])):
+        return "not measured"
+    unit = c["unit"] if unit is None else unit
+    return f"{fmt(c['median'])} {unit} [{fmt(c['min'])}–{fmt(c['max'])}]".replace("  ", " ")
+
+
+def verdict(value: float | None, target: float, higher_is_better: bool = True) -> str:
+    if value is None or math.isnan(value):
+        return "—"
+    ok = value >= target if higher_is_better else value <= target
+    return "yes" if ok else "**no**"
+
+
+def ratio(a: dict | None, b: dict | None) -> float | None:
+    if a is None or b is None or not b["median"]:
+        return None
+    return a["median"] / b["median"]
+
+
+def rtext(r: float | None, digits: int = 2) -> str:
+    return "—" if r is None or math.isnan(r) else f"{r:.{digits}f}×"
+
+
+# ---------------------------------------------------------------- the table
+def loader_rows(quick: bool) -> list[list[str]]:
+    rows = []
+    for size in ("256px", "32px"):
+        res = load(f"loader_{size}", quick)
+        label = {"256px": "loader, 256 px JPEG, RandomResizedCrop 224 + flip, batch 64",
+                 "32px": "loader, 32 px JPEG, flip, batch 256"}[size]
+        ours, ffcv, pil = (contender(res, n) for n in ("torchstrap seeded", "upstream FFCV", "PIL DataLoader"))
+        one_core = contender(res, "decode only, 1 core")
+        r1, r2 = ratio(ours, ffcv), ratio(ours, pil)
+        rows.append([f"{label}, 2 workers: seeded pipeline vs upstream FFCV (same ops, unseeded)", cell(ours),
+                     cell(ffcv), rtext(r1), "≥ 0.95×", verdict(r1, 0.95)])
+        rows.append([f"{label}: vs PIL DataLoader (same images and augmentations, 2 workers)", cell(ours), cell(pil),
+                     rtext(r2), "≥ 3×", verdict(r2, 3.0)])
+        if res and one_core:
+            ceiling = res["decode_ceiling_2core"]
+            shares = ", ".join(f"{n.split()[0]} {c['median'] / ceiling:.0%}" for n in
+                               ("torchstrap seeded", "upstream FFCV", "PIL DataLoader") if (c := contender(res, n)))
+            rows.append([f"{label}: share of the 2-core decode ceiling (libjpeg-turbo alone ×2)", shares,
+                         f"{fmt(ceiling)} img/s", "—", "reported", "—"])
+    return rows
+
+
+def startup_rows(quick: bool) -> list[list[str]]:
+    res = load("startup", quick)
+    rows = []
+    for size in ("256px", "32px"):
+        part = (res or {}).get("results", {}).get(size)
+        first = contender(part, "torchstrap, first launch")
+        second = contender(part, "torchstrap, second launch")
+        ffcv, pil = contender(part, "upstream FFCV"), contender(part, "PIL DataLoader")
+        others = f"upstream FFCV {cell(ffcv)}; PIL DataLoader {cell(pil)}"
+        rows.append([f"python start → first batch, {size[:-2]} px, second launch (warm numba cache)", cell(second),
+                     others, rtext(ratio(second, ffcv)), "≤ 3 s", verdict(second["median"] if second else None, 3.0,
+                                                                           higher_is_better=False)])
+        rows.append([f"python start → first batch, {size[:-2]} px, first launch (empty numba cache)", cell(first),
+                     others, rtext(ratio(first, ffcv)), "reported", "—"])
+    return rows
+
+
+def trainer_rows(quick: bool) -> list[list[str]]:
+    res = load("trainer", quick)
+    raw, ours = contender(res, "raw loop"), contender(res, "Trainer, log() each step")
+    bar = contender(res, "Trainer, log() each step + progress bar")
+    cpu_ours, cpu_raw = contender(res, "Trainer, log() each step", "cpu_time"), contender(res, "raw loop", "cpu_time")
+    r, rc = ratio(ours, raw), ratio(cpu_ours, cpu_raw)
+    rows = [["Trainer overhead, MLP 784-256-10, batch 256, 1 thread, log() each step (wall clock)", cell(ours),
+             f"raw loop {cell(raw)}", rtext(r, 3), "≥ 0.98×", verdict(r, 0.98)],
+            ["the same, steps per CPU-second of the process (insensitive to other processes)", cell(cpu_ours),
+             f"raw loop {cell(cpu_raw)}", rtext(rc, 3), "≥ 0.98×", verdict(rc, 0.98)]]
+    if bar:
+        rows.append(["the same with the default tqdm progress bar on", cell(bar), f"raw loop {cell(raw)}",
+                     rtext(ratio(bar, raw), 3), "—", "—"])
+    return rows
+
+
+def logging_rows(quick: bool) -> list[list[str]]:
+    res = load("logging", quick)
+    h5 = contender(res, "HDF5Logger.log (log_hdf5)", "calls")
+    npy, pt = contender(res, "np.save per step", "calls"), contender(res, "torch.save per step", "calls")
+    r = ratio(h5, pt)
+    loop = (res or {}).get("loop", [])
+    cpu = (res or {}).get("loop_cpu_time", [])
+    rows = [["`log_hdf5` of a 256×256 float32 array, cost per call", cell(h5),
+             f"torch.save {cell(pt)}; np.save {cell(npy)}", rtext(r), "< 1× torch.save",
+             verdict(r, 1.0, higher_is_better=False)]]
+    if len(loop) == 2:
+        rl = loop[1]["median"] / loop[0]["median"]
+        rows.append(["training loop (MLP) with `log_hdf5` each step vs without (wall clock)", cell(loop[1]),
+                     cell(loop[0]), rtext(rl), "≥ ~1× (no slower)", verdict(rl, 0.98)])
+    if len(cpu) == 2:
+        rc = cpu[1]["median"] / cpu[0]["median"]
+        rows.append(["the same, steps per CPU-second", cell(cpu[1]), cell(cpu[0]), rtext(rc), "≥ ~1×",
+                     verdict(rc, 0.98)])
+    return rows
+
+
+def generator_rows(quick: bool) -> list[list[str]]:
+    res = load("generator", quick)
+    if not res or not res.get("contenders"):
+        return [["`torchstrap new` / `torchstrap update`, default experiment", "not measured (bench_generator.py "
+                 "has not produced bench/results/generator.json)", "—", "—", "≤ 2 s / ≤ 5 s", "—"]]
+    rows = []
+    for c in res["contenders"]:
+        target = 2.0 if "new" in c["name"] else 5.0 if "update" in c["name"] else None
+        rows.append([c["name"], cell(c), "—", "—", f"≤ {target:g} s" if target else "reported",
+                     verdict(c["median"], target, higher_is_better=False) if target else "—"])
+    return rows
+
+
+def demo_rows(quick: bool) -> list[list[str]]:
+    res = load("demo", quick)
+    if not res or res.get("not_measured"):
+        why = (res or {}).get("not_measured", "bench_demo.py has not run")
+        return [["`make demo` end to end (set-up done)", f"not measured ({why})", "—", "—", "reported", "—"]]
+    wall = contender(res, "make demo, whole command")
+    to_target = next((c for c in res["contenders"] if c["name"].startswith("training time")), None)
+    acc = contender(res, "final val top-1")
+    return [["`make demo` end to end (set-up done): whole command; training time to ≥ 95 % digits accuracy",
+             f"{cell(wall)}; {cell(to_target)}", f"final accuracy {cell(acc, '')}", "—", "reported", "—"]]
+
+
+def describe_machine(quick: bool) -> str:
+    for name in ("loader_256px", "trainer", "startup", "logging"):
+        res = load(name, quick)
+        if res:
+            m = res["machine"]
+            return (f"{m['cpu']}, {m['cores']} cores, {m.get('memory_gib', '?')} GiB, CPU only; Python {m['python']}, "
+                    f"torch {m.get('torch', '?')}, FFCV {m.get('ffcv', '?')}, numba {m.get('numba', '?')}; "
+                    f"measured {res['date_utc']}")
+    return "no results yet"
+
+
+def table(quick: bool) -> str:
+    rows = (loader_rows(quick) + startup_rows(quick) + trainer_rows(quick) + logging_rows(quick)
+            + generator_rows(quick) + demo_rows(quick))
+    head = ["what", "torchstrap", "compared with", "ratio", "target", "met"]
+    lines = [
+        "### Performance (CPU figures)",
+        "",
+        f"Machine: {describe_machine(quick)}.",
+        "The machine is shared with other work while these run (2 cores, several processes), so absolute figures "
+        "move from run to run: every benchmark interleaves its contenders (A B A B …) over several rounds; cells show "
+        "the median [min–max], and the ratios of medians are the figures to compare. Regenerate with `make bench` "
+        "(scripts and raw JSON in `bench/`).",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    if NOTES.exists() and not quick:
+        lines += ["", NOTES.read_text().strip()]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(text: str, quick: bool) -> None:
+    """Write the table to bench/results/README_table[_quick].md and, unless quick, into README.md's block."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    out = RESULTS_DIR / f"README_table{'_quick' if quick else ''}.md"
+    out.write_text(text)
+    print(f"wrote {out.relative_to(REPO_DIR)}")
+    if quick:
+        return
+    readme = REPO_DIR / "README.md"
+    content = readme.read_text()
+    if START not in content or END not in content or content.index(START) > content.index(END):
+        print(f"README.md has no {START} … {END} block: the table is only in {out.relative_to(REPO_DIR)}")
+        return
+    before, rest = content.split(START, 1)
+    after = rest.split(END, 1)[1]
+    readme.write_text(f"{before}{START}\n{text}{END}{after}")
+    print("regenerated the performance table in README.md")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="short runs; table to bench/results/README_table_quick.md")
+    p.add_argument("--table-only", action="store_true", help="do not run anything, rebuild the table from JSON")
+    p.add_argument("--only", nargs="+", choices=list(SCRIPTS), default=list(SCRIPTS))
+    args = p.parse_args()
+    if not args.table_only:
+        status = run_benchmarks(args.only, args.quick)
+        failed = {k: v for k, v in status.items() if v != "ok" and "does not exist" not in v}
+    else:
+        failed = {}
+    write_table(table(args.quick), args.quick)
+    if failed:
+        sys.exit(f"benchmarks that failed: {failed}")
+
+
+if __name__ == "__main__":
+    main()
