@@ -27,7 +27,8 @@ CONFIG_PY = f"src/{PKG}/config.py"
 DATA = f"src/{PKG}/data.py"
 YAML = "configs/default.yaml"
 OWN_METHODS = "    # --- add your own methods below this line ---\n"
-OWN_SECTIONS = "# --- add your own sections below this line ---\n"
+OWN_SECTIONS = "# --- add your own sections below this line ---\n"  # config.py and default.yaml
+OWN_DATA = "# --- add your own pipelines and loaders below this line ---\n"
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -242,7 +243,7 @@ def test_user_added_modules_configs_and_sections(tpl, tmp_path, capsys):
     (exp / "configs" / "long_run.yaml").write_text("training:\n  epochs: 300\n")
     own_section = 'Section("ema", "my EMA").params(decay=Param(Float(), "decay", default=0.99))\n'
     insert_after(exp / CONFIG_PY, OWN_SECTIONS, own_section)
-    insert_after(exp / YAML, "  progress: true", "\n\nema:\n  decay: 0.99              # mine")
+    insert_after(exp / YAML, OWN_SECTIONS, "ema:\n  decay: 0.99              # mine\n")
     commit(exp, "my modules")
 
     template_section = 'Section("v2", "new in v2").params(flag=Param(Bool(), "a v2 flag", default=False))\n\n'
@@ -367,3 +368,27 @@ def test_file_added_by_both_is_a_conflict_not_a_loss(tpl, tmp_path, capsys):
     text = (exp / "src" / PKG / "callbacks.py").read_text()
     assert "def mine():\n    return 1\n" in text and "def templates():\n    return 2\n" in text
     assert code == 1 and f"src/{PKG}/callbacks.py  (conflict markers)" in out
+
+
+def test_own_additions_at_file_ends_merge_with_template_additions(tpl, tmp_path, capsys):
+    """Both sides append (config section, data pipeline): the anchor lines keep them apart, no conflict."""
+    exp = generate(tpl, tmp_path)
+    mine_yaml = "mine:\n  depth: 3                 # mine\n"
+    mine_data = "\ndef my_pipelines() -> dict:\n    return val_pipelines()\n"
+    insert_after(exp / YAML, OWN_SECTIONS, mine_yaml)
+    insert_after(exp / DATA, OWN_DATA, mine_data)
+    commit(exp, "my section and pipeline")
+
+    theirs_yaml = "v2:\n  flag: false              # new in v2\n\n"
+    theirs_data = "def tta_pipelines() -> dict:\n    \"\"\"New in v2.\"\"\"\n    return val_pipelines()\n\n\n"
+    insert_before(tpl / T_YAML, OWN_SECTIONS, theirs_yaml)
+    insert_before(tpl / T_DATA, OWN_DATA, theirs_data)
+    tag(tpl, "v2.0.0", "v2: a section and a pipeline")
+
+    assert_clean_update(capsys, exp)
+    config = yaml.safe_load((exp / YAML).read_text())
+    assert config["mine"] == {"depth": 3} and config["v2"] == {"flag": False}
+    data = (exp / DATA).read_text()
+    assert data.index("def tta_pipelines") < data.index(OWN_DATA) < data.index("def my_pipelines")
+    assert_python(exp, DATA)
+    committed_and_checked(capsys, exp)
