@@ -11,6 +11,7 @@ environment error (message printed, no traceback).
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -36,10 +37,18 @@ def _print_new(path: Path) -> None:
     print("A git repository with a first commit was made there, so `torchstrap update` can bring template fixes.")
     print("Next steps:")
     print(f"  cd {path}")
-    if (path / "Makefile").is_file():
-        print("  make help        # what you can run (tests, training, SLURM)")
-    print("  less README.md   # where to edit: trainer hooks, config, data pipeline")
-    print("  torchstrap check # later: is the template ahead of you?")
+    for target, help_text in _make_targets(path / "Makefile"):
+        print(f"  make {target:<14s}# {help_text}")
+    print(f"  {'less README.md':<19s}# where to edit: trainer hooks, config, data pipeline")
+    print(f"  {'torchstrap check':<19s}# later: is the template ahead of you? then `torchstrap update`")
+
+
+def _make_targets(makefile: Path) -> list[tuple[str, str]]:
+    """(target, help) of every `target: ... ## help` line of a Makefile."""
+    if not makefile.is_file():
+        return []
+    found = re.findall(r"^([\w-]+):[^\n#]*## *(.+)$", makefile.read_text(), flags=re.M)
+    return [(target, help_text.strip()) for target, help_text in found]
 
 
 def _print_update(report: UpdateReport) -> int:

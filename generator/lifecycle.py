@@ -24,10 +24,12 @@ from generator.template_source import (
     TemplateSource,
     checkout_ref,
     commit_version,
+    default_ref,
     git,
     newer_versions,
     remote_tags,
     resolve,
+    update_ref,
 )
 
 ANSWERS_FILE = ".copier-answers.yml"
@@ -200,9 +202,8 @@ def new_experiment(
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise TemplateError(f"{dst} already exists and is not empty; choose a new folder.")
     source: TemplateSource = resolve(template)
-    if vcs_ref is None and source.origin == "checkout":
-        vcs_ref = checkout_ref()
-    remote_tags(source.url)  # raises "not reachable" with a sentence
+    if vcs_ref is None:
+        vcs_ref = checkout_ref() if source.origin == "checkout" else default_ref(source.url)
     data = dict(data or {})
     try:
         with Worker(
@@ -240,6 +241,7 @@ def update_experiment(
         )
     url = str(answers["_src_path"])
     remote_tags(url)  # raises "not reachable" early, with a sentence
+    vcs_ref = vcs_ref or update_ref(str(answers["_commit"]), url)
     data = dict(data or {})
     try:
         with Worker(

@@ -121,6 +121,35 @@ def newer_versions(commit: str, url: str) -> list[str]:
     return [tag for version, tag in versions(url) if base is None or version > base]
 
 
+def default_ref(url: str) -> str:
+    """The ref to use when none is given: the latest release tag, else the template's committed HEAD.
+
+    Never copier's implicit "HEAD" of a local template, which would include uncommitted changes and
+    record a commit that exists nowhere (the next update could not find it).
+    """
+    releases = versions(url)
+    if releases:
+        return releases[-1][1]
+    result = git("ls-remote", url, "HEAD", check=False)
+    sha = result.stdout.split()[:1]
+    if result.returncode != 0 or not sha:
+        raise TemplateError(f"The template {url} is not reachable or has no commit.")
+    return sha[0]
+
+
+def update_ref(commit: str, url: str) -> str:
+    """Default target of `torchstrap update`: the latest release, unless the project is already past it.
+
+    A project generated from a commit after the latest release (`v1.2.0-3-gabc`) stays on its commit
+    (re-applied, so changed answers still take effect) instead of being "downgraded" to the release.
+    """
+    base, count = commit_version(commit)
+    releases = versions(url)
+    if releases and base is not None and (base > releases[-1][0] or (base == releases[-1][0] and count > 0)):
+        return commit
+    return default_ref(url)
+
+
 def checkout_ref(path: Path = CHECKOUT) -> str:
     """The committed HEAD of a checkout as a full sha (dirty changes are never used for generation)."""
     return git("rev-parse", "HEAD", cwd=path).stdout.strip()

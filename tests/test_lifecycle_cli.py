@@ -203,3 +203,27 @@ def test_console_script_runs(tiny, tmp_path):
     assert done.returncode == 0 and "Up to date" in done.stdout
     done = subprocess.run([str(script), "update", str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 2 and "Traceback" not in done.stderr and "is not a git repository" in done.stderr
+
+
+def test_project_past_the_latest_release_is_not_downgraded(tiny, tmp_path, capsys):
+    """Generated from a commit after v1.0.0: update re-applies that commit (answers change), then v1.1.0."""
+    edit(tiny, "template/src/trainer.py", "# --- anchor", "# --- anchor (after v1.0.0)")
+    commit(tiny, "unreleased fix")
+    head = git("rev-parse", "HEAD", cwd=tiny).stdout.strip()
+    exp = new_experiment(tmp_path / "exp", {}, template=str(tiny), vcs_ref=head)
+    assert yaml.safe_load((exp / ".copier-answers.yml").read_text())["_commit"] == f"v1.0.0-1-g{head[:7]}"
+    code, out, _ = run(capsys, "check", str(exp))
+    assert code == 0 and "template v1.0.0 + 1 commit from" in out and "Up to date" in out
+
+    code, out, _ = run(capsys, "update", str(exp), "-d", "use_slurm=false")
+    assert code == 0 and "Re-applied template v1.0.0 + 1 commit" in out, out
+    assert not (exp / "slurm").exists() and "(after v1.0.0)" in (exp / "src" / "trainer.py").read_text()
+    commit(exp, "no slurm")
+
+    edit(tiny, "template/src/trainer.py", "    pass", "    return 3")
+    tag(tiny, "v1.1.0", "release")
+    code, out, _ = run(capsys, "check", str(exp))
+    assert code == 1 and "Behind the template by 1 version(s): v1.1.0." in out
+    code, out, _ = run(capsys, "update", str(exp))
+    assert code == 0 and "v1.0.0 + 1 commit -> v1.1.0" in out
+    assert (exp / "src" / "trainer.py").read_text() == "def hook():\n    return 3\n# --- anchor (after v1.0.0)\n"
