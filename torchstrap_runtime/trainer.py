@@ -241,13 +241,16 @@ class Trainer:
         self.train_sums["loss"] += loss
         self.train_sums["count"] += 1
         if self.log_every and self.step % self.log_every == 0:
+            if self.world_size > 1:  # log the global batch's loss (every rank takes this branch together)
+                loss = all_reduce_sums({"loss": loss}, self.device)["loss"] / self.world_size
             self.log({"kind": "train_step", "train_loss": loss, "lr": self.optimizer.param_groups[0]["lr"]})
         if self.progress_bar is not None:
             self.progress_bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
     def after_train_epoch(self) -> None:
-        """Store the epoch's mean training loss in `self.epoch_record` (logged after evaluation)."""
-        self.epoch_record["train_loss"] = self.train_sums["loss"] / max(1, self.train_sums["count"])
+        """Store the epoch's mean training loss (over all ranks) in `self.epoch_record` (logged after evaluation)."""
+        sums = all_reduce_sums(self.train_sums, self.device) if self.world_size > 1 else self.train_sums
+        self.epoch_record["train_loss"] = sums["loss"] / max(1, sums["count"])
         self.epoch_record["lr"] = self.optimizer.param_groups[0]["lr"]
 
     # ------------------------------------------------------------------ hooks: evaluation
@@ -442,15 +445,23 @@ class Trainer:
         self._criterion_state = state.get("criterion")
         if resume:
             self.epoch, self.step, self.start_batch = int(state["epoch"]), int(state["step"]), int(state["batch"])
-            self.train_sums = dict(state.get("train_sums") or {})
+            sums = dict(state.get("train_sums") or {})   # global sums: rank 0 holds them, the others restart at 0
+            self.train_sums = sums if self.is_main else {key: 0.0 * value for key, value in sums.items()}
             set_rng_state(state["rng"])
             if self.is_main:
                 truncate_run_logs(self.run_dir, state.get("log_bytes", 0), state.get("hdf5_rows") or {})
 
     def save_checkpoint(self, batch_done: int = 0) -> None:
-        """Write `run_dir/checkpoints/last.pt` atomically (rank 0). `batch_done` > 0 marks a mid-epoch checkpoint."""
+        """Write `run_dir/checkpoints/last.pt` atomically (rank 0). `batch_done` > 0 marks a mid-epoch checkpoint.
+
+        Called on every rank: with several, the epoch's running sums are summed over ranks into the checkpoint."""
+        sums = getattr(self, "train_sums", {})
+        if self.world_size > 1 and sums:
+            sums = all_reduce_sums(sums, self.device)
         if self.is_main:
-            save_torch_atomic(self.state_dict(batch=batch_done), self.checkpoint_path)
+            state = self.state_dict(batch=batch_done)
+            state["train_sums"] = dict(sums)
+            save_torch_atomic(state, self.checkpoint_path)
 
     # ------------------------------------------------------------------ helpers
     @property

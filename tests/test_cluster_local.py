@@ -1,0 +1,171 @@
+"""The launcher through submitit's LocalExecutor (no cluster needed): submit, USR2 requeue with exact resume,
+sweeps, a 2-process DDP job vs 1 process, and bad input rejected before anything is submitted."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from torchstrap_runtime import launcher
+
+import test_cluster_toy as toy
+from test_resume import EPOCHS, ROOT, STEPS_PER_EPOCH, toy_config
+
+
+@pytest.fixture(autouse=True)
+def job_env(monkeypatch):
+    """Job processes import the toy trainer from tests/."""
+    monkeypatch.setenv("PYTHONPATH", f"{ROOT / 'tests'}{os.pathsep}{ROOT}")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", os.environ.get("NUMBA_CACHE_DIR", str(ROOT / ".numba_cache")))
+
+
+def local_config(tmp_path: Path, run_id: str, **overrides: dict) -> dict:
+    config = toy_config(tmp_path / "runs", run_id, **overrides)
+    config["slurm"].update(folder=str(tmp_path / "submitit" / "%j"), timeout_min=30, signal_delay_s=5,
+                           **overrides.get("slurm", {}))
+    return config
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("ref")
+    assert launcher.run_training(toy_config(folder, "ref"), toy.TRAINER)["finished"]
+    return folder / "ref"
+
+
+def test_local_usr2_requeues_and_resumes_exactly(tmp_path, reference):
+    """Real USR2s through submitit's handler: step finishes, checkpoint, requeue (exit 3), resume, twice."""
+    config = local_config(tmp_path, "run", toy={"signal_at_steps": [10, 40]})
+    [(job, run_dir)] = launcher.submit(config, toy.TRAINER, local=True)
+    result = job.result()
+    assert result["finished"] and result["step"] == EPOCHS * STEPS_PER_EPOCH
+    assert run_dir == tmp_path / "runs" / "run"
+    toy.assert_same_run(reference, run_dir)
+    logs = job.stderr() or ""
+    assert logs.count("resumed from") == 2, logs[-3000:]
+    assert "Requeued job" in (job.stdout() or "") + logs
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory) -> tuple[Path, Path]:
+    """The same run with 1 process (in this process) and with 2 DDP processes (LocalExecutor, 2 tasks)."""
+    folder = tmp_path_factory.mktemp("ddp")
+    over = dict(training={"epochs": 2}, toy={"dropout": 0.0}, optimizer={"lr": 0.05})
+    assert launcher.run_training(toy_config(folder / "runs", "one", **over), toy.TRAINER)["finished"]
+    config = local_config(folder, "two", slurm={"tasks_per_node": 2}, **over)
+    os.environ["PYTHONPATH"] = f"{ROOT / 'tests'}{os.pathsep}{ROOT}"
+    [(job, run_dir)] = launcher.submit(config, toy.TRAINER, local=True)
+    results = job.results()
+    assert [r["rank"] for r in results] == [0, 1] and all(r["finished"] for r in results)
+    return folder / "runs" / "one", run_dir
+
+
+def test_two_process_ddp_matches_one_process(ddp_run):
+    """Global batch 64 = 2 x 32: weights (incl. SyncBN running stats) and logged losses match within float tolerance."""
+    one, two = ddp_run
+    s1, s2 = toy.final_state(one), toy.final_state(two)
+    assert s1.keys() == s2.keys()
+    for key in s1:
+        assert torch.allclose(s1[key].double(), s2[key].double(), rtol=1e-4, atol=1e-5), key
+    r1, r2 = toy.log_rows(one), toy.log_rows(two)
+    assert len(r1) == len(r2) == 2 * (STEPS_PER_EPOCH + 1)    # rank 0 logs only: no duplicated rows
+    for a, b in zip(r1, r2):
+        assert a.keys() == b.keys() and a["step"] == b["step"]
+        for key in ("train_loss", "val_loss", "val_top1"):
+            if key in a:
+                assert abs(a[key] - b[key]) < 1e-4, (key, a, b)
+    assert json.loads((two / "config.json").read_text())["world_size"] == 2
+
+
+def test_two_process_ddp_usr2_on_one_rank_resumes_exactly(tmp_path, ddp_run):
+    """USR2 reaches only rank 0's process: both ranks stop after the same step, then the job resumes bitwise."""
+    over = dict(training={"epochs": 2}, toy={"dropout": 0.0, "signal_at_steps": [15]}, optimizer={"lr": 0.05})
+    config = local_config(tmp_path, "two", slurm={"tasks_per_node": 2}, **over)
+    [(job, run_dir)] = launcher.submit(config, toy.TRAINER, local=True)
+    assert all(r["finished"] for r in job.results())
+    assert "resumed from" in (job.stderr() or "")
+    toy.assert_same_run(ddp_run[1], run_dir)
+
+
+def test_local_sweep_gives_one_run_folder_per_point(tmp_path, capsys):
+    """`--sweep` over 2 x 2 values: 4 jobs, 4 run folders named after the values, each with its own config."""
+    folder = tmp_path / "runs"
+    argv = ["--training.epochs", "1", "--logging.folder", str(folder), "--logging.run_id", "sw",
+            "--logging.progress", "false", "--slurm.folder", str(tmp_path / "submitit" / "%j"),
+            "--sweep", "optimizer.lr=0.1,0.02", "--sweep", "training.seed=0,1", "--local"]
+    pairs = launcher.main(toy.TRAINER, argv)
+    assert len(pairs) == 4
+    assert "submitted 4 job(s) locally" in capsys.readouterr().out
+    seen = set()
+    for job, run_dir in pairs:
+        assert job.result()["finished"]
+        saved = json.loads((run_dir / "config.json").read_text())["config"]
+        seen.add((saved["optimizer"]["lr"], saved["training"]["seed"]))
+        assert run_dir.name == f"sw__optimizer.lr={saved['optimizer']['lr']}__training.seed={saved['training']['seed']}"
+    assert seen == {(0.1, 0), (0.1, 1), (0.02, 0), (0.02, 1)}
+
+
+# ---------------------------------------------------------------------- bad input: nothing is submitted
+
+def _main_error(tmp_path: Path, capsys, *args: str) -> str:
+    argv = ["--logging.folder", str(tmp_path / "runs"), "--slurm.folder", str(tmp_path / "submitit" / "%j"), *args]
+    with pytest.raises(SystemExit) as exit_info:
+        launcher.main(toy.TRAINER, argv)
+    assert exit_info.value.code == 2
+    assert not (tmp_path / "submitit").exists() or not any((tmp_path / "submitit").rglob("*.pkl"))
+    return capsys.readouterr().err
+
+
+def test_unknown_slurm_option_is_rejected_with_a_suggestion(tmp_path, capsys):
+    err = _main_error(tmp_path, capsys, "--slurm.partition", "debug", "--slurm.extra", '{"acount": "abc"}')
+    assert "unknown SLURM option 'acount'" in err and "account" in err
+
+
+def test_launcher_managed_option_in_extra_is_rejected(tmp_path, capsys):
+    err = _main_error(tmp_path, capsys, "--slurm.partition", "debug", "--slurm.extra", '{"time": 5}', "--local")
+    assert "'time' is set by the launcher; use slurm.timeout_min" in err
+
+
+def test_missing_partition_is_rejected(tmp_path, capsys):
+    err = _main_error(tmp_path, capsys)
+    assert "slurm.partition is missing" in err
+
+
+def test_unwritable_log_folder_is_rejected(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    err = _main_error(tmp_path, capsys, "--local", "--logging.folder", str(blocker / "runs"))
+    assert "logging.folder" in err and "not writable" in err
+
+
+def test_unwritable_slurm_folder_is_rejected(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    err = _main_error(tmp_path, capsys, "--local", "--slurm.folder", str(blocker / "logs" / "%j"))
+    assert "slurm.folder" in err and "not writable" in err
+
+
+def test_bad_sweeps_are_rejected(tmp_path, capsys):
+    assert "unknown config key 'optimizer.lrr'" in _main_error(tmp_path, capsys, "--local", "--sweep", "optimizer.lrr=1,2")
+    assert "expected SECTION.KEY=V1,V2" in _main_error(tmp_path, capsys, "--local", "--sweep", "optimizer.lr")
+
+
+def test_extra_options_reach_sbatch(tmp_path):
+    """Named submitit options and any other sbatch option end up in the generated sbatch script."""
+    import submitit
+
+    config = local_config(tmp_path, "x")
+    slurm = dict(config["slurm"], partition="gpu", gpus_per_node=2, tasks_per_node=2, mem_gb=32,
+                 extra={"account": "abc", "qos": "high", "mail-type": "END", "reservation": "r1", "exclusive": True})
+    params = launcher.slurm_executor_parameters(slurm)
+    executor = submitit.SlurmExecutor(tmp_path / "s")
+    executor.update_parameters(**params)
+    text = executor._make_submission_file_text("python -c pass", "uid")
+    for line in ("--account=abc", "--qos=high", "--mail-type=END", "--reservation=r1", "--exclusive", "--requeue",
+                 "--partition=gpu", "--gpus-per-node=2", "--ntasks-per-node=2", "--mem=32G", "--time=30",
+                 "--signal=USR2@5"):
+        assert f"#SBATCH {line}\n" in text, line
