@@ -23,10 +23,11 @@ class Spec:
     count: int
     min_side: int
     max_side: int
+    folder: Path = DATA_DIR
 
     @property
     def path(self) -> Path:
-        return DATA_DIR / f"{self.name}_{self.count}.beton"
+        return self.folder / f"{self.name}_{self.count}.beton"
 
 
 def spec(size: int, quick: bool) -> Spec:

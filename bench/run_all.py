@@ -42,9 +42,19 @@ def run_benchmarks(names: list[str], quick: bool) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- reading results
-def load(name: str, quick: bool) -> dict | None:
-    path = RESULTS_DIR / f"{name}{'_quick' if quick else ''}.json"
-    return json.loads(path.read_text()) if path.exists() else None
+Results = dict[str, dict]  # {"loader_256px": the JSON of bench/results/loader_256px.json, ...}
+
+
+def load_results(results_dir: Path, quick: bool) -> Results:
+    """Every results JSON of one kind (full or quick), by benchmark name."""
+    suffix = "_quick" if quick else ""
+    results = {}
+    for path in sorted(results_dir.glob(f"*{suffix}.json")):
+        name = path.stem[: len(path.stem) - len(suffix)] if suffix else path.stem
+        if not quick and name.endswith("_quick"):
+            continue
+        results[name] = json.loads(path.read_text())
+    return results
 
 
 def contender(result: dict | None, name: str, key: str = "contenders") -> dict | None:
@@ -79,10 +89,10 @@ def rtext(r: float | None, digits: int = 2) -> str:
 
 
 # ---------------------------------------------------------------- the table
-def loader_rows(quick: bool) -> list[list[str]]:
+def loader_rows(results: Results) -> list[list[str]]:
     rows = []
     for size in ("256px", "32px"):
-        res = load(f"loader_{size}", quick)
+        res = results.get(f"loader_{size}")
         label = {"256px": "loader, 256 px JPEG, RandomResizedCrop 224 + flip, batch 64",
                  "32px": "loader, 32 px JPEG, flip, batch 256"}[size]
         ours, ffcv, pil = (contender(res, n) for n in ("torchstrap seeded", "upstream FFCV", "PIL DataLoader"))
@@ -101,8 +111,8 @@ def loader_rows(quick: bool) -> list[list[str]]:
     return rows
 
 
-def startup_rows(quick: bool) -> list[list[str]]:
-    res = load("startup", quick)
+def startup_rows(results: Results) -> list[list[str]]:
+    res = results.get("startup")
     rows = []
     for size in ("256px", "32px"):
         part = (res or {}).get("results", {}).get(size)
@@ -118,8 +128,8 @@ def startup_rows(quick: bool) -> list[list[str]]:
     return rows
 
 
-def trainer_rows(quick: bool) -> list[list[str]]:
-    res = load("trainer", quick)
+def trainer_rows(results: Results) -> list[list[str]]:
+    res = results.get("trainer")
     raw, ours = contender(res, "raw loop"), contender(res, "Trainer, log() each step")
     bar = contender(res, "Trainer, log() each step + progress bar")
     cpu_ours, cpu_raw = contender(res, "Trainer, log() each step", "cpu_time"), contender(res, "raw loop", "cpu_time")
@@ -134,8 +144,8 @@ def trainer_rows(quick: bool) -> list[list[str]]:
     return rows
 
 
-def logging_rows(quick: bool) -> list[list[str]]:
-    res = load("logging", quick)
+def logging_rows(results: Results) -> list[list[str]]:
+    res = results.get("logging")
     h5 = contender(res, "HDF5Logger.log (log_hdf5)", "calls")
     npy, pt = contender(res, "np.save per step", "calls"), contender(res, "torch.save per step", "calls")
     r = ratio(h5, pt)
@@ -155,8 +165,8 @@ def logging_rows(quick: bool) -> list[list[str]]:
     return rows
 
 
-def generator_rows(quick: bool) -> list[list[str]]:
-    res = load("generator", quick)
+def generator_rows(results: Results) -> list[list[str]]:
+    res = results.get("generator")
     if not res or not res.get("contenders"):
         return [["`torchstrap new` / `torchstrap update`, default experiment", "not measured (bench_generator.py "
                  "has not produced bench/results/generator.json)", "—", "—", "≤ 2 s / ≤ 5 s", "—"]]
@@ -168,8 +178,8 @@ def generator_rows(quick: bool) -> list[list[str]]:
     return rows
 
 
-def demo_rows(quick: bool) -> list[list[str]]:
-    res = load("demo", quick)
+def demo_rows(results: Results) -> list[list[str]]:
+    res = results.get("demo")
     if not res or res.get("not_measured"):
         why = (res or {}).get("not_measured", "bench_demo.py has not run")
         return [["`make demo` end to end (set-up done)", f"not measured ({why})", "—", "—", "reported", "—"]]
@@ -180,9 +190,9 @@ def demo_rows(quick: bool) -> list[list[str]]:
              f"{cell(wall)}; {cell(to_target)}", f"final accuracy {cell(acc, '')}", "—", "reported", "—"]]
 
 
-def describe_machine(quick: bool) -> str:
+def describe_machine(results: Results) -> str:
     for name in ("loader_256px", "trainer", "startup", "logging"):
-        res = load(name, quick)
+        res = results.get(name)
         if res:
             m = res["machine"]
             return (f"{m['cpu']}, {m['cores']} cores, {m.get('memory_gib', '?')} GiB, CPU only; Python {m['python']}, "
@@ -191,14 +201,15 @@ def describe_machine(quick: bool) -> str:
     return "no results yet"
 
 
-def table(quick: bool) -> str:
-    rows = (loader_rows(quick) + startup_rows(quick) + trainer_rows(quick) + logging_rows(quick)
-            + generator_rows(quick) + demo_rows(quick))
+def table(results: Results, notes: Path | None = NOTES) -> str:
+    """The markdown performance table (and the hand-written notes under it)."""
+    rows = (loader_rows(results) + startup_rows(results) + trainer_rows(results) + logging_rows(results)
+            + generator_rows(results) + demo_rows(results))
     head = ["what", "torchstrap", "compared with", "ratio", "target", "met"]
     lines = [
         "### Performance (CPU figures)",
         "",
-        f"Machine: {describe_machine(quick)}.",
+        f"Machine: {describe_machine(results)}.",
         "The machine is shared with other work while these run (2 cores, several processes), so absolute figures "
         "move from run to run: every benchmark interleaves its contenders (A B A B …) over several rounds; cells show "
         "the median [min–max], and the ratios of medians are the figures to compare. Regenerate with `make bench` "
@@ -208,28 +219,27 @@ def table(quick: bool) -> str:
         "|" + "---|" * len(head),
     ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    if NOTES.exists() and not quick:
-        lines += ["", NOTES.read_text().strip()]
+    if notes is not None and notes.exists():
+        lines += ["", notes.read_text().strip()]
     return "\n".join(lines) + "\n"
 
 
-def write_table(text: str, quick: bool) -> None:
-    """Write the table to bench/results/README_table[_quick].md and, unless quick, into README.md's block."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    out = RESULTS_DIR / f"README_table{'_quick' if quick else ''}.md"
+def write_table(text: str, out: Path, readme: Path | None) -> bool:
+    """Write the table to `out` and, when `readme` is given, between its markers; True if README was updated."""
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
-    print(f"wrote {out.relative_to(REPO_DIR)}")
-    if quick:
-        return
-    readme = REPO_DIR / "README.md"
+    print(f"wrote {out}")
+    if readme is None:
+        return False
     content = readme.read_text()
     if START not in content or END not in content or content.index(START) > content.index(END):
-        print(f"README.md has no {START} … {END} block: the table is only in {out.relative_to(REPO_DIR)}")
-        return
+        print(f"{readme} has no {START} … {END} block: the table is only in {out}")
+        return False
     before, rest = content.split(START, 1)
     after = rest.split(END, 1)[1]
     readme.write_text(f"{before}{START}\n{text}{END}{after}")
-    print("regenerated the performance table in README.md")
+    print(f"regenerated the performance table in {readme}")
+    return True
 
 
 def main() -> None:
@@ -243,7 +253,9 @@ def main() -> None:
         failed = {k: v for k, v in status.items() if v != "ok" and "does not exist" not in v}
     else:
         failed = {}
-    write_table(table(args.quick), args.quick)
+    results = load_results(RESULTS_DIR, args.quick)
+    out = RESULTS_DIR / f"README_table{'_quick' if args.quick else ''}.md"
+    write_table(table(results, None if args.quick else NOTES), out, None if args.quick else REPO_DIR / "README.md")
     if failed:
         sys.exit(f"benchmarks that failed: {failed}")
 
