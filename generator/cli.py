@@ -82,8 +82,10 @@ def _print_check(report: CheckReport) -> int:
     if report.newer:
         print(f"Behind the template by {len(report.newer)} version(s): {', '.join(report.newer)}. "
               "Run `torchstrap update`.")
+    elif report.latest is None:
+        print("The template has no release tag yet: nothing to compare with.")
     else:
-        print("Up to date with the template's latest release.")
+        print(f"Up to date with the template's latest release ({report.latest}).")
     for name in report.conflicts:
         print(f"Conflict markers left in {name}")
     for name in report.rejects:

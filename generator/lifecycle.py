@@ -30,6 +30,7 @@ from generator.template_source import (
     remote_tags,
     resolve,
     update_ref,
+    versions,
 )
 
 ANSWERS_FILE = ".copier-answers.yml"
@@ -53,6 +54,7 @@ class CheckReport:
     version: str  # the project's `_commit`
     template: str  # the project's `_src_path`
     newer: list[str]  # template release tags newer than `version`
+    latest: str | None  # the template's latest release tag (None: no release yet)
     conflicts: list[str]
     rejects: list[str]
 
@@ -121,6 +123,15 @@ def _git_root(path: Path) -> Path:
             "(`torchstrap new` makes one): run this inside the experiment folder or give its path."
         )
     return Path(result.stdout.strip())
+
+
+def project_root(path: Path) -> Path:
+    """The experiment folder: `path` itself, or the top of its git repository when run from a subfolder."""
+    path = path.expanduser().absolute()
+    top = _git_root(path)
+    if not (path / ANSWERS_FILE).is_file() and (top / ANSWERS_FILE).is_file():
+        return top
+    return path
 
 
 def read_answers(path: Path) -> dict[str, Any]:
@@ -229,8 +240,7 @@ def update_experiment(
     trust: bool = False,
 ) -> UpdateReport:
     """copier update (overwrite, inline conflicts) of a clean, committed experiment; never commits."""
-    root = Path(path).expanduser().absolute()
-    _git_root(root)
+    root = project_root(Path(path))
     answers = read_answers(root)
     dirty = dirty_files(root)
     if dirty:
@@ -302,8 +312,7 @@ def _keep_edited_deletions(root: Path, answers: Mapping[str, Any]) -> list[str]:
 
 def check_experiment(path: str | os.PathLike = ".") -> CheckReport:
     """Is the experiment behind its template, and are conflict markers or .rej files left?"""
-    root = Path(path).expanduser().absolute()
-    _git_root(root)
+    root = project_root(Path(path))
     answers = read_answers(root)
     version, url = str(answers["_commit"]), str(answers["_src_path"])
     return CheckReport(
@@ -311,6 +320,7 @@ def check_experiment(path: str | os.PathLike = ".") -> CheckReport:
         version=version,
         template=url,
         newer=newer_versions(version, url),
+        latest=releases[-1][1] if (releases := versions(url)) else None,
         conflicts=find_conflicts(root),
         rejects=find_rejects(root),
     )

@@ -69,6 +69,19 @@ def test_new_makes_committed_git_project(tiny, tmp_path, capsys):
     assert (exp / "slurm" / "run.sh").read_text() == "sbatch my-experiment\n"
     assert git("status", "--porcelain", cwd=exp).stdout == ""  # everything committed
     assert git("log", "--format=%s", cwd=exp).stdout.strip() == "Generate from torchstrap template v1.0.0"
+    code, out, _ = run(capsys, "check", str(exp / "src"))  # from a subfolder: the project root is found
+    assert code == 0 and f"{exp}: template v1.0.0 from {tiny}" in out and "latest release (v1.0.0)" in out
+
+
+def test_untagged_template_generates_from_its_committed_head(tiny, tmp_path, capsys):
+    git("tag", "-d", "v1.0.0", cwd=tiny)
+    (tiny / "template" / "src" / "trainer.py").write_text("uncommitted = True\n")  # never used
+    exp = new_experiment(tmp_path / "exp", {}, template=str(tiny))
+    head = git("rev-parse", "--short", "HEAD", cwd=tiny).stdout.strip()
+    assert yaml.safe_load((exp / ".copier-answers.yml").read_text())["_commit"] == head
+    assert (exp / "src" / "trainer.py").read_text() == TRAINER
+    code, out, _ = run(capsys, "check", str(exp))
+    assert code == 0 and "no release tag yet" in out
 
 
 def test_new_python_api_and_vcs_ref(tiny, tmp_path):
