@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 from copier._main import Worker  # the public run_copy/run_update cannot validate answers first
-from copier.errors import CopierError
+from copier.errors import CopierError, UnsafeTemplateError
 from plumbum import ProcessExecutionError
 
 from generator.template_source import (
@@ -100,6 +100,12 @@ def _copier_message(err: BaseException, url: str, ref: str | None) -> TemplateEr
         last = (err.stderr or "").strip().splitlines()[-1:] or [str(err)]
         at = f" at {ref!r}" if ref else ""
         return TemplateError(f"git failed on the template {url}{at}: {last[0]}")
+    if isinstance(err, UnsafeTemplateError):
+        return TemplateError(
+            f"The template {url} needs unsafe copier features to reach {ref} "
+            f"({str(err).splitlines()[0].split(': ')[-1].rstrip('.')}); "
+            "read its copier.yml (`_migrations`), then run `torchstrap update --trust` if you trust it."
+        )
     text = str(err).strip() or type(err).__name__
     if "version from last update not detected" in text:
         return TemplateError(

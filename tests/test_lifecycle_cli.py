@@ -240,3 +240,24 @@ def test_project_past_the_latest_release_is_not_downgraded(tiny, tmp_path, capsy
     code, out, _ = run(capsys, "update", str(exp))
     assert code == 0 and "v1.0.0 + 1 commit -> v1.1.0" in out
     assert (exp / "src" / "trainer.py").read_text() == "def hook():\n    return 3\n# --- anchor (after v1.0.0)\n"
+
+
+def test_migration_needs_trust_then_moves_the_edited_file(tiny, tmp_path, capsys):
+    """v2 renames src/trainer.py -> src/engine.py with a `_migrations` command: refused without --trust;
+    with it, the researcher's edit follows the file and overlaps are reported, never dropped."""
+    exp = new_experiment(tmp_path / "exp", {}, template=str(tiny))
+    (exp / "src" / "trainer.py").write_text("def hook():\n    return 'mine'\n# --- anchor\n")
+    commit(exp, "mine")
+    git("mv", "template/src/trainer.py", "template/src/engine.py", cwd=tiny)
+    migration = ('_migrations:\n  - version: v2.0.0\n    command: ["git", "mv", "src/trainer.py", "src/engine.py"]\n'
+                 "    when: \"{{ _stage == 'before' }}\"\n")
+    (tiny / "copier.yml").write_text(TINY_COPIER + migration)
+    tag(tiny, "v2.0.0", "v2: trainer.py is now engine.py")
+
+    code, _, err = run(capsys, "update", str(exp))
+    assert code == 2 and "(migrations)" in err and "torchstrap update --trust" in err
+    assert git("status", "--porcelain", cwd=exp).stdout == ""
+    code, out, _ = run(capsys, "update", str(exp), "--trust")
+    assert not (exp / "src" / "trainer.py").exists()
+    assert "return 'mine'" in (exp / "src" / "engine.py").read_text()
+    assert code in (0, 1) and (code == 0) == ("need your attention" not in out)
