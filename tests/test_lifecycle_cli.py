@@ -48,6 +48,7 @@ def tiny(tmp_path: Path) -> Path:
     slurm = repo / "template" / "{% if use_slurm %}slurm{% endif %}"
     slurm.mkdir()
     (slurm / "run.sh.jinja").write_text("sbatch {{ project_name }}\n")
+    (slurm / "submit.py").write_text("import submitit\n")
     git("init", "-q", "-b", "main", cwd=repo)
     tag(repo, "v1.0.0", "v1")
     return repo
@@ -261,3 +262,21 @@ def test_migration_needs_trust_then_moves_the_edited_file(tiny, tmp_path, capsys
     assert not (exp / "src" / "trainer.py").exists()
     assert "return 'mine'" in (exp / "src" / "engine.py").read_text()
     assert code in (0, 1) and (code == 0) == ("need your attention" not in out)
+
+
+def test_answer_change_adds_and_removes_files_but_keeps_edited_ones(tiny, tmp_path, capsys):
+    exp = new_experiment(tmp_path / "exp", {"use_slurm": False}, template=str(tiny))
+    assert not (exp / "slurm").exists()
+    code, out, _ = run(capsys, "update", str(exp), "-d", "use_slurm=true")
+    assert code == 0 and "slurm/run.sh" in out and "slurm/submit.py" in out
+    assert (exp / "slurm" / "run.sh").read_text() == "sbatch my-experiment\n"
+    commit(exp, "slurm on")
+    (exp / "slurm" / "run.sh").write_text("#SBATCH --partition=mine\nsbatch my-experiment\n")
+    commit(exp, "my partition")
+
+    code, out, _ = run(capsys, "update", str(exp), "-d", "use_slurm=false")
+    assert code == 0, out
+    assert not (exp / "slurm" / "submit.py").exists()
+    assert (exp / "slurm" / "run.sh").read_text() == "#SBATCH --partition=mine\nsbatch my-experiment\n"
+    assert "Kept your edited files" in out and "  slurm/run.sh" in out
+    assert yaml.safe_load((exp / ".copier-answers.yml").read_text())["use_slurm"] is False
