@@ -89,7 +89,8 @@ def _check_data(data: Mapping[str, Any], questions: Mapping[str, Any]) -> None:
             f"the template asks: {', '.join(questions)}."
         )
     for key, value in data.items():
-        kind = (questions[key] or {}).get("type") if isinstance(questions[key], dict) else None
+        spec = questions[key]
+        kind = spec.get("type") if isinstance(spec, dict) else None
         if kind == "bool" and isinstance(value, str) and value.strip().lower() not in _BOOL_WORDS:
             raise TemplateError(f"Invalid answer: {key} must be true or false, got {value!r}.")
 
@@ -275,7 +276,10 @@ def update_experiment(
     except (CopierError, ValueError, ProcessExecutionError) as err:
         raise _copier_message(err, url, vcs_ref) from None
     after = read_answers(root)
-    kept = _keep_edited_deletions(root, answers)
+    try:
+        kept = _keep_edited_deletions(root, answers)
+    except (CopierError, ValueError, ProcessExecutionError) as err:
+        raise _copier_message(err, url, str(answers["_commit"])) from None
     return UpdateReport(
         path=root,
         version_before=str(answers["_commit"]),
