@@ -168,6 +168,12 @@ def test_run_folder_holds_config_checkpoint_and_curves(tmp_path):
     state = load_torch(run / "checkpoints" / "last.pt")  # weights_only=True
     assert state["epoch"] == 2 and state["step"] == 8
     assert (run / "curves.png").stat().st_size > 1000
+    confusion = read_hdf5(run, ["val_confusion"])
+    assert confusion["val_confusion"].shape == (2, 2, 2)  # one 2x2 matrix per epoch
+    assert confusion["val_confusion"].sum(axis=(1, 2)).tolist() == [32, 32]
+    epochs = [r for r in read_log(run) if r.get("kind") == "epoch"]
+    diagonal = np.trace(confusion["val_confusion"][-1]) / 32
+    assert diagonal == pytest.approx(epochs[-1]["val_top1"])
 
 
 def test_load_from_restores_the_model_and_optionally_epoch(tmp_path):

@@ -203,9 +203,10 @@ class Trainer:
         self.criterion = build_criterion(name, params or None, miner or None, miner_params or None).to(self.device)
 
     @param("logging.log_every")
-    def initialize_logger(self, log_every: int) -> None:
+    @param("logging.progress")
+    def initialize_logger(self, log_every: int, progress: bool) -> None:
         """Open `log.jsonl` and `arrays.h5` in the run folder (rank 0 only) and write `config.json`."""
-        self.log_every = log_every
+        self.log_every, self.show_progress = log_every, progress
         self.json_logger = JSONLogger(self.run_dir / LOG_FILE) if self.is_main else None
         self.hdf5_logger = HDF5Logger(self.run_dir / HDF5_FILE) if self.is_main else None
         if self.is_main and not (self.run_dir / "config.json").exists():
@@ -257,6 +258,7 @@ class Trainer:
     def before_eval_epoch(self) -> None:
         """Called after `modules.eval()`, before the first validation batch."""
         self.val_sums = {"loss": 0.0, "top1": 0.0, "top5": 0.0, "count": 0}
+        self.val_confusion: torch.Tensor | None = None
 
     def before_eval_step(self) -> None:
         """Called with `self.data` set to a validation batch."""
@@ -277,6 +279,7 @@ class Trainer:
         self.val_sums["top1"] += top1
         self.val_sums["top5"] += top5
         self.val_sums["count"] += n
+        self.val_confusion = accumulate_confusion(self.val_confusion, outputs, targets)
 
     def after_eval_step(self) -> None:
         """Called after each `eval_step`."""
@@ -286,6 +289,12 @@ class Trainer:
         sums = all_reduce_sums(self.val_sums, self.device) if self.world_size > 1 else self.val_sums
         n = max(1, sums["count"])
         self.epoch_record.update(val_loss=sums["loss"] / n, val_top1=sums["top1"] / n, val_top5=sums["top5"] / n)
+        if self.val_confusion is not None:  # rows: true class, columns: predicted class
+            if self.world_size > 1:
+                import torch.distributed as dist
+
+                dist.all_reduce(self.val_confusion)
+            self.log_hdf5({"val_confusion": self.val_confusion})
 
     # ------------------------------------------------------------------ the loops
     def run(self) -> dict[str, Any]:
@@ -301,6 +310,16 @@ class Trainer:
 
             plot_curves(self.run_dir)
         return record
+
+    def print_epoch(self, epochs: int) -> None:
+        """One line per epoch under the progress bars: losses, accuracies, learning rate."""
+        if not (self.is_main and self.show_progress):
+            return
+        parts = [f"{k} {100 * v:.2f}%" if "top" in k else f"{k} {v:.4g}" for k, v in self.epoch_record.items()
+                 if isinstance(v, float)]
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"epoch {self.epoch + 1}/{epochs}: " + ", ".join(parts))
 
     def print_summary(self, record: dict[str, Any]) -> None:
         """Print the final metrics and where the run folder is."""
@@ -341,6 +360,7 @@ class Trainer:
             if eval_each_epoch:
                 self.evaluate()
             self.log(self.epoch_record)
+            self.print_epoch(epochs)
             self.epoch += 1
             self.save_checkpoint()
             if self.should_stop():
@@ -394,9 +414,9 @@ class Trainer:
         if self.hdf5_logger is not None:
             self.hdf5_logger.log(arrays, step=self.step, epoch=self.epoch)
 
-    @param("logging.progress")
-    def make_progress_bar(self, description: str, progress: bool, total: int | None = None):
-        if not (progress and self.is_main):
+    def make_progress_bar(self, description: str, total: int | None = None):
+        """A tqdm bar on rank 0 when `logging.progress` is on, else None."""
+        if not (self.show_progress and self.is_main):
             return None
         from tqdm.auto import tqdm
 
@@ -529,6 +549,14 @@ def cosine_with_warmup(step: int, warmup: int, total: int) -> float:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return 0.5 * (1.0 + float(np.cos(np.pi * progress)))
+
+
+def accumulate_confusion(confusion: torch.Tensor | None, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Add a batch to a (classes x classes) confusion matrix of counts (rows: target, columns: prediction)."""
+    classes = outputs.shape[1]
+    counts = torch.bincount(targets * classes + outputs.argmax(1), minlength=classes * classes)
+    counts = counts[: classes * classes].view(classes, classes)
+    return counts if confusion is None else confusion + counts
 
 
 def topk_correct(outputs: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...]) -> list[float]:
