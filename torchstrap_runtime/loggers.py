@@ -71,6 +71,7 @@ class HDF5Logger:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._file = None
+        self._datasets: dict[str, Any] = {}  # open h5py datasets by name (looking them up costs more than writing)
 
     def _open(self):
         if self._file is None:
@@ -80,17 +81,36 @@ class HDF5Logger:
             self._file = h5py.File(self.path, "a")
         return self._file
 
+    def _dataset(self, name: str, row: np.ndarray):
+        dataset = self._datasets.get(name)
+        if dataset is None:
+            f = self._open()
+            if name not in f:
+                # rows of 64 KiB and more get a chunk each (written whole, below); smaller rows share chunks
+                rows = 1 if row.nbytes >= (1 << 16) else max(1, min(1024, (1 << 16) // max(1, row.nbytes)))
+                f.create_dataset(name, shape=(0, *row.shape), maxshape=(None, *row.shape), dtype=row.dtype,
+                                 chunks=(rows, *row.shape))
+            dataset = self._datasets[name] = f[name]
+        return dataset
+
     def _append(self, name: str, row: np.ndarray) -> None:
-        f = self._open()
-        if name not in f:
-            f.create_dataset(name, shape=(0, *row.shape), maxshape=(None, *row.shape), dtype=row.dtype,
-                             chunks=(max(1, min(64, (1 << 20) // max(1, row.nbytes))), *row.shape))
-        dataset = f[name]
+        """Append one row through h5py's low-level calls (the high-level `resize` + `__setitem__` cost
+        about twice as much, which matters when a 256x256 array is logged every step)."""
+        from h5py import h5s
+
+        dataset = self._dataset(name, row)
         if dataset.shape[1:] != row.shape:
             raise ValueError(f"log_hdf5: '{name}' rows have shape {dataset.shape[1:]}, got an array of shape {row.shape}")
         n = dataset.shape[0]
-        dataset.resize(n + 1, axis=0)
-        dataset[n] = row
+        dataset.id.set_extent((n + 1, *row.shape))
+        data = np.ascontiguousarray(row, dtype=dataset.dtype)
+        origin = (n,) + (0,) * row.ndim
+        if dataset.chunks[0] == 1 and row.ndim and not dataset.compression:  # the row is exactly one chunk
+            dataset.id.write_direct_chunk(origin, data.tobytes())
+            return
+        file_space = dataset.id.get_space()
+        file_space.select_hyperslab(origin, (1, *row.shape))
+        dataset.id.write(h5s.create_simple((1, *row.shape)), file_space, data.reshape(1, *row.shape))
 
     def log(self, arrays: dict[str, Any], step: int = 0, epoch: int = 0) -> None:
         for key, value in arrays.items():
@@ -119,6 +139,7 @@ class HDF5Logger:
         f.flush()
 
     def close(self) -> None:
+        self._datasets = {}
         if self._file is not None:
             self._file.close()
             self._file = None
