@@ -39,6 +39,8 @@ def test_generated_files_keep_their_anchor_lines():
     assert hooks and hooks == anchors, "every Trainer method needs its `# --- end of <name> ---` anchor line"
     for hook in ("initialize_model", "before_train_step", "train_step", "after_eval_epoch"):
         assert hook in hooks
+    bodies = re.findall(r'^        """[^\n]*"""\n(\n?)', trainer, flags=re.M)
+    assert len(bodies) == len(hooks) and set(bodies) == {"\n"}, "a blank line between docstring and body"
     assert trainer.rstrip().endswith("# --- add your own methods below this line ---")
     assert (package / "config.py.jinja").read_text().rstrip().endswith("# --- add your own sections below this line ---")
     assert (TEMPLATE / "configs" / "default.yaml.jinja").read_text().rstrip().endswith(

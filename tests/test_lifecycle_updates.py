@@ -139,6 +139,29 @@ def test_edit_every_hook_then_template_adds_a_hook(tpl, tmp_path, capsys):
     committed_and_checked(capsys, exp)
 
 
+def test_template_rewrites_docstrings_researcher_replaced_every_body(tpl, tmp_path, capsys):
+    """Docstrings are the template's, bodies the researcher's: the blank line between them keeps them apart."""
+    exp = generate(tpl, tmp_path)
+    path = exp / TRAINER
+    names = hooks(path.read_text())
+    for name in names:  # replace the whole body of every hook
+        pattern = rf'(    def {name}\(self[^\n]*\n        """[^\n]*"""\n\n)(.*?)(    # --- end of {name} ---)'
+        text, n = re.subn(pattern, rf"\1        self.mine_{name}()  # replaced\n\3", path.read_text(), flags=re.S)
+        assert n == 1, name
+        path.write_text(text)
+    commit(exp, "my bodies")
+
+    sub(tpl / T_TRAINER, r'^(        """[^\n]*?)\.?("""$)', r"\1 (v2 wording).\2", count=len(names))
+    tag(tpl, "v2.0.0", "v2: better hook documentation")
+
+    assert_clean_update(capsys, exp)
+    text = path.read_text()
+    assert all(f"        self.mine_{name}()  # replaced\n" in text for name in names)
+    assert text.count("(v2 wording).") == len(names) and "super()." not in text.split("class Trainer")[1]
+    assert_python(exp, TRAINER)
+    committed_and_checked(capsys, exp)
+
+
 def test_template_changes_imports(tpl, tmp_path, capsys):
     exp = generate(tpl, tmp_path)
     insert_after(exp / TRAINER, "from .models import build_model\n", "import numpy as np  # mine\n")
