@@ -287,8 +287,9 @@ def test_user_added_modules_configs_and_sections(tpl, tmp_path, capsys):
 
 
 def _slurm_files(exp: Path) -> set[str]:
-    out = git("ls-files", cwd=exp).stdout.split()
-    return {name for name in out if "slurm" in name.lower() or "sbatch" in name.lower() or "submit" in name.lower()}
+    out = git("ls-files", "--cached", "--others", "--exclude-standard", cwd=exp).stdout.split()
+    words = ("slurm", "sbatch", "submit")
+    return {name for name in out if (exp / name).exists() and any(word in name.lower() for word in words)}
 
 
 def test_answers_changed_at_update_add_and_remove_slurm_files(tpl, tmp_path, capsys):
