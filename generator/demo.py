@@ -1,6 +1,6 @@
 """`make demo`: generate an experiment with default answers, install it, write digits, train, report.
 
-    python -m generator.demo [FOLDER] [-- extra training options]
+    python -m generator.demo [FOLDER] [--no-install] [-- extra training options]
 """
 
 from __future__ import annotations
@@ -25,7 +25,10 @@ def step(message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    folder = Path(argv[0] if argv and argv[0] != "--" else "demo-experiment").absolute()
+    own = argv[: argv.index("--")] if "--" in argv else argv
+    install = "--no-install" not in own
+    positional = [a for a in own if not a.startswith("--")]
+    folder = Path(positional[0] if positional else "demo-experiment").absolute()
     started = time.time()
 
     step(f"generating {folder.name}/ from the template (default answers)")
@@ -35,9 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     package = folder.name.lower().replace("-", "_").replace(" ", "_").replace(".", "_")
     print(f"{folder} (git repository, one commit); package '{package}'")
 
-    step("installing it into this environment")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", str(folder)],
-                   check=True)
+    if install:
+        step("installing it into this environment")
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e",
+                        str(folder)], check=True)
 
     step("writing the default dataset (scikit-learn digits -> FFCV .beton)")
     subprocess.run([sys.executable, "scripts/prepare_data.py"], cwd=folder, check=True)
