@@ -76,9 +76,14 @@ def _normalize(src: str, origin: str) -> str:
     return str(repo)
 
 
+def git_url(url: str) -> str:
+    """What git understands for a copier source (`gh:org/repo` -> `https://github.com/org/repo.git`)."""
+    return str(get_repo(url) or url)
+
+
 def remote_tags(url: str) -> dict[str, str]:
     """Map tag name -> commit sha of every tag in the template repository (`git ls-remote`)."""
-    result = git("ls-remote", "--tags", url, check=False)
+    result = git("ls-remote", "--tags", git_url(url), check=False)
     if result.returncode != 0:
         detail = result.stderr.strip().splitlines()[-1:] or ["git ls-remote failed"]
         raise TemplateError(f"The template {url} is not reachable: {detail[0]}")
@@ -130,7 +135,7 @@ def default_ref(url: str) -> str:
     releases = versions(url)
     if releases:
         return releases[-1][1]
-    result = git("ls-remote", url, "HEAD", check=False)
+    result = git("ls-remote", git_url(url), "HEAD", check=False)
     sha = result.stdout.split()[:1]
     if result.returncode != 0 or not sha:
         raise TemplateError(f"The template {url} is not reachable or has no commit.")
