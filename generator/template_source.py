@@ -37,8 +37,9 @@ def git(*args: str, cwd: Path | str | None = None, check: bool = True) -> subpro
     return subprocess.run(["git", *args], cwd=cwd, env=env, text=True, capture_output=True, check=check)
 
 
-def is_checkout(path: Path = CHECKOUT) -> bool:
-    """True when `path` is the root of a git repository holding a copier template."""
+def is_checkout(path: Path | None = None) -> bool:
+    """True when `path` (default: this checkout) is the root of a git repository holding a copier template."""
+    path = path or CHECKOUT
     return (path / ".git").exists() and (path / "copier.yml").is_file()
 
 
@@ -48,7 +49,7 @@ def resolve(template: str | None = None) -> TemplateSource:
         return TemplateSource(_normalize(template, "--template"), "--template")
     if os.environ.get(ENV_VAR):
         return TemplateSource(_normalize(os.environ[ENV_VAR], f"${ENV_VAR}"), f"${ENV_VAR}")
-    if is_checkout():
+    if is_checkout(CHECKOUT):
         return TemplateSource(str(CHECKOUT), "checkout")
     raise TemplateError(
         f"No template source: torchstrap is not running from a git checkout ({CHECKOUT}); "
@@ -155,6 +156,6 @@ def update_ref(commit: str, url: str) -> str:
     return default_ref(url)
 
 
-def checkout_ref(path: Path = CHECKOUT) -> str:
+def checkout_ref(path: Path | None = None) -> str:
     """The committed HEAD of a checkout as a full sha (dirty changes are never used for generation)."""
-    return git("rev-parse", "HEAD", cwd=path).stdout.strip()
+    return git("rev-parse", "HEAD", cwd=path or CHECKOUT).stdout.strip()

@@ -16,7 +16,8 @@ import yaml
 
 from generator.cli import main, new_experiment
 from generator.template_repo import commit, edit, tag
-from generator.template_source import git
+from generator import template_source
+from generator.template_source import CHECKOUT, git
 
 TINY_COPIER = """\
 _subdirectory: template
@@ -280,3 +281,23 @@ def test_answer_change_adds_and_removes_files_but_keeps_edited_ones(tiny, tmp_pa
     assert (exp / "slurm" / "run.sh").read_text() == "#SBATCH --partition=mine\nsbatch my-experiment\n"
     assert "Kept your edited files" in out and "  slurm/run.sh" in out
     assert yaml.safe_load((exp / ".copier-answers.yml").read_text())["use_slurm"] is False
+
+
+def test_default_template_is_this_checkout_at_its_committed_head(tmp_path, monkeypatch):
+    """What `make demo` uses: no --template, no $TORCHSTRAP_TEMPLATE."""
+    monkeypatch.delenv("TORCHSTRAP_TEMPLATE", raising=False)
+    describe = lambda: git("describe", "--tags", "--always", cwd=CHECKOUT).stdout.strip()  # noqa: E731
+    before = describe()
+    exp = new_experiment(tmp_path / "exp", {"project_name": "demo-like"})
+    answers = yaml.safe_load((exp / ".copier-answers.yml").read_text())
+    assert answers["_src_path"] == str(CHECKOUT)
+    assert answers["_commit"] in {before, describe()}  # others may commit meanwhile
+    assert (exp / "src" / "demo_like" / "trainer.py").is_file()
+
+
+def test_no_template_source_is_a_sentence(tmp_path, capsys, monkeypatch):
+    """Installed without a checkout (e.g. from a wheel), and no --template or $TORCHSTRAP_TEMPLATE."""
+    monkeypatch.delenv("TORCHSTRAP_TEMPLATE", raising=False)
+    monkeypatch.setattr(template_source, "CHECKOUT", tmp_path / "site-packages")
+    code, _, err = run(capsys, "new", str(tmp_path / "exp"))
+    assert code == 2 and "not running from a git checkout" in err and "--template" in err
