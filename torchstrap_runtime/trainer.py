@@ -20,6 +20,7 @@ Hyper-parameters come from the config with `@param("section.key")` (see `torchst
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -224,14 +225,11 @@ class Trainer:
     def train_step(self) -> None:
         """Forward, criterion, backward, optimizer step, and per-step scheduler step."""
         inputs, targets = self.to_device(self.data)
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.use_amp):
+        with self.autocast():
             outputs = self.model(inputs)
             loss = self.criterion(outputs, targets)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.clip_gradients()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        self.backward_and_step(loss)
         if self.scheduler is not None and not isinstance(self.scheduler, PER_EPOCH_SCHEDULERS):
             self.scheduler.step()
         self.loss = loss.detach()
@@ -270,7 +268,7 @@ class Trainer:
     def eval_step(self) -> None:
         """Loss and top-1/top-5 accuracy of a validation batch (under `torch.no_grad`)."""
         inputs, targets = self.to_device(self.data)
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.use_amp):
+        with self.autocast():
             outputs = self.test_time_augmentation(inputs)
             loss = self.criterion(outputs, targets)
         top1, top5 = topk_correct(outputs.float(), targets, (1, 5))
@@ -504,6 +502,24 @@ class Trainer:
         if self.channels_last and inputs.dim() == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         return inputs, targets.to(self.device, non_blocking=True).view(-1).long()
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """`torch.autocast` to `training.dtype` when it is bfloat16/float16, else a no-op context."""
+        if self.use_amp:
+            return torch.autocast(self.device.type, dtype=self.dtype)
+        return contextlib.nullcontext()
+
+    def backward_and_step(self, loss: torch.Tensor) -> None:
+        """Backward pass, gradient clipping and optimizer step (through the AMP grad scaler for float16)."""
+        if self.scaler.is_enabled():
+            self.scaler.scale(loss).backward()
+            self.clip_gradients()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.clip_gradients()
+            self.optimizer.step()
 
     def clip_gradients(self) -> None:
         """Clip the gradient norm to `training.grad_clip` (when > 0)."""
