@@ -45,6 +45,20 @@ def test_demo_path_trains_digits_and_writes_the_run_folder(tmp_path):
     assert (run / "checkpoints" / "last.pt").exists() and (run / "curves.png").stat().st_size > 10_000
 
 
+def test_generated_experiment_installs_as_a_package(tmp_path):
+    torchstrap = Path(sys.executable).with_name("torchstrap")
+    subprocess.run([str(torchstrap), "new", str(tmp_path / "exp"), "--defaults", "--vcs-ref", "HEAD"],
+                   check=True, capture_output=True)
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(site), str(tmp_path / "exp")], check=True, capture_output=True)
+    assert (site / "my_experiment" / "trainer.py").exists()
+    help_text = subprocess.run([sys.executable, "-m", "my_experiment.train", "--help"], cwd=tmp_path,
+                               env={**os.environ, "PYTHONPATH": str(site)}, capture_output=True, text=True)
+    assert help_text.returncode == 0, help_text.stderr
+    assert "optimizer" in help_text.stdout and "augmentation" in help_text.stdout
+
+
 def test_copier_copy_gives_the_same_experiment_as_torchstrap_new(tmp_path):
     copier = Path(sys.executable).with_name("copier")
     torchstrap = Path(sys.executable).with_name("torchstrap")
