@@ -18,8 +18,8 @@ from test_resume import EPOCHS, ROOT, STEPS_PER_EPOCH, toy_config
 
 @pytest.fixture(autouse=True)
 def job_env(monkeypatch):
-    """Job processes import the toy trainer from tests/."""
-    monkeypatch.setenv("PYTHONPATH", f"{ROOT / 'tests'}{os.pathsep}{ROOT}")
+    """No PYTHONPATH: job processes find tests/test_cluster_toy.py through the job's recorded sys.path."""
+    monkeypatch.delenv("PYTHONPATH", raising=False)
     monkeypatch.setenv("NUMBA_CACHE_DIR", os.environ.get("NUMBA_CACHE_DIR", str(ROOT / ".numba_cache")))
 
 
@@ -57,7 +57,6 @@ def ddp_run(tmp_path_factory) -> tuple[Path, Path]:
     over = dict(training={"epochs": 2}, toy={"dropout": 0.0}, optimizer={"lr": 0.05})
     assert launcher.run_training(toy_config(folder / "runs", "one", **over), toy.TRAINER)["finished"]
     config = local_config(folder, "two", slurm={"tasks_per_node": 2}, **over)
-    os.environ["PYTHONPATH"] = f"{ROOT / 'tests'}{os.pathsep}{ROOT}"
     [(job, run_dir)] = launcher.submit(config, toy.TRAINER, local=True)
     results = job.results()
     assert [r["rank"] for r in results] == [0, 1] and all(r["finished"] for r in results)

@@ -38,6 +38,11 @@ from .config import Dict, Int, Param, Section, Str
 
 def declare_slurm_section() -> None:
     """Declare the `slurm` config section (done on import; again after `config.reset_config()` in tests)."""
+    try:
+        cfg.get_value("slurm.partition")
+        return
+    except Exception:
+        pass
     Section("slurm", "SLURM submission (scripts/submit.py)").params(
         partition=Param(Str(), "partition to submit to (required for SLURM; not for --local)", default=""),
         nodes=Param(Int(), "number of nodes", default=1),
@@ -239,6 +244,23 @@ def import_object(path: str) -> Any:
         raise LaunchError(f"cannot import trainer '{path}': {e}") from e
 
 
+def import_modules(names: tuple[str, ...] | list[str]) -> None:
+    """Import modules that declare config sections (e.g. the experiment's `pkg.config`)."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise LaunchError(f"cannot import module '{name}': {e}") from e
+
+
+def import_root(path: str) -> str:
+    """The sys.path entry that `"pkg.module:Name"` was imported from (so job processes find it too)."""
+    name = path.partition(":")[0] if ":" in path else path.rpartition(".")[0]
+    file = Path(sys.modules[name].__file__).resolve()
+    depth = name.count(".") + (1 if file.name == "__init__.py" else 0)
+    return str(file.parents[depth])
+
+
 class TrainJob:
     """The picklable submitit job: rebuilds the config and the Trainer in the job's process and trains.
 
@@ -247,17 +269,20 @@ class TrainJob:
     runs (our `checkpoint()` + `scontrol requeue`). The requeued job resumes from `last.pt`.
     """
 
-    def __init__(self, config: dict[str, dict[str, Any]], trainer: str) -> None:
+    def __init__(self, config: dict[str, dict[str, Any]], trainer: str, imports: tuple[str, ...] = (),
+                 sys_path: tuple[str, ...] = ()) -> None:
         self.config = config
         self.trainer = trainer
+        self.imports = tuple(imports)
+        self.sys_path = tuple(sys_path)
         self._signal: int | None = None
         self._trainer_obj: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"config": self.config, "trainer": self.trainer}
+        return {"config": self.config, "trainer": self.trainer, "imports": self.imports, "sys_path": self.sys_path}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["config"], state["trainer"])
+        self.__init__(**state)
 
     @property
     def run_dir(self) -> Path:
@@ -269,17 +294,22 @@ class TrainJob:
             self._trainer_obj.request_stop()
 
     def __call__(self) -> dict[str, Any]:
+        for entry in reversed(self.sys_path):
+            if entry not in sys.path:
+                sys.path.insert(0, entry)
+        import_modules(self.imports)
         submitit_handler = _export_submitit_distributed_env()
         result = run_training(self.config, self.trainer, self)
         if self._signal is not None and not result["finished"]:
             if callable(submitit_handler):
                 submitit_handler(self._signal, None)  # submitit: checkpoint() + requeue + exit (rank 0)
+        distributed.cleanup_distributed()
         return result
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """Called by submitit on USR2 once the Trainer has saved; the new job resumes from last.pt."""
         import submitit
-        return submitit.helpers.DelayedSubmission(TrainJob(self.config, self.trainer))
+        return submitit.helpers.DelayedSubmission(TrainJob(self.config, self.trainer, self.imports, self.sys_path))
 
 
 def _export_submitit_distributed_env() -> Any:
@@ -350,8 +380,8 @@ def make_executor(slurm: dict[str, Any], local: bool) -> Any:
     return executor
 
 
-def submit(config: dict[str, dict[str, Any]], trainer: str, sweeps: list[str] = (), local: bool = False
-           ) -> list[tuple[Any, Path]]:
+def submit(config: dict[str, dict[str, Any]], trainer: str, sweeps: list[str] = (), local: bool = False,
+           imports: tuple[str, ...] = ()) -> list[tuple[Any, Path]]:
     """Validate everything, then submit one job (or one array job over the sweeps' product).
 
     Returns `(submitit job, run folder)` pairs. Nothing is submitted when any input is bad (LaunchError).
@@ -365,7 +395,9 @@ def submit(config: dict[str, dict[str, Any]], trainer: str, sweeps: list[str] = 
     executor = make_executor(slurm, local)
     for point in points:
         point["logging"]["folder"] = str(logs)
-    fns = [TrainJob(point, trainer) for point in points]
+    import_object(trainer)
+    sys_path = tuple(dict.fromkeys(import_root(name) for name in (trainer, *[m + ":_" for m in imports])))
+    fns = [TrainJob(point, trainer, imports, sys_path) for point in points]
     if len(fns) == 1:
         jobs = [executor.submit(fns[0])]
     else:
@@ -395,14 +427,16 @@ def split_launcher_args(argv: list[str]) -> tuple[list[str], list[str], bool, bo
     return rest, sweeps, local, wait
 
 
-def main(trainer: str, argv: list[str] | None = None) -> list[tuple[Any, Path]]:
-    """Entry point of the generated `scripts/submit.py`."""
+def main(trainer: str, argv: list[str] | None = None, imports: tuple[str, ...] = ()) -> list[tuple[Any, Path]]:
+    """Entry point of the generated `scripts/submit.py`: `imports` are modules that declare config sections."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         rest, sweeps, local, wait = split_launcher_args(argv)
-        import_object(trainer)   # declares the experiment's sections before the config is parsed
-        cfg.load_config(rest, description=f"Submit {trainer} to SLURM (or --local) with submitit.")
-        jobs = submit(cfg.config_as_dict(), trainer, sweeps, local)
+        import_modules(imports)  # declare the experiment's sections before the config is parsed
+        import_object(trainer)
+        cfg.load_config(rest, description=f"Submit {trainer} to SLURM (or --local) with submitit. Launcher "
+                        "options: --sweep SECTION.KEY=V1,V2 (repeatable), --local, --wait.")
+        jobs = submit(cfg.config_as_dict(), trainer, sweeps, local, tuple(imports))
     except LaunchError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -418,18 +452,19 @@ def main(trainer: str, argv: list[str] | None = None) -> list[tuple[Any, Path]]:
 
 # --------------------------------------------------------------------------- sbatch without submitit
 
-def run_here(trainer: str, argv: list[str]) -> dict[str, Any]:
+def run_here(trainer: str, argv: list[str], imports: tuple[str, ...] = ()) -> dict[str, Any]:
     """Train in this process (e.g. under `srun` in a plain sbatch script); on USR2 save and requeue.
 
     The run folder must be fixed across requeues: pass `--logging.run_id` (e.g. the SLURM job id).
     Rank 0 calls `scontrol requeue $SLURM_JOB_ID` after the checkpoint is saved.
     """
+    import_modules(imports)
     import_object(trainer)
     cfg.load_config(argv, description=f"Train {trainer} here (requeue on USR2 under SLURM).")
     config = cfg.config_as_dict()
     if not config["logging"]["run_id"]:
         config["logging"]["run_id"] = os.environ.get("SLURM_JOB_ID") or new_run_id()
-    job = TrainJob(config, trainer)
+    job = TrainJob(config, trainer, tuple(imports))
     result = run_training(config, trainer, job)
     if job._signal is not None and not result["finished"] and distributed.is_main_process():
         job_id = os.environ.get("SLURM_ARRAY_JOB_ID", "") and (
@@ -441,8 +476,26 @@ def run_here(trainer: str, argv: list[str]) -> dict[str, Any]:
     return result
 
 
-if __name__ == "__main__":
-    if len(sys.argv) < 3 or sys.argv[1] != "run":
-        print("usage: python -m torchstrap_runtime.launcher run PKG.MODULE:Trainer [config args]", file=sys.stderr)
+def cli(argv: list[str]) -> None:
+    """`python -m torchstrap_runtime.launcher run PKG.MODULE:Trainer [--import MODULE]... [config args]`."""
+    if len(argv) < 2 or argv[0] != "run":
+        print(cli.__doc__.strip("`"), file=sys.stderr)
         raise SystemExit(2)
-    run_here(sys.argv[2], sys.argv[3:])
+    trainer, rest, imports = argv[1], [], []
+    it = iter(argv[2:])
+    for arg in it:
+        if arg == "--import":
+            imports.append(next(it, ""))
+        else:
+            rest.append(arg)
+    try:
+        run_here(trainer, rest, tuple(imports))
+    except LaunchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    # run through the importable module, so the `slurm` section and TrainJob have one identity
+    from torchstrap_runtime.launcher import cli as _cli
+    _cli(sys.argv[1:])
