@@ -27,6 +27,8 @@ holds the same state. Call as criterion(views, indices): `views` a list of [B, D
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -65,20 +67,57 @@ def _all_gather_cat(t: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- shared machinery
 
-def kmeans_plus_plus(z: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
-    """k unit vectors picked from the rows of z (unit norm) by k-means++ seeding (cosine distance)."""
+def kmeans_plus_plus(z: torch.Tensor, k: int, generator: torch.Generator, trials: int | None = None) -> torch.Tensor:
+    """k unit vectors picked from the rows of z (unit norm) by greedy k-means++ seeding (cosine distance).
+
+    Each step draws `trials` candidates with probability proportional to their distance to the chosen
+    seeds and keeps the one that lowers the total distance most (as scikit-learn's k-means++ does).
+    """
     n = z.shape[0]
     if n < k:  # not enough points: pad with random directions
         extra = F.normalize(torch.randn(k - n, z.shape[1], generator=generator), dim=1)
         return torch.cat([z, extra])
+    trials = trials or 2 + int(math.log(k))
     chosen = [int(torch.randint(n, (1,), generator=generator))]
-    dist2 = (1 - z @ z[chosen[0]]).clamp_min(0)
+    closest = (1 - z @ z[chosen[0]]).clamp_min(0)
     for _ in range(k - 1):
-        probs = dist2 if dist2.sum() > 0 else torch.ones(n)
-        i = int(torch.multinomial(probs, 1, generator=generator))
-        chosen.append(i)
-        dist2 = torch.minimum(dist2, (1 - z @ z[i]).clamp_min(0))
+        probs = closest if closest.sum() > 0 else torch.ones(n)
+        candidates = torch.multinomial(probs, trials, replacement=True, generator=generator)
+        new_closest = torch.minimum(closest[None], (1 - z[candidates] @ z.T).clamp_min(0))
+        best = int(new_closest.sum(dim=1).argmin())
+        chosen.append(int(candidates[best]))
+        closest = new_closest[best]
     return z[chosen].clone()
+
+
+def lower_bounded_assignment(scores: torch.Tensor, min_count: int) -> torch.Tensor:
+    """argmax_k(scores) repaired so that every cluster gets at least `min_count` rows.
+
+    Each short cluster takes the rows that lose the least score by moving to it, only from clusters
+    that keep at least `min_count` rows (a greedy repair of the lower-bounded assignment; one pass
+    suffices because donors never fall below the bound).
+    """
+    n, k = scores.shape
+    labels = scores.argmax(dim=1)
+    if min_count <= 0 or n < min_count * k:
+        return labels
+    counts = torch.bincount(labels, minlength=k)
+    for c in torch.argsort(counts).tolist():  # the emptiest clusters choose first
+        need = min_count - int(counts[c])
+        if need <= 0:
+            continue
+        surplus = (counts - min_count).clamp_min(0)
+        cost = scores.gather(1, labels[:, None]).squeeze(1) - scores[:, c]
+        cost[surplus[labels] == 0] = float("inf")  # rows of clusters with nothing to spare stay
+        order = torch.argsort(cost)
+        order = order[torch.isfinite(cost[order])]
+        donors = labels[order]
+        rank = F.one_hot(donors, k).cumsum(0).gather(1, donors[:, None]).squeeze(1) - 1
+        take = order[rank < surplus[donors]][:need]
+        counts -= torch.bincount(labels[take], minlength=k)
+        counts[c] += take.numel()
+        labels[take] = c
+    return labels
 
 
 def _as_views(views: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
@@ -95,8 +134,8 @@ class _CoKe(nn.Module):
     input_kind = "views"
 
     def __init__(self, embedding_size: int, num_clusters: int | list[int] = 10, num_heads: int = 1,
-                 temperature: float = 0.1, dual_lr: float = 0.5, min_size_ratio: float = 0.5,
-                 center_update: str = "epoch", center_momentum: float = 0.9, seed: int = 0):
+                 temperature: float = 0.1, dual_lr: float = 1.0, min_size_ratio: float = 0.5,
+                 batch_constraint: bool = False, center_update: str = "epoch", center_momentum: float = 0.9, seed: int = 0):
         super().__init__()
         name = type(self).__name__
         ks = [num_clusters] * num_heads if isinstance(num_clusters, int) else list(num_clusters)
@@ -108,11 +147,13 @@ class _CoKe(nn.Module):
                "an int >= 2 or a list of them")
         _check(name, "temperature", temperature, temperature > 0, "> 0")
         _check(name, "dual_lr", dual_lr, dual_lr >= 0, ">= 0")
+        _check(name, "batch_constraint", batch_constraint, isinstance(batch_constraint, bool), "true or false")
         _check(name, "min_size_ratio", min_size_ratio, 0 <= min_size_ratio <= 1, "in [0, 1]")
         _check(name, "center_update", center_update, center_update in CENTER_UPDATES, f"one of {CENTER_UPDATES}")
         _check(name, "center_momentum", center_momentum, 0 <= center_momentum < 1, "in [0, 1)")
         self.embedding_size, self.num_clusters, self.num_heads = embedding_size, ks, len(ks)
         self.temperature, self.dual_lr, self.min_size_ratio = temperature, dual_lr, min_size_ratio
+        self.batch_constraint = batch_constraint
         self.center_update, self.center_momentum, self.seed = center_update, center_momentum, seed
         for h, k in enumerate(ks):
             self.register_buffer(f"centers_{h}", torch.zeros(k, embedding_size))
@@ -150,13 +191,24 @@ class _CoKe(nn.Module):
         self.initialized.fill_(True)
 
     @torch.no_grad()
-    def _dual_step(self, labels: torch.Tensor, h: int) -> torch.Tensor:
-        """Projected dual step from one batch of assignments; returns the batch's cluster counts."""
-        k = self.num_clusters[h]
-        counts = _all_reduce(torch.bincount(labels, minlength=k).float())
-        total = counts.sum().clamp_min(1)
-        self.duals(h).sub_(self.dual_lr * (counts / total - self.min_size_ratio / k)).clamp_(min=0)
-        return counts
+    def assign_online(self, zs: list[torch.Tensor], h: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Constrained assignment of a batch (one tensor per view), then one projected dual step.
+
+        Labels are argmax_k(z . c_k + rho_k) (the paper's online rule). With `batch_constraint`, clusters
+        with fewer than floor(min_size_ratio * batch / K) members in a view first take the rows that lose
+        the least by moving (`lower_bounded_assignment`), so a collapsed representation cannot meet the
+        constraint by sending whole batches to one cluster after another. Returns (labels per view,
+        cluster counts of the whole batch over views and ranks).
+        """
+        k, duals = self.num_clusters[h], self.duals(h)
+        labels = []
+        for z in zs:
+            scores = z.float() @ self.centers(h).T + duals
+            bound = math.floor(self.min_size_ratio * z.shape[0] / k) if self.batch_constraint else 0
+            labels.append(lower_bounded_assignment(scores, bound))
+        counts = _all_reduce(torch.bincount(torch.cat(labels), minlength=k).float())
+        duals.sub_(self.dual_lr * (counts / counts.sum().clamp_min(1) - self.min_size_ratio / k)).clamp_(min=0)
+        return labels, counts
 
     @torch.no_grad()
     def _update_centers(self, z: torch.Tensor, labels: torch.Tensor, h: int) -> None:
@@ -208,11 +260,11 @@ class CoKeSingleView(_CoKe):
     """
 
     def __init__(self, embedding_size: int, num_samples: int, num_clusters: int | list[int] = 10,
-                 num_heads: int = 1, temperature: float = 0.1, dual_lr: float = 0.5,
-                 min_size_ratio: float = 0.5, center_update: str = "epoch", center_momentum: float = 0.9,
-                 seed: int = 0):
+                 num_heads: int = 1, temperature: float = 0.1, dual_lr: float = 1.0,
+                 min_size_ratio: float = 0.5, batch_constraint: bool = False, center_update: str = "epoch",
+                 center_momentum: float = 0.9, seed: int = 0):
         super().__init__(embedding_size, num_clusters, num_heads, temperature, dual_lr, min_size_ratio,
-                         center_update, center_momentum, seed)
+                         batch_constraint, center_update, center_momentum, seed)
         _check(type(self).__name__, "num_samples", num_samples, isinstance(num_samples, int) and num_samples >= 1,
                "an int >= 1 (the training set size)")
         self.num_samples = num_samples
@@ -237,8 +289,8 @@ class CoKeSingleView(_CoKe):
         for h in range(self.num_heads):
             centers = self.centers(h).clone()  # the centers this batch is judged against
             with torch.no_grad():
-                new = self.assign(z, h)
-                self.last_batch_sizes.append(self._dual_step(new, h))
+                (new,), counts = self.assign_online([z], h)
+                self.last_batch_sizes.append(counts)
                 self._update_centers(z, new, h)
                 previous = self.labels[h, indices]
                 targets = torch.where(previous >= 0, previous, new)
@@ -264,8 +316,8 @@ class CoKeMultiView(_CoKe):
         for h in range(self.num_heads):
             centers = self.centers(h).clone()
             with torch.no_grad():
-                targets = [self.assign(z, h) for z in zs]
-                self.last_batch_sizes.append(self._dual_step(torch.cat(targets), h))
+                targets, counts = self.assign_online(zs, h)
+                self.last_batch_sizes.append(counts)
                 self._update_centers(torch.cat(zs), torch.cat(targets), h)
             pairs = [self._head_loss(zs[u], centers, targets[v])
                      for v in range(len(zs)) for u in range(len(zs)) if u != v]
