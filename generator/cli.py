@@ -94,27 +94,29 @@ def _print_check(report: CheckReport) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="torchstrap", description="Generate and update torchstrap experiments.")
+    parser = argparse.ArgumentParser(
+        prog="torchstrap", description="Generate and update torchstrap experiments (see docs/LIFECYCLE.md).",
+        epilog="exit codes: 0 ok; 1 needs attention (conflicts left, behind the template); 2 error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     new = sub.add_parser("new", help="generate an experiment (a git repository) from the template")
-    new.add_argument("path", type=Path)
+    new.add_argument("path", type=Path, help="new folder for the experiment")
     new.add_argument("--template", help=f"git path or URL of the template (default: ${ENV_VAR}, else this checkout)")
     new.add_argument("--vcs-ref", help="template tag/branch/commit (default: latest release tag, or the checkout's HEAD)")
     new.add_argument("--defaults", action="store_true", help="use defaults for unanswered questions (no prompts)")
     new.add_argument("-d", "--data", action="append", metavar="KEY=VALUE", help="answer a question")
 
     update = sub.add_parser("update", help="bring template changes into an experiment")
-    update.add_argument("path", nargs="?", type=Path, default=Path("."))
+    update.add_argument("path", nargs="?", type=Path, default=Path("."), help="experiment folder (default: .)")
     update.add_argument("--vcs-ref", help="template version to update to (default: latest release tag)")
     update.add_argument("-d", "--data", action="append", metavar="KEY=VALUE", help="change an answer")
     update.add_argument("--trust", action="store_true", help="allow the template's _migrations to run")
 
     check = sub.add_parser("check", help="is the experiment behind its template, or are conflicts left?")
-    check.add_argument("path", nargs="?", type=Path, default=Path("."))
+    check.add_argument("path", nargs="?", type=Path, default=Path("."), help="experiment folder (default: .)")
 
     demo = sub.add_parser("demo", help="generate, train and plot the demo experiment")
-    demo.add_argument("path", nargs="?", default="demo-experiment")
+    demo.add_argument("path", nargs="?", default="demo-experiment", help="folder (default: demo-experiment)")
     return parser
 
 
