@@ -188,6 +188,7 @@ PML_OBJECT_PARAMS: dict[str, str] = {
     "embedding_regularizer": "regularizers", "weight_regularizer": "regularizers",
     "loss": "losses", "losses": "losses", "miner": "miners", "miners": "miners",
 }
+PML_COLLECTION_PARAMS = {"losses", "miners", "reducers"}  # a list, or a dict {key: spec}
 TENSOR_PARAMS = {"weight", "pos_weight", "ClassWeightedReducer.weights"}
 
 
@@ -225,9 +226,9 @@ def _pml_params(cls: type, params: dict[str, Any], what: str) -> dict[str, Any]:
         if kind is None or value is None:
             continue
         sub = f"{what}.{key}"
-        if isinstance(value, (list, tuple)):
+        if key in PML_COLLECTION_PARAMS and isinstance(value, (list, tuple)):
             out[key] = [build_pml_object(kind, v, f"{sub}[{i}]") for i, v in enumerate(value)]
-        elif isinstance(value, dict) and not ("name" in value and set(value) <= {"name", "params"}):
+        elif key in PML_COLLECTION_PARAMS and isinstance(value, dict) and "name" not in value:
             out[key] = {k: build_pml_object(kind, v, f"{sub}.{k}") for k, v in value.items()}
         else:
             out[key] = build_pml_object(kind, value, sub)
