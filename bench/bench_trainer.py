@@ -131,8 +131,8 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=None, help="steps per round (one epoch)")
     args = p.parse_args()
-    rounds = args.rounds or (2 if args.quick else 15)
-    steps = args.steps or (50 if args.quick else 200)
+    rounds = args.rounds or (2 if args.quick else 11)
+    steps = args.steps or (50 if args.quick else 400)
     torch.set_num_threads(1)
     batches = make_batches(steps)
     with tempfile.TemporaryDirectory(prefix="bench_trainer_") as tmp:
