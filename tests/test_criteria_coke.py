@@ -209,3 +209,20 @@ def test_multi_view_coke_on_digits_beats_a_random_encoder():
     print(f"kNN accuracy: random encoder {random_acc:.3f}, CoKe-trained {trained_acc:.3f}")
     assert trained_acc >= random_acc + 0.15, (random_acc, trained_acc)
     assert trained_acc >= 0.7, (random_acc, trained_acc)
+
+
+def test_eval_mode_changes_no_state():
+    g = torch.Generator().manual_seed(0)
+    for criterion, args in [
+        (CoKeSingleView(embedding_size=8, num_samples=64, num_clusters=4), (torch.randn(64, 8, generator=g), torch.arange(64))),
+        (CoKeMultiView(embedding_size=8, num_clusters=4), ([torch.randn(64, 8, generator=g) for _ in range(2)],)),
+    ]:
+        criterion(*args)  # train mode: initialises and updates
+        before = {k: v.clone() for k, v in criterion.state_dict().items()}
+        criterion.eval()
+        loss = criterion(*args)
+        assert torch.isfinite(loss)
+        for key, value in criterion.state_dict().items():
+            assert torch.equal(value, before[key]), key
+        if isinstance(criterion, CoKeSingleView):
+            assert torch.isfinite(criterion(args[0]))  # validation samples need no indices
