@@ -95,8 +95,9 @@ def trainer_class(progress: bool):
         def initialize_optimizer(self) -> None:
             self.optimizer = make_optimizer(self.model)
 
-        def make_progress_bar(self, description: str, total: int | None = None):
-            return Trainer.make_progress_bar(self, description, progress=progress, total=total)
+        def initialize_logger(self) -> None:
+            super().initialize_logger()
+            self.show_progress = progress  # the tqdm bar on or off, whatever logging.progress says
 
     return BenchTrainer
 
