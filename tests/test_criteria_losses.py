@@ -12,7 +12,6 @@ from typing import Callable
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.loss import _Loss
 
@@ -233,3 +232,13 @@ def test_nested_objects_from_config():
     assert {"ThresholdReducer", "LpRegularizer"} <= built
     emb = x(B, D)
     check_finite(criterion(emb, class_targets()), [emb], "TripletMarginLoss(nested)")
+
+
+def test_multiple_losses_as_a_dict_with_per_loss_miners():
+    criterion = build_criterion("MultipleLosses", {
+        "losses": {"pairs": "ContrastiveLoss", "triplets": {"name": "TripletMarginLoss", "params": {"margin": 0.1}}},
+        "miners": {"triplets": "TripletMarginMiner"}, "weights": {"pairs": 1.0, "triplets": 2.0}})
+    assert set(criterion.loss.losses) == {"pairs", "triplets"}
+    assert type(criterion.loss.miners["triplets"]).__name__ == "TripletMarginMiner"
+    emb = x(B, D)
+    check_finite(criterion(emb, class_targets()), [emb], "MultipleLosses(dict)")

@@ -292,7 +292,7 @@ def _torch_input_kind(cls: type) -> str:
 
 
 def describe(name: str) -> str:
-    """One line per accepted parameter of a criterion, for --help style listings."""
+    """`module.Class(param, ...)`: where a criterion name leads and the parameters it accepts."""
     _, cls = resolve(name)
     return f"{cls.__module__}.{cls.__name__}({', '.join(accepted_params(cls))})"
 
