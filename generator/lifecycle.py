@@ -19,6 +19,7 @@ from copier._main import Worker  # the public run_copy/run_update cannot validat
 from copier.errors import CopierError, UnsafeTemplateError
 from plumbum import ProcessExecutionError
 
+from generator.merge import merge
 from generator.template_source import (
     TemplateError,
     TemplateSource,
@@ -277,7 +278,7 @@ def update_experiment(
         raise _copier_message(err, url, vcs_ref) from None
     after = read_answers(root)
     try:
-        kept = _keep_edited_deletions(root, answers)
+        kept = _after_update(root, answers, after)
     except (CopierError, ValueError, ProcessExecutionError) as err:
         raise _copier_message(err, url, str(answers["_commit"])) from None
     return UpdateReport(
@@ -291,29 +292,51 @@ def update_experiment(
     )
 
 
-def _keep_edited_deletions(root: Path, answers: Mapping[str, Any]) -> list[str]:
-    """Restore files the update deleted although the researcher had edited them; return their names.
+def _render(answers: Mapping[str, Any], dst: Path) -> Path:
+    """Render the template version and answers recorded in `answers` into `dst` (no git, no checks)."""
+    data = {k: v for k, v in answers.items() if not str(k).startswith("_")}
+    with Worker(src_path=str(answers["_src_path"]), dst_path=dst, data=data, defaults=True,
+                vcs_ref=str(answers["_commit"]), quiet=True) as worker:
+        worker.run_copy()
+    return dst
 
-    copier removes every file the new template (or a changed answer) no longer generates, edited or not.
-    A file is "edited" when its committed content differs from what the old template version renders.
+
+def _committed(root: Path, name: str) -> bytes | None:
+    """The researcher's last committed content of a file, None when it is not in HEAD."""
+    done = subprocess.run(["git", "show", f"HEAD:./{name}"], cwd=root, capture_output=True)
+    return done.stdout if done.returncode == 0 else None
+
+
+def _after_update(root: Path, before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    """Repair what copier's update does badly; return the edited files it deleted and that were kept.
+
+    1. copier removes every file the new template (or a changed answer) no longer generates, edited or
+       not: a file whose committed content differs from the old version's rendering is restored.
+    2. copier's merge calls adjacent-line edits conflicts: unmerged files are merged again line by line
+       (generator.merge); the ones left without conflict are marked resolved.
     """
     out = git("diff", "--name-only", "-z", "--diff-filter=D", "--", ".", cwd=root).stdout
     deleted = [name for name in out.split("\0") if name]
-    if not deleted:
+    out = git("diff", "--name-only", "-z", "--diff-filter=U", "--", ".", cwd=root).stdout
+    unmerged = [name for name in out.split("\0") if name]
+    if not deleted and not unmerged:
         return []
-    data = {k: v for k, v in answers.items() if not str(k).startswith("_")}
-    with tempfile.TemporaryDirectory(prefix="torchstrap_old_") as tmp:
-        old = Path(tmp) / "old"
-        with Worker(src_path=str(answers["_src_path"]), dst_path=old, data=data, defaults=True,
-                    vcs_ref=str(answers["_commit"]), quiet=True) as worker:
-            worker.run_copy()
-        kept = []
+    kept = []
+    with tempfile.TemporaryDirectory(prefix="torchstrap_update_") as tmp:
+        old = _render(before, Path(tmp) / "old")
         for name in deleted:
-            committed = subprocess.run(["git", "show", f"HEAD:./{name}"], cwd=root, capture_output=True).stdout
-            rendered = (old / name).read_bytes() if (old / name).is_file() else None
-            if committed != rendered:
+            if _committed(root, name) != ((old / name).read_bytes() if (old / name).is_file() else None):
                 git("checkout", "HEAD", "--", name, cwd=root)
                 kept.append(name)
+        new = _render(after, Path(tmp) / "new") if unmerged else None
+        for name in unmerged:
+            ours = _committed(root, name)
+            if ours is None or not (old / name).is_file() or not (new / name).is_file():
+                continue  # added on both sides: copier's two-sided conflict stands
+            merged, left = merge(ours, (old / name).read_bytes(), (new / name).read_bytes())
+            (root / name).write_bytes(merged)
+            if left == 0:
+                git("reset", "-q", "--", name, cwd=root)  # no longer unmerged
     return kept
 
 

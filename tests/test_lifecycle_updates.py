@@ -199,6 +199,22 @@ def test_untouched_config_default_arrives_touched_one_stays(tpl, tmp_path, capsy
     committed_and_checked(capsys, exp)
 
 
+def test_adjacent_config_values_merge_line_by_line(tpl, tmp_path, capsys):
+    """The researcher tunes lr, the template tunes momentum on the next line: both arrive, no conflict."""
+    exp = generate(tpl, tmp_path)
+    sub(exp / YAML, r"^(  lr: )[0-9.]+", r"\g<1>0.0123")
+    commit(exp, "my lr")
+    sub(tpl / T_YAML, r"^(  momentum: )[0-9.]+", r"\g<1>0.85")
+    sub(tpl / T_YAML, r"^(  name: )sgd( +)", r"\g<1>adamw\2")  # the line above lr
+    tag(tpl, "v2.0.0", "v2: optimizer defaults")
+
+    assert_clean_update(capsys, exp)
+    optimizer = yaml.safe_load((exp / YAML).read_text())["optimizer"]
+    assert (optimizer["name"], optimizer["lr"], optimizer["momentum"]) == ("adamw", 0.0123, 0.85)
+    assert git("diff", "--name-only", "--diff-filter=U", cwd=exp).stdout == ""  # nothing left unmerged
+    committed_and_checked(capsys, exp)
+
+
 def test_touched_config_value_changed_by_template_is_a_conflict(tpl, tmp_path, capsys):
     exp = generate(tpl, tmp_path)
     sub(exp / YAML, r"^(  lr: )[0-9.]+", r"\g<1>0.0123")
