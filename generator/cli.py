@@ -22,6 +22,7 @@ from generator.lifecycle import (
     describe_version,
     new_experiment,
     parse_data,
+    read_answers,
     update_experiment,
 )
 from generator.template_source import ENV_VAR, TemplateError
@@ -30,8 +31,6 @@ __all__ = ["main", "new_experiment", "update_experiment", "check_experiment"]
 
 
 def _print_new(path: Path) -> None:
-    from generator.lifecycle import read_answers
-
     answers = read_answers(path)
     print(f"Created {path} from template {describe_version(str(answers['_commit']))} ({answers['_src_path']}).")
     print("A git repository with a first commit was made there, so `torchstrap update` can bring template fixes.")
