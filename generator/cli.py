@@ -2,7 +2,7 @@
 
     torchstrap new PATH [--template SRC] [--vcs-ref REF] [--defaults] [-d key=value ...]
     torchstrap update [PATH] [--vcs-ref REF] [-d key=value ...] [--trust]
-    torchstrap check [PATH]
+    torchstrap check [PATH] [--template SRC]
 
 Exit codes: 0 ok; 1 the experiment needs attention (conflicts left, behind its template); 2 usage or
 environment error (message printed, no traceback).
@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="is the experiment behind its template, or are conflicts left?")
     check.add_argument("path", nargs="?", type=Path, default=Path("."), help="experiment folder (default: .)")
+    check.add_argument("--template", help="compare with this template clone/URL instead of the recorded one (CI)")
 
     demo = sub.add_parser("demo", help="generate, train and plot the demo experiment")
     demo.add_argument("path", nargs="?", default="demo-experiment", help="folder (default: demo-experiment)")
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "update":
             return _print_update(update_experiment(args.path, parse_data(args.data), args.vcs_ref, args.trust))
         if args.command == "check":
-            return _print_check(check_experiment(args.path))
+            return _print_check(check_experiment(args.path, args.template))
         if args.command == "demo":
             from generator import demo  # written by the lead
 

@@ -343,11 +343,16 @@ def _after_update(root: Path, before: Mapping[str, Any], after: Mapping[str, Any
 # ---------------------------------------------------------------------------------------------- check
 
 
-def check_experiment(path: str | os.PathLike = ".") -> CheckReport:
-    """Is the experiment behind its template, and are conflict markers or .rej files left?"""
+def check_experiment(path: str | os.PathLike = ".", template: str | None = None) -> CheckReport:
+    """Is the experiment behind its template, and are conflict markers or .rej files left?
+
+    `template` compares with another clone of the template (e.g. its URL in CI, where the recorded
+    `_src_path` may be a folder on the researcher's machine).
+    """
     root = project_root(Path(path))
     answers = read_answers(root)
-    version, url = str(answers["_commit"]), str(answers["_src_path"])
+    version = str(answers["_commit"])
+    url = resolve(template).url if template else str(answers["_src_path"])
     return CheckReport(
         path=root,
         version=version,

@@ -161,11 +161,15 @@ def test_update_and_check_errors(tiny, tmp_path, capsys):
     assert code == 2 and "Unknown answer key 'gpu'" in err
     assert git("status", "--porcelain", cwd=exp).stdout == ""
 
+    clone = tmp_path / "clone"
+    git("clone", "-q", str(tiny), str(clone))
     (tiny / ".git").rename(tiny / "moved.git")  # the template disappears
     for command in ("update", "check"):
         code, out, err = run(capsys, command, str(exp))
         assert code == 2 and f"The template {tiny} is not reachable" in err, err
         assert "Traceback" not in out + err
+    code, out, _ = run(capsys, "check", str(exp), "--template", str(clone))  # e.g. the template's URL in CI
+    assert code == 0 and f"from {clone}" in out and "latest release (v1.0.0)" in out
 
 
 def test_update_merges_conflicts_and_check_flags_them(tiny, tmp_path, capsys):
