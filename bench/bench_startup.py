@@ -31,10 +31,10 @@ def mark(what):
 kind, size, quick = {kind!r}, {size}, {quick}
 if kind == "pil":
     import torch, PIL.Image
+elif kind == "torchstrap":
+    import torchstrap_runtime.data  # first, as an experiment does (it imports FFCV its own way)
 else:
     import ffcv.loader, ffcv.fields.rgb_image, ffcv.transforms
-    if kind == "torchstrap":
-        import torchstrap_runtime.data
 mark("imported")
 import datasets, bench_loader
 spec = datasets.spec(size, quick)
