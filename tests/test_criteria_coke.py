@@ -226,3 +226,15 @@ def test_eval_mode_changes_no_state():
             assert torch.equal(value, before[key]), key
         if isinstance(criterion, CoKeSingleView):
             assert torch.isfinite(criterion(args[0]))  # validation samples need no indices
+
+
+def test_center_features_ignores_a_common_offset():
+    g = torch.Generator().manual_seed(0)
+    views = [torch.randn(64, 8, generator=g) for _ in range(2)]
+    shifted = [v + 3.0 for v in views]  # every feature in one small cap of the sphere
+    plain, moved = (CoKeMultiView(embedding_size=8, num_clusters=4, seed=0) for _ in range(2))
+    assert torch.allclose(plain(views), moved(shifted), atol=1e-5)
+    assert torch.allclose(plain.centers(0), moved.centers(0), atol=1e-5)
+    raw = CoKeMultiView(embedding_size=8, num_clusters=4, seed=0, center_features=False)
+    raw(shifted)
+    assert not torch.allclose(raw.centers(0), moved.centers(0), atol=1e-2)

@@ -22,10 +22,11 @@ assigned to in epoch t-1 (a per-sample label memory indexed by dataset index), s
 discrimination are decoupled. `CoKeMultiView`: the assignment of one view supervises the prediction of
 every other view (symmetrised), no memory needed. Both average the loss over heads.
 
-Feed CoKe centred features, e.g. from a projection head that ends with BatchNorm1d: features crowded in a
-small cap of the sphere (a ReLU MLP's raw output) give near-equal scores, the duals then decide the
-assignments and the clustering carries no signal (measured on digits: kNN 0.78 -> 0.78 without the final
-BatchNorm, 0.78 -> 0.89 with it).
+CoKe needs centred features: features crowded in a small cap of the sphere (a ReLU MLP's raw output) give
+near-equal scores, the duals then decide the assignments and the clustering carries little signal. So by
+default (`center_features`, not in the paper, whose heads end with BatchNorm) the batch mean is subtracted
+before normalising. Measured on digits, 8-d head, 3 seeds, kNN of the head's output (random encoder
+0.67-0.83): no centring 0.72-0.86, `center_features` 0.85-0.88, a final BatchNorm1d 0.87-0.91.
 
 All state (centers, duals, accumulators, label memory) lives in buffers, so `state_dict()` saves it.
 With torch.distributed initialised, counts and sums are all-reduced and labels all-gathered, so every rank
@@ -143,7 +144,8 @@ class _CoKe(nn.Module):
 
     def __init__(self, embedding_size: int, num_clusters: int | list[int] = 10, num_heads: int = 1,
                  temperature: float = 0.1, dual_lr: float = 1.0, min_size_ratio: float = 0.5,
-                 batch_constraint: bool = False, center_update: str = "epoch", center_momentum: float = 0.9, seed: int = 0):
+                 batch_constraint: bool = False, center_update: str = "epoch", center_momentum: float = 0.9,
+                 center_features: bool = True, seed: int = 0):
         super().__init__()
         name = type(self).__name__
         ks = [num_clusters] * num_heads if isinstance(num_clusters, int) else list(num_clusters)
@@ -159,10 +161,12 @@ class _CoKe(nn.Module):
         _check(name, "min_size_ratio", min_size_ratio, 0 <= min_size_ratio <= 1, "in [0, 1]")
         _check(name, "center_update", center_update, center_update in CENTER_UPDATES, f"one of {CENTER_UPDATES}")
         _check(name, "center_momentum", center_momentum, 0 <= center_momentum < 1, "in [0, 1)")
+        _check(name, "center_features", center_features, isinstance(center_features, bool), "true or false")
         self.embedding_size, self.num_clusters, self.num_heads = embedding_size, ks, len(ks)
         self.temperature, self.dual_lr, self.min_size_ratio = temperature, dual_lr, min_size_ratio
         self.batch_constraint = batch_constraint
         self.center_update, self.center_momentum, self.seed = center_update, center_momentum, seed
+        self.center_features = center_features
         for h, k in enumerate(ks):
             self.register_buffer(f"centers_{h}", torch.zeros(k, embedding_size))
             self.register_buffer(f"duals_{h}", torch.zeros(k))
@@ -182,6 +186,20 @@ class _CoKe(nn.Module):
         return (f"embedding_size={self.embedding_size}, num_clusters={self.num_clusters}, "
                 f"temperature={self.temperature}, dual_lr={self.dual_lr}, min_size_ratio={self.min_size_ratio}, "
                 f"center_update={self.center_update!r}")
+
+    def features(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The views as unit vectors; with `center_features`, minus the batch mean (over views and, when
+        training, ranks; not differentiated) first."""
+        fs = [v.float() for v in views]
+        if self.center_features:
+            with torch.no_grad():
+                total = torch.cat([torch.stack([f.sum(0) for f in fs]).sum(0),
+                                   torch.tensor([float(sum(f.shape[0] for f in fs))], device=fs[0].device)])
+                if self.training:
+                    _all_reduce(total)
+                mean = total[:-1] / total[-1].clamp_min(1)
+            fs = [f - mean for f in fs]
+        return [F.normalize(f, dim=1) for f in fs]
 
     @torch.no_grad()
     def assign(self, z: torch.Tensor, h: int) -> torch.Tensor:
@@ -279,9 +297,9 @@ class CoKeSingleView(_CoKe):
     def __init__(self, embedding_size: int, num_samples: int, num_clusters: int | list[int] = 10,
                  num_heads: int = 1, temperature: float = 0.1, dual_lr: float = 1.0,
                  min_size_ratio: float = 0.5, batch_constraint: bool = False, center_update: str = "epoch",
-                 center_momentum: float = 0.9, seed: int = 0):
+                 center_momentum: float = 0.9, center_features: bool = True, seed: int = 0):
         super().__init__(embedding_size, num_clusters, num_heads, temperature, dual_lr, min_size_ratio,
-                         batch_constraint, center_update, center_momentum, seed)
+                         batch_constraint, center_update, center_momentum, center_features, seed)
         _check(type(self).__name__, "num_samples", num_samples, isinstance(num_samples, int) and num_samples >= 1,
                "an int >= 1 (the training set size)")
         self.num_samples = num_samples
@@ -292,7 +310,7 @@ class CoKeSingleView(_CoKe):
         if len(views) != 1:
             raise ValueError(f"coke_single_view takes one view, got {len(views)}; use coke_multi_view")
         if not self.training:
-            return self._eval_loss([F.normalize(views[0].float(), dim=1)])
+            return self._eval_loss(self.features(views))
         if indices is None:
             raise ValueError("coke_single_view needs the samples' dataset indices: criterion(features, indices)")
         indices = indices.to(self.labels.device).long().view(-1)
@@ -301,7 +319,7 @@ class CoKeSingleView(_CoKe):
         if indices.numel() and (indices.min() < 0 or indices.max() >= self.num_samples):
             raise ValueError(f"coke_single_view: sample index {int(indices.max())} outside "
                              f"[0, num_samples={self.num_samples})")
-        z = F.normalize(views[0].float(), dim=1)
+        (z,) = self.features(views)
         if not bool(self.initialized):
             self._init_centers(z.detach())
         losses, self.last_batch_sizes = [], []
@@ -328,7 +346,7 @@ class CoKeMultiView(_CoKe):
         views = _as_views(views)
         if len(views) < 2 or any(v.shape != views[0].shape for v in views):
             raise ValueError(f"coke_multi_view needs 2+ views of the same shape, got {[tuple(v.shape) for v in views]}")
-        zs = [F.normalize(v.float(), dim=1) for v in views]
+        zs = self.features(views)
         if not self.training:
             return self._eval_loss(zs)
         if not bool(self.initialized):
