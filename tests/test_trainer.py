@@ -240,3 +240,29 @@ def test_killed_run_leaves_parseable_logs(tmp_path):
     assert len(rows) > 50 and [r["step"] for r in rows] == list(range(len(rows)))
     with h5py.File(tmp_path / "arrays.h5", "r") as f:
         assert f["a"].shape[0] > 50
+
+
+def test_learnable_criterion_parameters_are_optimized_and_resume(tmp_path):
+    class Embedding(TinyTrainer):
+        def initialize_model(self):
+            self.model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 8))
+
+        def eval_step(self):  # embeddings have no top-k accuracy; keep the default loss bookkeeping simple
+            pass
+
+        def after_eval_epoch(self):
+            pass
+
+    set_values({"criterion.name": "ArcFaceLoss", "criterion.params": {"num_classes": 2, "embedding_size": 8},
+                "logging.run_id": "arcface", "training.epochs": 2})
+    trainer = Embedding()
+    weight = trainer.criterion.loss.W if hasattr(trainer.criterion, "loss") else next(trainer.criterion.parameters())
+    before = weight.detach().clone()
+    assert any(weight is p for group in trainer.optimizer.param_groups for p in group["params"])
+    trainer.run()
+    assert not torch.equal(before, weight.detach())  # the loss's own weights were trained
+    set_values({"training.epochs": 3})
+    resumed = Embedding()  # resumes: optimizer state has the criterion's group too
+    assert resumed.epoch == 2 and len(resumed.optimizer.param_groups) == 2
+    assert torch.equal(next(resumed.criterion.parameters()).detach(), weight.detach())
+    resumed.run()

@@ -80,8 +80,7 @@ class Trainer:
         self.load_checkpoint()
         self.initialize_metrics()
         self.initialize_criterion()
-        if getattr(self, "_criterion_state", None):  # resumed: the criterion's state (e.g. CoKe's centers)
-            self.criterion.load_state_dict(self._criterion_state)
+        self.attach_criterion()
         self.initialize_logger()
 
     # ------------------------------------------------------------------ hooks: construction
@@ -181,10 +180,8 @@ class Trainer:
         elif load_from:
             state = load_torch(Path(load_from))
             self.raw_model.load_state_dict(state["model"])
-            if load_optimizer and self.optimizer is not None and "optimizer" in state:
-                self.optimizer.load_state_dict(state["optimizer"])
-            if load_scheduler and self.scheduler is not None and state.get("scheduler"):
-                self.scheduler.load_state_dict(state["scheduler"])
+            self.pending_state = {"optimizer": state.get("optimizer") if load_optimizer else None,
+                                  "scheduler": state.get("scheduler") if load_scheduler else None}
             if load_epoch:
                 self.epoch = int(state.get("epoch", 0))
 
@@ -453,14 +450,12 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any], resume: bool = True) -> None:
+        """Restore a checkpoint. The optimizer, scheduler and criterion states wait in `self.pending_state`
+        until `attach_criterion()` (the criterion is built after `load_checkpoint` in the workflow)."""
         self.raw_model.load_state_dict(state["model"])
-        if self.optimizer is not None and state.get("optimizer"):
-            self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state.get("scheduler"):
-            self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        self._criterion_state = state.get("criterion")
+        self.pending_state = {key: state.get(key) for key in ("optimizer", "scheduler", "criterion")}
         if resume:
             self.epoch, self.step, self.start_batch = int(state["epoch"]), int(state["step"]), int(state["batch"])
             sums = dict(state.get("train_sums") or {})   # global sums: rank 0 holds them, the others restart at 0
@@ -480,6 +475,23 @@ class Trainer:
             state = self.state_dict(batch=batch_done)
             state["train_sums"] = dict(sums)
             save_torch_atomic(state, self.checkpoint_path)
+
+    def attach_criterion(self) -> None:
+        """After `initialize_criterion`: give the optimizer the criterion's learnable parameters (ArcFace,
+        ProxyAnchor, ... have some; the scheduler is rebuilt to cover them), then restore the states that a
+        checkpoint left pending."""
+        learnable = [p for p in self.criterion.parameters() if p.requires_grad] if isinstance(self.criterion, nn.Module) else []
+        if learnable and self.optimizer is not None:
+            self.optimizer.add_param_group({"params": learnable})
+            if self.scheduler is not None:
+                self.initialize_scheduler()
+        pending, self.pending_state = getattr(self, "pending_state", {}), {}
+        if pending.get("criterion") and isinstance(self.criterion, nn.Module):
+            self.criterion.load_state_dict(pending["criterion"])
+        if pending.get("optimizer") and self.optimizer is not None:
+            self.optimizer.load_state_dict(pending["optimizer"])
+        if pending.get("scheduler") and self.scheduler is not None:
+            self.scheduler.load_state_dict(pending["scheduler"])
 
     # ------------------------------------------------------------------ helpers
     @property
