@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -221,8 +222,14 @@ def new_experiment(
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise TemplateError(f"{dst} already exists and is not empty; choose a new folder.")
     source: TemplateSource = resolve(template)
-    if vcs_ref is None:
-        vcs_ref = checkout_ref() if source.origin == "checkout" else default_ref(source.url)
+    if vcs_ref is None and source.origin == "checkout":
+        vcs_ref = checkout_ref()
+        pending = git("status", "--porcelain", "--", "template", "copier.yml", cwd=source.url).stdout.strip()
+        if pending:
+            print(f"torchstrap: uncommitted template changes in {source.url} are not used "
+                  "(commit them, or pass --vcs-ref HEAD to try them).", file=sys.stderr)
+    elif vcs_ref is None:
+        vcs_ref = default_ref(source.url)
     data = dict(data or {})
     try:
         with Worker(
