@@ -1,0 +1,216 @@
+"""Trainers for the template's embedding tasks: `metric-learning` and `ssl-multiview`.
+
+Each subclasses `Trainer` and overrides only what differs from supervised classification:
+
+- `MetricLearningTrainer`: the model outputs L2-normalised embeddings; the criterion is a
+  pytorch-metric-learning loss (`criterion(embeddings, labels)`, the base `train_step` as it is);
+  evaluation logs `val_loss`, `val_precision_at_1` (leave-one-out on the validation set) and
+  `val_knn_top1` (validation embeddings voted by their k nearest training embeddings), with
+  `val_top1 = val_knn_top1` so that summaries and curves read the same as a supervised run.
+- `SSLMultiViewTrainer`: batches are (view 1, label, view 2[, view 3]); the criterion (CoKe by default)
+  gets the list of view embeddings, labels are never used for training; CoKe's `end_epoch()` runs after
+  each training epoch; evaluation is the kNN accuracy of the backbone's features (`val_knn_top1`, `val_top1`).
+
+Both need the kNN reference set: the validation loader is a `KNNValLoader(val, bank)`, where `bank` is
+a plain (non-augmented) loader over the training .beton. Embeddings used for evaluation are
+`self.test_time_augmentation(inputs)` (metric learning: the model's output; SSL: the backbone's features).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import param
+from .criteria import knn_accuracy, precision_at_1
+from .trainer import PER_EPOCH_SCHEDULERS, Trainer, all_reduce_sums
+
+
+class EmbeddingNet(nn.Module):
+    """A backbone (a model built with `num_classes=0`, exposing `out_features`) and a projection head
+    to `embedding_dim`, L2-normalised. `hidden > 0` makes the head Linear-BN-ReLU-Linear (SSL style)."""
+
+    def __init__(self, backbone: nn.Module, embedding_dim: int = 64, hidden: int = 0):
+        super().__init__()
+        width = getattr(backbone, "out_features", None)
+        if not isinstance(width, int):
+            raise ValueError(f"EmbeddingNet: the backbone {type(backbone).__name__} needs an int `out_features` "
+                             f"(the size of its output), got {width!r}")
+        if not isinstance(embedding_dim, int) or embedding_dim < 1:
+            raise ValueError(f"EmbeddingNet: embedding_dim must be an int >= 1, got {embedding_dim!r}")
+        self.backbone = backbone
+        self.embedding_dim = embedding_dim
+        if hidden > 0:
+            self.head = nn.Sequential(nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                                      nn.Linear(hidden, embedding_dim))
+        else:
+            self.head = nn.Linear(width, embedding_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head(self.backbone(x)), dim=1)
+
+
+class KNNValLoader:
+    """The validation loader (iterated by the eval loop) and `bank`: a plain loader over the training set
+    whose embeddings are the kNN reference of evaluation."""
+
+    def __init__(self, val: Iterable, bank: Iterable):
+        self.val, self.bank = val, bank
+
+    def __iter__(self) -> Iterator:
+        return iter(self.val)
+
+    def __len__(self) -> int:
+        return len(self.val)
+
+
+class EmbeddingTrainer(Trainer):
+    """What both embedding tasks share: evaluation by embeddings and a kNN vote over the training set."""
+
+    expected_input_kind = "embeddings_labels"
+
+    @param("criterion.name")
+    @param("criterion.params")
+    @param("criterion.miner")
+    @param("criterion.miner_params")
+    def initialize_criterion(self, name: str, params: dict, miner: str, miner_params: dict) -> None:
+        """The criterion section's loss; it must take this task's inputs (see `criteria.INPUT_KINDS`)."""
+        super().initialize_criterion(name, params, miner, miner_params)
+        kind = getattr(self.criterion, "input_kind", None)
+        if kind != self.expected_input_kind:
+            raise ValueError(f"criterion.name '{name}' takes {kind!r} inputs but {type(self).__name__} calls it "
+                             f"with {self.expected_input_kind!r} (e.g. {self.example_criterion})")
+
+    def before_eval_epoch(self) -> None:
+        """Empty the lists of validation embeddings and labels."""
+        self.val_embeddings: list[torch.Tensor] = []
+        self.val_labels: list[torch.Tensor] = []
+        self.val_sums = {"loss": 0.0, "count": 0}
+
+    def eval_step(self) -> None:
+        """Keep the batch's evaluation embeddings (`test_time_augmentation`) and labels."""
+        inputs, targets = self.to_device(self.data)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.use_amp):
+            embeddings = self.test_time_augmentation(inputs)
+        self.val_embeddings.append(embeddings.float().cpu())
+        self.val_labels.append(targets.cpu())
+
+    @param("evaluation.knn_k")
+    def after_eval_epoch(self, knn_k: int) -> None:
+        """kNN accuracy of the validation embeddings against the training set's: `val_knn_top1` and `val_top1`."""
+        val_emb, val_labels = gather_rows(torch.cat(self.val_embeddings)), gather_rows(torch.cat(self.val_labels))
+        bank_emb, bank_labels = self.bank_embeddings()
+        sums = all_reduce_sums(self.val_sums, self.device) if self.world_size > 1 else self.val_sums
+        if sums["count"]:
+            self.epoch_record["val_loss"] = sums["loss"] / sums["count"]
+        knn = knn_accuracy(bank_emb, bank_labels, val_emb, val_labels, k=min(knn_k, bank_emb.shape[0]))
+        self.epoch_record.update(val_knn_top1=knn, val_top1=knn)
+        self.val_embeddings_all = (val_emb, val_labels)  # every rank's, for subclasses' metrics
+
+    @torch.no_grad()
+    def bank_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Evaluation embeddings and labels of the whole training set (the kNN reference), from all ranks."""
+        bank = getattr(self.val_loader, "bank", None)
+        if bank is None:
+            raise TypeError(f"{type(self).__name__} needs self.val_loader to be a KNNValLoader(val, bank) "
+                            f"(data.py's val_loader builds it), got {type(self.val_loader).__name__}")
+        embeddings, labels = [], []
+        for batch in bank:
+            inputs, targets = self.to_device(batch)
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.use_amp):
+                embeddings.append(self.test_time_augmentation(inputs).float().cpu())
+            labels.append(targets.cpu())
+        return gather_rows(torch.cat(embeddings)), gather_rows(torch.cat(labels))
+
+
+class MetricLearningTrainer(EmbeddingTrainer):
+    """Metric learning: a pytorch-metric-learning loss on L2-normalised embeddings, scored by
+    precision@1 and kNN accuracy (`val_precision_at_1`, `val_knn_top1`, `val_top1`)."""
+
+    example_criterion = "TripletMarginLoss, ContrastiveLoss, MultiSimilarityLoss"
+
+    def eval_step(self) -> None:
+        """Keep the batch's embeddings and labels; accumulate the criterion's loss on the batch."""
+        super().eval_step()
+        inputs, targets = self.val_embeddings[-1].to(self.device), self.val_labels[-1].to(self.device)
+        self.val_sums["loss"] += float(self.criterion(inputs, targets)) * targets.shape[0]
+        self.val_sums["count"] += targets.shape[0]
+
+    def after_eval_epoch(self) -> None:
+        """kNN accuracy (see EmbeddingTrainer) and leave-one-out precision@1 on the validation set."""
+        super().after_eval_epoch()
+        val_emb, val_labels = self.val_embeddings_all
+        self.epoch_record["val_precision_at_1"] = precision_at_1(val_emb, val_labels)
+
+
+class SSLMultiViewTrainer(EmbeddingTrainer):
+    """Self-supervised learning from 2+ augmented views per sample (CoKe by default), scored by the kNN
+    accuracy of the backbone's features. Batches: (view 1, label, view 2[, view 3, ...])."""
+
+    expected_input_kind = "views"
+    example_criterion = "coke_multi_view, SelfSupervisedLoss, VICRegLoss"
+
+    @param("criterion.name")
+    @param("criterion.params")
+    @param("criterion.miner")
+    @param("criterion.miner_params")
+    def initialize_criterion(self, name: str, params: dict, miner: str, miner_params: dict) -> None:
+        """The criterion section's loss on views; CoKe's `embedding_size` must be the model's output size."""
+        super().initialize_criterion(name, params, miner, miner_params)
+        size, out = getattr(self.criterion, "embedding_size", None), getattr(self.raw_model, "embedding_dim", None)
+        if size is not None and out is not None and size != out:
+            raise ValueError(f"criterion.params.embedding_size is {size} but the model outputs {out} numbers "
+                             f"(model.embedding_dim): make them equal")
+
+    def views(self) -> list[torch.Tensor]:
+        """The batch's image views on the device: element 0, then elements 2, 3, ... (element 1 is the label)."""
+        batch = self.data
+        if len(batch) < 3:
+            raise ValueError(f"{type(self).__name__} needs batches (view 1, label, view 2, ...), got {len(batch)} "
+                             f"tensors: build the train loader with custom_field_mapper={{'view2': 'image'}}")
+        views = [batch[0], *batch[2:]]
+        views = [v.to(self.device, non_blocking=True) for v in views]
+        if self.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        return views
+
+    def train_step(self) -> None:
+        """One forward over all views together, the criterion on the list of view embeddings, a step."""
+        views = self.views()
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.use_amp):
+            embeddings = self.model(torch.cat(views)).chunk(len(views))
+            loss = self.criterion(list(embeddings))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.clip_gradients()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scheduler is not None and not isinstance(self.scheduler, PER_EPOCH_SCHEDULERS):
+            self.scheduler.step()
+        self.loss = loss.detach()
+
+    def after_train_epoch(self) -> None:
+        """Mean training loss and lr, then the criterion's end of epoch (CoKe: new centers) and its stats."""
+        super().after_train_epoch()
+        end_epoch = getattr(self.criterion, "end_epoch", None)
+        if callable(end_epoch):
+            self.epoch_record.update(end_epoch())
+
+    def test_time_augmentation(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Evaluation embeddings: the backbone's features (before the projection head) when there is one."""
+        backbone = getattr(self.raw_model, "backbone", None)
+        return backbone(inputs) if backbone is not None else self.model(inputs)
+
+
+def gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate a CPU tensor's rows over ranks (sizes may differ); the tensor itself on one process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return t
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, t)
+    return torch.cat(parts)
