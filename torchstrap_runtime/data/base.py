@@ -1,14 +1,20 @@
 """Base class of the seeded ops.
 
 A seeded op is an FFCV `Operation` whose compiled function receives, after FFCV's usual arguments,
-the dataset indices of the batch and a 64-bit key for (op seed, op stream, epoch). Our `Loader`
-passes both (see `loader.py`); the kernels derive per-sample randomness with `rng.sample_key`.
+the dataset indices of the batch, a 64-bit key for (op seed, op stream, epoch) and the op's parameters
+as a float64 array. Our `Loader` passes all three (see `loader.py`); the kernels derive per-sample
+randomness with `rng.sample_key`.
 
-    transform:  fn(images, dst, indices, key) -> batch
-    decoder:    fn(indices, memory, metadata, storage_state, key) -> batch
+    transform:  kernel(images, dst, indices, key, params) -> batch
+    decoder:    fn(indices, memory, metadata, storage_state, key, params) -> batch
+
+A transform's `kernel` is a module-level numba function compiled with `cache=True`: its machine code
+is reused across loaders and processes, since nothing op-specific is baked into it.
 """
 from dataclasses import replace
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
+
+import numpy as np
 
 from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.operation import Operation
@@ -49,13 +55,22 @@ class Seeded:
     stream: int = 0
     seed: Optional[int] = None
 
+    def params(self) -> np.ndarray:
+        """The op's parameters as the float64 array its compiled function receives."""
+        return np.zeros(0)
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         cls.stream = stream_id(cls.__name__)
 
 
 class SeededTransform(Seeded, Operation):
-    """A seeded transform on uint8 NHWC batches that writes its result into a buffer of the same shape."""
+    """A seeded transform on uint8 NHWC batches that writes its result into a buffer of the same shape.
+
+    Subclasses set `kernel` (a cached numba function, see the module docstring) and `params()`.
+    """
+
+    kernel: Callable = None
 
     def __init__(self, seed: Optional[int] = None):
         super().__init__()
@@ -66,9 +81,20 @@ class SeededTransform(Seeded, Operation):
                            if k not in ("metadata", "memory_read", "field"))
         return f"{type(self).__name__}({params})"
 
+    def generate_code(self) -> Callable:
+        return self.kernel
+
     def declare_state_and_memory(self, previous_state: State) -> Tuple[State, Optional[AllocationQuery]]:
         shape = previous_state.shape
         if shape is None or len(shape) != 3 or shape[2] != 3:
             raise ValueError(f"{type(self).__name__} needs uint8 HxWx3 images from a decoder before it, "
                              f"got shape {shape}")
         return replace(previous_state, jit_mode=True), AllocationQuery(shape, previous_state.dtype)
+
+
+class SeededInPlaceTransform(SeededTransform):
+    """A seeded pixel-wise transform that edits the batch in place (its kernel gets dst=None)."""
+
+    def declare_state_and_memory(self, previous_state: State) -> Tuple[State, Optional[AllocationQuery]]:
+        state, _ = super().declare_state_and_memory(previous_state)
+        return state, None

@@ -1,6 +1,7 @@
 """RandomHorizontalFlip: mirror left-right with probability p."""
-from typing import Callable, Optional
+from typing import Optional
 
+import numpy as np
 from numba import njit, prange
 
 from .base import SeededTransform, check_probability
@@ -8,7 +9,8 @@ from .rng import sample_key, uniform
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def horizontal_flip_kernel(images, dst, indices, key, p):
+def horizontal_flip_kernel(images, dst, indices, key, params):
+    p = params[0]
     for i in prange(images.shape[0]):
         if uniform(sample_key(key, indices[i]), 0) < p:
             dst[i] = images[i, :, ::-1]
@@ -25,14 +27,11 @@ class RandomHorizontalFlip(SeededTransform):
         seed: None (fresh entropy each time a Loader is built) or an int.
     """
 
+    kernel = staticmethod(horizontal_flip_kernel)
+
     def __init__(self, p: float = 0.5, seed: Optional[int] = None):
         super().__init__(seed)
         self.p = check_probability(p, "RandomHorizontalFlip")
 
-    def generate_code(self) -> Callable:
-        p = self.p
-
-        def horizontal_flip(images, dst, indices, key):
-            return horizontal_flip_kernel(images, dst, indices, key, p)
-
-        return horizontal_flip
+    def params(self) -> np.ndarray:
+        return np.array([self.p])

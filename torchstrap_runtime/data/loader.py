@@ -12,7 +12,10 @@ What differs from FFCV's loader:
 - `distributed=True` splits each epoch's order into disjoint per-rank shards order[rank::world_size].
 - `custom_field_mapper={'view2': 'image'}` decodes a stored field again under another output name.
 """
+import itertools
+import linecache
 from contextlib import nullcontext
+from queue import Full
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -29,6 +32,7 @@ from .rng import fresh_seed, op_key_py
 from .writers import check_beton
 
 Stage = Tuple[Callable, List[int]]
+STAGE_COUNTER = itertools.count()
 
 
 class Loader(FFCVLoader):
@@ -117,7 +121,7 @@ class Loader(FFCVLoader):
         self.next_epoch, self.next_start_batch = epoch + 1, 0
         if self.code is None or self.recompile:
             self.generate_code()
-        return SeededEpochIterator(self, order, self.rng_keys(epoch))
+        return SeededEpochIterator(self, order, self.rng_keys(epoch), self.op_params())
 
     # ------------------------------------------------------------------ seeds
     def _seeded_ops(self) -> Dict[int, Seeded]:
@@ -133,6 +137,10 @@ class Loader(FFCVLoader):
         """Key of every seeded node for `epoch` (what the compiled pipeline receives)."""
         return {node_id: np.uint64(op_key_py(self.op_seeds[id(op)], op.stream, epoch))
                 for node_id, op in self._seeded_ops().items()}
+
+    def op_params(self) -> Dict[int, np.ndarray]:
+        """Parameters of every seeded node, as its compiled function receives them."""
+        return {node_id: op.params() for node_id, op in self._seeded_ops().items()}
 
     @property
     def augmentation_seeds(self) -> Dict[str, List[Tuple[str, int]]]:
@@ -155,9 +163,35 @@ class Loader(FFCVLoader):
 class SeededEpochIterator(EpochIterator):
     """FFCV's epoch iterator that also hands the seeded ops their epoch keys."""
 
-    def __init__(self, loader: Loader, order: np.ndarray, rng_keys: Dict[int, np.uint64]):
-        self.rng_keys = rng_keys  # set before super().__init__, which starts the worker thread
+    def __init__(self, loader: Loader, order: np.ndarray, rng_keys: Dict[int, np.uint64],
+                 op_params: Dict[int, np.ndarray]):
+        self.rng_keys, self.op_params = rng_keys, op_params  # before super().__init__ starts the thread
         super().__init__(loader, order)
+
+    def run(self):
+        """FFCV's producer loop; an error is handed to the consumer instead of killing the thread silently."""
+        try:
+            super().run()
+        except BaseException as error:  # noqa: BLE001 - re-raised in __next__
+            while not self.terminate_event.is_set():
+                try:
+                    self.output_queue.put(PipelineFailure(error), timeout=0.5)
+                    return
+                except Full:
+                    pass
+
+    def __next__(self):
+        result = self.output_queue.get()
+        if isinstance(result, PipelineFailure):
+            self.close()
+            raise RuntimeError(f"data pipeline failed: {type(result.error).__name__}: {result.error}") from result.error
+        if result is None:
+            self.close()
+            raise StopIteration
+        slot, batch = result
+        if IS_CUDA:
+            self.current_stream.wait_stream(self.cuda_streams[slot])
+        return batch
 
     def run_pipeline(self, b_ix, batch_indices, batch_slot, cuda_event):
         self.memory_context.start_batch(b_ix)
@@ -167,7 +201,7 @@ class SeededEpochIterator(EpochIterator):
             if IS_CUDA and cuda_event:
                 cuda_event.wait()
             args = {"batch_indices": batch_indices, "storage_state": self.storage_state,
-                    "metadata": self.metadata, "rng_keys": self.rng_keys}
+                    "metadata": self.metadata, "rng_keys": self.rng_keys, "op_params": self.op_params}
             count = len(batch_indices)
             for node_id, buffer in self.memory_allocations["operation"].items():
                 args[f"memory_{node_id}"] = select_buffer(buffer, batch_slot, count)
@@ -180,6 +214,13 @@ class SeededEpochIterator(EpochIterator):
 
 
 # ---------------------------------------------------------------------- helpers
+class PipelineFailure:
+    """An exception raised in the producer thread, on its way to the consumer."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
 def resolve_shard(distributed: bool, rank: Optional[int], world_size: Optional[int]) -> Tuple[int, int]:
     """(rank, world_size) of this process; (0, 1) when not sharding."""
     if rank is None and world_size is None:
@@ -234,14 +275,14 @@ def map_custom_fields(fname: str, pipelines: Mapping, mapper: Mapping[str, str],
 
 
 def compile_op(fn: Callable) -> Callable:
-    """numba-compile one op's function like FFCV does; ours (`fn.cacheable`) also go to the disk cache."""
-    if not Compiler.is_enabled:
-        return fn
+    """numba-compile one op's function like FFCV does; already-compiled kernels (ours) are used as they are."""
     from numba import njit
+    from numba.core.dispatcher import Dispatcher
 
+    if isinstance(fn, Dispatcher) or not Compiler.is_enabled:
+        return fn
     parallel = getattr(fn, "is_parallel", False) and Compiler.num_threads > 1
-    return njit(fastmath=True, nogil=True, error_model="numpy", parallel=parallel,
-                cache=getattr(fn, "cacheable", False))(fn)
+    return njit(fastmath=True, nogil=True, error_model="numpy", parallel=parallel)(fn)
 
 
 def node_call(node, code: dict, shared_owner: dict) -> Tuple[List[str], str]:
@@ -258,7 +299,7 @@ def node_call(node, code: dict, shared_owner: dict) -> Tuple[List[str], str]:
     if isinstance(op, Seeded):
         if isinstance(node, TransformNode):
             args.append("batch_indices")
-        args.append(f"rng_keys[{i}]")
+        args += [f"rng_keys[{i}]", f"op_params[{i}]"]
     if code["shared"].get(i) is not None:
         if op not in shared_owner:
             shared_owner[op] = i
@@ -271,7 +312,7 @@ def node_call(node, code: dict, shared_owner: dict) -> Tuple[List[str], str]:
 def build_stage(graph: Graph, stage: List[int], jitted: bool, code: dict, defined: List[int],
                 shared_owner: dict) -> Stage:
     """One pipeline stage as a Python function calling the (numba-compiled when `jitted`) op functions."""
-    params = ["batch_indices", "metadata", "storage_state", "rng_keys"]
+    params = ["batch_indices", "metadata", "storage_state", "rng_keys", "op_params"]
     params += [f"memory_{i}" for i in code["operation"]] + [f"shared_memory_{i}" for i in code["shared"]]
     params += [f"result_{i}" for i in defined]
     body, results, namespace = [], [], {}
@@ -289,7 +330,9 @@ def build_stage(graph: Graph, stage: List[int], jitted: bool, code: dict, define
     source = f"def stage({', '.join(params)}):\n"
     source += "".join(f"    {line}\n" for line in body)
     source += f"    return ({''.join(r + ', ' for r in results)})\n"
-    exec(compile(source, "<torchstrap pipeline stage>", "exec"), namespace)
+    filename = f"<torchstrap pipeline stage {next(STAGE_COUNTER)}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)  # readable tracebacks
+    exec(compile(source, filename, "exec"), namespace)
     defined += stage
     return namespace["stage"], list(stage)
 

@@ -5,13 +5,24 @@ from typing import Callable, Optional, Tuple
 import numpy as np
 from numba import njit
 from ffcv.fields.rgb_image import IMAGE_MODES, ResizedCropRGBImageDecoder
-from ffcv.libffcv import imdecode, resize_crop
+from ffcv.libffcv import ctypes_imdecode, resize_crop
 from ffcv.pipeline.compiler import Compiler
 
 from .base import Seeded, check_range, check_seed
 from .rng import randint, sample_key, uniform_range
 
 ATTEMPTS = 10  # like torchvision: 10 tries, then a central crop with the aspect ratio clamped
+
+
+@njit(nogil=True)
+def decode_jpeg(source, destination, height, width):
+    """Decode a whole JPEG into `destination` with FFCV's libjpeg-turbo binding (no literal arguments, so
+    this dispatcher can be shared by every loader of the process)."""
+    return ctypes_imdecode(source.ctypes.data, source.size, height, width, destination.ctypes.data,
+                           height, width, 0, 0, 1, 1, False, False)
+
+
+resize_crop_c = njit(nogil=True)(resize_crop)  # FFCV's OpenCV INTER_AREA resize, compiled once per process
 
 
 @njit(cache=True, nogil=True)
@@ -80,13 +91,11 @@ class RandomResizedCrop(Seeded, ResizedCropRGBImageDecoder):
     def generate_code(self) -> Callable:
         mem_read = self.memory_read
         my_range = Compiler.get_iterator()
-        imdecode_c = Compiler.compile(imdecode)
-        resize_crop_c = Compiler.compile(resize_crop)
         jpg = IMAGE_MODES["jpg"]
         scale_lo, scale_hi = self.scale
         log_ratio_lo, log_ratio_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
 
-        def random_resized_crop(batch_indices, my_storage, metadata, storage_state, key):
+        def random_resized_crop(batch_indices, my_storage, metadata, storage_state, key, params):
             destination, temp_storage = my_storage
             for dst_ix in my_range(len(batch_indices)):
                 source_ix = batch_indices[dst_ix]
@@ -96,7 +105,7 @@ class RandomResizedCrop(Seeded, ResizedCropRGBImageDecoder):
                 width = np.uint32(field["width"])
                 if field["mode"] == jpg:
                     temp_buffer = temp_storage[dst_ix]
-                    imdecode_c(image_data, temp_buffer, height, width, height, width, 0, 0, 1, 1, False, False)
+                    decode_jpeg(image_data, temp_buffer, height, width)
                     temp_buffer = temp_buffer.reshape(-1)[:3 * height * width].reshape(height, width, 3)
                 else:
                     temp_buffer = image_data.reshape(height, width, 3)

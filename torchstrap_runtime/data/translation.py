@@ -1,5 +1,5 @@
 """RandomTranslation: shift the image by up to `padding` pixels, filling the revealed border."""
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from numba import njit, prange
@@ -9,7 +9,9 @@ from .rng import randint, sample_key, uniform
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def translation_kernel(images, dst, indices, key, padding, fill, p):
+def translation_kernel(images, dst, indices, key, params):
+    padding, p = int(params[0]), params[1]
+    fill = params[2:5].astype(np.uint8)
     n, h, w, _ = images.shape
     for i in prange(n):
         k = sample_key(key, indices[i])
@@ -50,6 +52,8 @@ class RandomTranslation(SeededTransform):
         seed: None (fresh entropy each time a Loader is built) or an int.
     """
 
+    kernel = staticmethod(translation_kernel)
+
     def __init__(self, padding: int = 4, fill: Sequence[int] = (0, 0, 0), p: float = 1.0,
                  seed: Optional[int] = None):
         super().__init__(seed)
@@ -59,11 +63,5 @@ class RandomTranslation(SeededTransform):
         self.fill = tuple(int(v) for v in check_fill(fill, "RandomTranslation"))
         self.p = check_probability(p, "RandomTranslation")
 
-    def generate_code(self) -> Callable:
-        padding, p = self.padding, self.p
-        fill = np.array(self.fill, dtype=np.uint8)
-
-        def translation(images, dst, indices, key):
-            return translation_kernel(images, dst, indices, key, padding, fill, p)
-
-        return translation
+    def params(self) -> np.ndarray:
+        return np.array([self.padding, self.p, *self.fill], dtype=np.float64)

@@ -1,6 +1,7 @@
-"""RandomVerticalFlip: mirror upside down with probability p."""
-from typing import Callable, Optional
+"""RandomVerticalFlip: mirror top-bottom with probability p."""
+from typing import Optional
 
+import numpy as np
 from numba import njit, prange
 
 from .base import SeededTransform, check_probability
@@ -8,7 +9,8 @@ from .rng import sample_key, uniform
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def vertical_flip_kernel(images, dst, indices, key, p):
+def vertical_flip_kernel(images, dst, indices, key, params):
+    p = params[0]
     for i in prange(images.shape[0]):
         if uniform(sample_key(key, indices[i]), 0) < p:
             dst[i] = images[i, ::-1]
@@ -25,14 +27,11 @@ class RandomVerticalFlip(SeededTransform):
         seed: None (fresh entropy each time a Loader is built) or an int.
     """
 
+    kernel = staticmethod(vertical_flip_kernel)
+
     def __init__(self, p: float = 0.5, seed: Optional[int] = None):
         super().__init__(seed)
         self.p = check_probability(p, "RandomVerticalFlip")
 
-    def generate_code(self) -> Callable:
-        p = self.p
-
-        def vertical_flip(images, dst, indices, key):
-            return vertical_flip_kernel(images, dst, indices, key, p)
-
-        return vertical_flip
+    def params(self) -> np.ndarray:
+        return np.array([self.p])

@@ -106,19 +106,47 @@ def to_rgb(images: np.ndarray, name: str = "images") -> np.ndarray:
     return np.ascontiguousarray(images)
 
 
+def write_samples(writer, dataset, description: str) -> None:
+    """Run FFCV's writer on `dataset` in this process (errors propagate; FFCV's worker processes hang on them)."""
+    from ffcv.memory_allocator import MemoryAllocator
+    from ffcv.writer import handle_sample
+    from tqdm import tqdm
+
+    writer.num_samples = len(dataset)
+    writer.prepare()
+    allocator = MemoryAllocator(writer.fname, writer.data_region_start, writer.page_size)
+    metadata = np.frombuffer(writer.metadata_sm.buf, dtype=writer.metadata_type)
+    try:
+        with allocator:
+            for i in tqdm(range(len(dataset)), desc=description, unit="sample"):
+                handle_sample(dataset[i], i, writer.metadata_type.names, metadata, allocator, writer.fields)
+        del metadata  # release the shared buffer before FFCV closes it
+        writer.finalize([allocator.allocations])
+    finally:
+        writer.metadata_sm.close()
+        writer.metadata_sm.unlink()
+
+
 def write_fields(path: PathLike, fields: Dict[str, Field], dataset, num_workers: int) -> Path:
-    """Write `dataset` with FFCV's writer to a temporary file, then rename it to `path`."""
+    """Write `dataset` to a temporary file, then rename it to `path`.
+
+    num_workers=1 writes in this process; more use FFCV's worker processes (faster JPEG encoding).
+    """
     from ffcv.writer import DatasetWriter
 
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"cannot write dataset to {path}: it is a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
-    workers = num_workers if num_workers > 0 else min(4, os.cpu_count() or 1)
+    workers = num_workers if num_workers > 0 else (os.cpu_count() or 1)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     try:
-        DatasetWriter(tmp, fields, num_workers=max(1, min(workers, len(dataset)))).from_indexed_dataset(dataset)
+        writer = DatasetWriter(tmp, fields, num_workers=max(1, min(workers, len(dataset))))
+        if writer.num_workers == 1:
+            write_samples(writer, dataset, f"writing {path.name}")
+        else:
+            writer.from_indexed_dataset(dataset)
         check_beton(tmp)
         os.replace(tmp, path)
     finally:
@@ -128,14 +156,15 @@ def write_fields(path: PathLike, fields: Dict[str, Field], dataset, num_workers:
 
 
 def write_dataset(path: PathLike, images: np.ndarray, labels: np.ndarray,
-                  extra_fields: Optional[Mapping[str, np.ndarray]] = None, num_workers: int = -1,
+                  extra_fields: Optional[Mapping[str, np.ndarray]] = None, num_workers: int = 1,
                   write_mode: str = "raw", jpeg_quality: int = 90) -> Path:
     """Write images (uint8 (N,H,W,3) or (N,H,W)), int labels and optional extra fields to a .beton.
 
     Fields are stored in this order: 'image' (RGBImageField), 'label' (IntField), then `extra_fields`:
     uint8 image-shaped arrays become RGB image fields, 1-D ints IntField, 1-D floats FloatField,
     other arrays NDArrayField. `write_mode` is FFCV's: 'raw' (exact pixels) or 'jpg'/'smart'.
-    Shows a progress bar; returns the path.
+    num_workers=1 writes in this process, more use FFCV's worker processes. Shows a progress bar;
+    returns the path.
     """
     images = to_rgb(np.asarray(images), "write_dataset: images")
     labels = np.asarray(labels)
@@ -201,7 +230,7 @@ def list_image_folder(src_folder: PathLike) -> Tuple[List[Path], List[int], List
 
 def write_image_folder(src_folder: PathLike, path: PathLike, write_mode: str = "smart",
                        max_resolution: Optional[int] = None, jpeg_quality: int = 90,
-                       num_workers: int = -1) -> Path:
+                       num_workers: int = 1) -> Path:
     """Write a folder with one subfolder per class (labels = sorted subfolder order) to a .beton.
 
     `write_mode`: 'raw' (exact pixels), 'jpg' (smaller file, lossy) or 'smart' (JPEG only for large
@@ -273,5 +302,5 @@ def write_digits(folder: PathLike, image_size: int = 32, val_fraction: float = 0
             images, labels = digits_arrays(image_size)
             split_indices = dict(zip(("train", "val"), digits_split(labels, val_fraction, split_seed)))
         chosen = split_indices[split]
-        write_dataset(path, images[chosen], labels[chosen], num_workers=1)
+        write_dataset(path, images[chosen], labels[chosen])
     return paths

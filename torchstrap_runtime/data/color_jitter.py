@@ -1,0 +1,125 @@
+"""RandomColorJitter: random brightness, contrast, saturation and hue changes, with probability p."""
+from typing import Optional
+
+import numpy as np
+from numba import njit, prange
+
+from .base import SeededInPlaceTransform, check_probability
+from .rng import sample_key, uniform, uniform_range
+
+
+@njit(cache=True, inline="always")
+def clip255(v: float) -> float:
+    return min(max(v, 0.0), 255.0)
+
+
+@njit(cache=True, inline="always")
+def gray(r: float, g: float, b: float) -> float:
+    return 0.299 * r + 0.587 * g + 0.114 * b
+
+
+@njit(cache=True)
+def shift_hue(r: float, g: float, b: float, shift: float):
+    """Rotate the hue of one RGB pixel (0..255 floats) by `shift` turns, via HSV."""
+    mx, mn = max(r, g, b), min(r, g, b)
+    delta = mx - mn
+    if delta == 0.0:
+        return r, g, b  # grey: no hue
+    sat = delta / mx
+    if mx == r:
+        hue = ((g - b) / delta) % 6.0
+    elif mx == g:
+        hue = (b - r) / delta + 2.0
+    else:
+        hue = (r - g) / delta + 4.0
+    hue = (hue / 6.0 + shift) % 1.0 * 6.0
+    sector = min(int(hue), 5)
+    f = hue - sector
+    p, q, t = mx * (1.0 - sat), mx * (1.0 - sat * f), mx * (1.0 - sat * (1.0 - f))
+    if sector == 0:
+        return mx, t, p
+    if sector == 1:
+        return q, mx, p
+    if sector == 2:
+        return p, mx, t
+    if sector == 3:
+        return p, q, mx
+    if sector == 4:
+        return t, p, mx
+    return mx, p, q
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def color_jitter_kernel(images, dst, indices, key, params):
+    b_lo, b_hi, c_lo, c_hi, s_lo, s_hi, hue, p = params[0], params[1], params[2], params[3], \
+        params[4], params[5], params[6], params[7]
+    n, h, w, _ = images.shape
+    for i in prange(n):
+        k = sample_key(key, indices[i])
+        if uniform(k, 0) >= p:
+            continue
+        bf = uniform_range(k, 1, b_lo, b_hi)
+        cf = uniform_range(k, 2, c_lo, c_hi)
+        sf = uniform_range(k, 3, s_lo, s_hi)
+        hf = uniform_range(k, 4, -hue, hue)
+        mean = 0.0  # mean luma after the brightness change, for the contrast change
+        for y in range(h):
+            for x in range(w):
+                mean += gray(clip255(bf * images[i, y, x, 0]), clip255(bf * images[i, y, x, 1]),
+                             clip255(bf * images[i, y, x, 2]))
+        mean /= h * w
+        for y in range(h):
+            for x in range(w):
+                r = clip255(bf * images[i, y, x, 0])
+                g = clip255(bf * images[i, y, x, 1])
+                b = clip255(bf * images[i, y, x, 2])
+                r, g, b = clip255(cf * r + (1 - cf) * mean), clip255(cf * g + (1 - cf) * mean), \
+                    clip255(cf * b + (1 - cf) * mean)
+                l = gray(r, g, b)
+                r, g, b = clip255(sf * r + (1 - sf) * l), clip255(sf * g + (1 - sf) * l), clip255(sf * b + (1 - sf) * l)
+                if hf != 0.0:
+                    r, g, b = shift_hue(r, g, b, hf)
+                images[i, y, x, 0] = np.uint8(r + 0.5)
+                images[i, y, x, 1] = np.uint8(g + 0.5)
+                images[i, y, x, 2] = np.uint8(b + 0.5)
+    return images
+
+
+def factor_range(magnitude: float, name: str) -> tuple:
+    if float(magnitude) < 0:
+        raise ValueError(f"RandomColorJitter: {name} must be >= 0, got {magnitude!r}")
+    return max(0.0, 1.0 - magnitude), 1.0 + magnitude
+
+
+class RandomColorJitter(SeededInPlaceTransform):
+    """With probability `p` (draw 0 < p), change brightness, contrast, saturation and hue, in that order.
+
+    Factors are uniform: brightness in [max(0, 1-brightness), 1+brightness] (draw 1, v -> f v),
+    contrast likewise (draw 2, v -> f v + (1-f) mean luma), saturation likewise (draw 3,
+    v -> f v + (1-f) pixel luma), hue shift uniform in [-hue, hue] turns of the colour wheel (draw 4,
+    via HSV). Values are clipped to [0, 255] after each step and rounded once at the end
+    (torchvision's ColorJitter with a fixed order of its four changes). A magnitude of 0 disables that change.
+
+    Args:
+        brightness, contrast, saturation: magnitudes >= 0.
+        hue: magnitude in [0, 0.5].
+        p: probability of jittering a sample, in [0, 1].
+        seed: None (fresh entropy each time a Loader is built) or an int.
+    """
+
+    kernel = staticmethod(color_jitter_kernel)
+
+    def __init__(self, brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4,
+                 hue: float = 0.1, p: float = 0.8, seed: Optional[int] = None):
+        super().__init__(seed)
+        self.brightness, self.contrast, self.saturation = float(brightness), float(contrast), float(saturation)
+        for name in ("brightness", "contrast", "saturation"):
+            factor_range(getattr(self, name), name)
+        if not 0.0 <= float(hue) <= 0.5:
+            raise ValueError(f"RandomColorJitter: hue must be in [0, 0.5], got {hue!r}")
+        self.hue = float(hue)
+        self.p = check_probability(p, "RandomColorJitter")
+
+    def params(self) -> np.ndarray:
+        return np.array([*factor_range(self.brightness, "brightness"), *factor_range(self.contrast, "contrast"),
+                         *factor_range(self.saturation, "saturation"), self.hue, self.p])
