@@ -340,7 +340,10 @@ def _after_update(root: Path, before: Mapping[str, Any], after: Mapping[str, Any
             ours = _committed(root, name)
             if ours is None or not (old / name).is_file() or not (new / name).is_file():
                 continue  # added on both sides: copier's two-sided conflict stands
-            merged, left = merge(ours, (old / name).read_bytes(), (new / name).read_bytes())
+            try:
+                merged, left = merge(ours, (old / name).read_bytes(), (new / name).read_bytes())
+            except ValueError:
+                continue  # not mergeable as text: copier's result stands
             (root / name).write_bytes(merged)
             if left == 0:
                 git("reset", "-q", "--", name, cwd=root)  # no longer unmerged

@@ -35,15 +35,18 @@ def _resolve(ours: list[bytes], base: list[bytes], theirs: list[bytes]) -> list[
 
 
 def merge(ours: bytes, base: bytes, theirs: bytes) -> tuple[bytes, int]:
-    """3-way merge of file contents; returns (merged bytes, conflicts left, marked as copier marks them)."""
+    """3-way merge of file contents: (merged bytes, conflicts left, marked as copier marks them).
+
+    Raises ValueError when git cannot merge them (binary files).
+    """
     with tempfile.TemporaryDirectory(prefix="torchstrap_merge_") as tmp:
         paths = [Path(tmp, name) for name in ("ours", "base", "theirs")]
         for path, data in zip(paths, (ours, base, theirs)):
             path.write_bytes(data)
         done = subprocess.run(["git", "merge-file", "-p", "--diff3", "-L", OURS, "-L", BASE, "-L", THEIRS,
                                *map(str, paths)], capture_output=True)
-    if done.returncode < 0 or done.returncode > 127:
-        raise RuntimeError(f"git merge-file failed: {done.stderr.decode(errors='replace')}")
+    if done.returncode < 0 or done.returncode > 127:  # e.g. binary files
+        raise ValueError(f"git merge-file failed: {done.stderr.decode(errors='replace').strip()}")
     out: list[bytes] = []
     left = 0
     block: dict[str, list[bytes]] = {}

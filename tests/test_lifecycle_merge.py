@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from generator.merge import merge
 
 BASE = b"training:\n  epochs: 20\noptimizer:\n  name: sgd\n  lr: 0.1\n  momentum: 0.9\n  nesterov: false\n"
@@ -48,3 +50,9 @@ def test_mixed_block_resolves_aligned_lines_only_when_every_line_is_one_sided():
     assert merge(ours, base, theirs) == (b"A\nB\nC\n", 0)
     merged, left = merge(b"A\nb\nc\n", base, b"X\nB\nc\n")  # a changed by both
     assert left == 1 and merged.count(b"<<<<<<< before updating") == 1
+
+
+def test_binary_contents_are_refused_not_mangled():
+    png = b"\x89PNG\r\n\x1a\n\x00\x00" + bytes(range(256))
+    with pytest.raises(ValueError, match="Cannot merge binary files"):
+        merge(png + b"a", png, png + b"b")
