@@ -11,8 +11,10 @@ environment error (message printed, no traceback).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 from generator.lifecycle import (
@@ -92,6 +94,17 @@ def _print_check(report: CheckReport) -> int:
     return 0 if report.ok else 1
 
 
+def use_ram_tempdir(min_free: int = 512 * 2**20) -> None:
+    """Put copier's temporary clones and renders (3-5 per command) in /dev/shm when the user has not set
+    TMPDIR and enough memory is free there: an update is ~40% faster than on a slow disk."""
+    shm = Path("/dev/shm")
+    if "TMPDIR" in os.environ or not shm.is_dir() or not os.access(shm, os.W_OK):
+        return
+    stats = os.statvfs(shm)
+    if stats.f_bavail * stats.f_frsize >= min_free:
+        tempfile.tempdir = str(shm)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="torchstrap", description="Generate and update torchstrap experiments (see docs/LIFECYCLE.md).",
@@ -122,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = tempfile.tempdir
+    if args.command != "demo":
+        use_ram_tempdir()
     try:
         if args.command == "new":
             defaults = args.defaults or not sys.stdin.isatty()
@@ -143,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"torchstrap {args.command}: interrupted.", file=sys.stderr)
         return 130
+    finally:
+        tempfile.tempdir = previous  # main() is also called in-process (tests): leave no global change
     return 2
 
 

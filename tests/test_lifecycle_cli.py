@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,13 @@ def test_untagged_template_generates_from_its_committed_head(tiny, tmp_path, cap
     assert (exp / "src" / "trainer.py").read_text() == TRAINER
     code, out, _ = run(capsys, "check", str(exp))
     assert code == 0 and "no release tag yet" in out
+
+
+def test_main_leaves_the_tempdir_setting_alone(tiny, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TMPDIR", raising=False)
+    before = tempfile.tempdir
+    assert run(capsys, "new", str(tmp_path / "exp"), "--template", str(tiny))[0] == 0
+    assert tempfile.tempdir == before
 
 
 def test_new_python_api_and_vcs_ref(tiny, tmp_path):
