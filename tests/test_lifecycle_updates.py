@@ -15,7 +15,7 @@ import yaml
 
 from generator.cli import main, new_experiment
 from generator.template_repo import build_template_repo, commit, tag
-from generator.template_source import git
+from generator.template_source import CHECKOUT, git
 
 PKG = "my_experiment"  # package_name of the default answers
 T_TRAINER = "template/src/{{package_name}}/trainer.py.jinja"
@@ -26,7 +26,7 @@ TRAINER = f"src/{PKG}/trainer.py"
 CONFIG_PY = f"src/{PKG}/config.py"
 DATA = f"src/{PKG}/data.py"
 YAML = "configs/default.yaml"
-TASKS = yaml.safe_load(Path(__file__).resolve().parents[1].joinpath("copier.yml").read_text())["task"]["choices"]
+TASKS = yaml.safe_load((CHECKOUT / "copier.yml").read_text())["task"]["choices"]
 OWN_METHODS = "    # --- add your own methods below this line ---\n"
 OWN_SECTIONS = "# --- add your own sections below this line ---\n"  # config.py and default.yaml
 OWN_DATA = "# --- add your own pipelines and loaders below this line ---\n"
