@@ -437,3 +437,19 @@ def test_own_additions_at_file_ends_merge_with_template_additions(tpl, tmp_path,
     assert data.index("def tta_pipelines") < data.index(OWN_DATA) < data.index("def my_pipelines")
     assert_python(exp, DATA)
     committed_and_checked(capsys, exp)
+
+
+def test_changing_the_task_answer_keeps_every_hook_edit(tpl, tmp_path, capsys):
+    """`-d task=metric-learning` swaps the base Trainer, config sections and pipelines around the edits."""
+    exp = generate(tpl, tmp_path)
+    added = edit_every_hook(exp)
+    sub(exp / YAML, r"^(  epochs: )\d+", r"\g<1>3")
+    commit(exp, "my hooks and epochs")
+
+    assert_clean_update(capsys, exp, "-d", "task=metric-learning")
+    text = (exp / TRAINER).read_text()
+    assert all(line in text for line in added) and "MetricLearningTrainer" in text
+    assert yaml.safe_load((exp / YAML).read_text())["training"]["epochs"] == 3
+    assert yaml.safe_load((exp / ".copier-answers.yml").read_text())["task"] == "metric-learning"
+    assert_python(exp, TRAINER)
+    committed_and_checked(capsys, exp)
