@@ -27,7 +27,10 @@ from ffcv.pipeline import PipelineSpec
 from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.graph import DecoderNode, Graph, RefNode, TransformNode
 
+from ffcv.memory_managers import OSCacheManager
+
 from .base import Seeded, check_seed
+from .decoders import SimpleRGBImageDecoder
 from .rng import fresh_seed, op_key_py
 from .writers import check_beton
 
@@ -153,6 +156,9 @@ class Loader(FFCVLoader):
 
     # ------------------------------------------------------------------ code generation
     def generate_code(self) -> None:
+        for node in self.graph.nodes:  # decoders with a cached kernel for memory-mapped files
+            if isinstance(node, DecoderNode) and isinstance(node.decoder, SimpleRGBImageDecoder):
+                node.decoder.os_cache = isinstance(self.memory_manager, OSCacheManager)
         _, code = self.graph.collect_requirements()
         self.code = build_stages(self.graph, code)
 
@@ -274,15 +280,33 @@ def map_custom_fields(fname: str, pipelines: Mapping, mapper: Mapping[str, str],
     return result
 
 
+COMPILED: Dict[tuple, Callable] = {}  # process-wide: op functions with equal code and closure compile once
+
+
 def compile_op(fn: Callable) -> Callable:
-    """numba-compile one op's function like FFCV does; already-compiled kernels (ours) are used as they are."""
+    """numba-compile one op's function like FFCV does.
+
+    Already-compiled kernels (our ops') are used as they are. Others are compiled once per process for
+    each (code, closure values): FFCV builds a fresh closure for every loader, and numba would compile
+    each again (seconds apiece).
+    """
     from numba import njit
     from numba.core.dispatcher import Dispatcher
 
     if isinstance(fn, Dispatcher) or not Compiler.is_enabled:
         return fn
     parallel = getattr(fn, "is_parallel", False) and Compiler.num_threads > 1
-    return njit(fastmath=True, nogil=True, error_model="numpy", parallel=parallel)(fn)
+    try:
+        key = (fn.__code__, parallel, tuple((type(c.cell_contents), c.cell_contents) for c in fn.__closure__ or ()))
+        hash(key)
+    except (TypeError, ValueError):  # unhashable closure value (an array): compile this one on its own
+        key = None
+    if key is not None and key in COMPILED:
+        return COMPILED[key]
+    compiled = njit(fastmath=True, nogil=True, error_model="numpy", parallel=parallel)(fn)
+    if key is not None:
+        COMPILED[key] = compiled
+    return compiled
 
 
 def node_call(node, code: dict, shared_owner: dict) -> Tuple[List[str], str]:
