@@ -38,15 +38,15 @@ def reference(tmp_path_factory) -> Path:
 
 
 def test_local_usr2_requeues_and_resumes_exactly(tmp_path, reference):
-    """Real USR2s through submitit's handler: step finishes, checkpoint, requeue (exit 3), resume, twice."""
-    config = local_config(tmp_path, "run", toy={"signal_at_steps": [10, 40]})
+    """A real USR2 through submitit's handler: step finishes, checkpoint, requeue (exit code 3), resume."""
+    config = local_config(tmp_path, "run", toy={"signal_at_steps": [30]})
     [(job, run_dir)] = launcher.submit(config, toy.TRAINER, local=True)
     result = job.result()
     assert result["finished"] and result["step"] == EPOCHS * STEPS_PER_EPOCH
     assert run_dir == tmp_path / "runs" / "run"
     toy.assert_same_run(reference, run_dir)
     logs = job.stderr() or ""
-    assert logs.count("resumed from") == 2, logs[-3000:]
+    assert logs.count("resumed from") == 1, logs[-3000:]
     assert "Requeued job" in (job.stdout() or "") + logs
 
 
@@ -80,6 +80,7 @@ def test_two_process_ddp_matches_one_process(ddp_run):
     assert json.loads((two / "config.json").read_text())["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_two_process_ddp_usr2_on_one_rank_resumes_exactly(tmp_path, ddp_run):
     """USR2 reaches only rank 0's process: both ranks stop after the same step, then the job resumes bitwise."""
     over = dict(training={"epochs": 2}, toy={"dropout": 0.0, "signal_at_steps": [15]}, optimizer={"lr": 0.05})
@@ -91,21 +92,21 @@ def test_two_process_ddp_usr2_on_one_rank_resumes_exactly(tmp_path, ddp_run):
 
 
 def test_local_sweep_gives_one_run_folder_per_point(tmp_path, capsys):
-    """`--sweep` over 2 x 2 values: 4 jobs, 4 run folders named after the values, each with its own config."""
+    """`--sweep` over 2 x 1 values: 2 jobs, 2 run folders named after the values (2 x 2 runs on SLURM)."""
     folder = tmp_path / "runs"
     argv = ["--training.epochs", "1", "--logging.folder", str(folder), "--logging.run_id", "sw",
             "--logging.progress", "false", "--slurm.folder", str(tmp_path / "submitit" / "%j"),
-            "--sweep", "optimizer.lr=0.1,0.02", "--sweep", "training.seed=0,1", "--local"]
+            "--sweep", "optimizer.lr=0.1,0.02", "--sweep", "training.seed=5", "--local"]
     pairs = launcher.main(toy.TRAINER, argv)
-    assert len(pairs) == 4
-    assert "submitted 4 job(s) locally" in capsys.readouterr().out
+    assert len(pairs) == 2
+    assert "submitted 2 job(s) locally" in capsys.readouterr().out
     seen = set()
     for job, run_dir in pairs:
         assert job.result()["finished"]
         saved = json.loads((run_dir / "config.json").read_text())["config"]
         seen.add((saved["optimizer"]["lr"], saved["training"]["seed"]))
         assert run_dir.name == f"sw__optimizer.lr={saved['optimizer']['lr']}__training.seed={saved['training']['seed']}"
-    assert seen == {(0.1, 0), (0.1, 1), (0.02, 0), (0.02, 1)}
+    assert seen == {(0.1, 5), (0.02, 5)}
 
 
 # ---------------------------------------------------------------------- bad input: nothing is submitted

@@ -91,6 +91,8 @@ class ToyTrainer(Trainer):
     """MLP with BatchNorm and Dropout on 8x8 digits; hooks to slow down, signal or kill itself."""
 
     def initialize_model(self) -> None:
+        # bitwise comparisons across processes need one torch thread count everywhere (importing FFCV sets 1)
+        torch.set_num_threads(1)
         p = get_config()["toy.dropout"]
         self.model = nn.Sequential(nn.Linear(64, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Dropout(p), nn.Linear(64, 10))
 

@@ -1,0 +1,111 @@
+"""Exact resume of a generated experiment on real FFCV .beton files (seeded order and augmentations).
+
+An experiment is generated from this checkout's template (use_slurm on), its digits .beton files written,
+and it is trained once uninterrupted, and once with real USR2s at chosen steps, each followed by a fresh
+process resuming from last.pt, as a requeued job would. The generated
+scripts/submit.py also runs a job through submitit's LocalExecutor and scripts/train.sbatch passes bash -n.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import test_cluster_toy as toy
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = r"""
+import json, os, signal, sys
+exp, run_ids, stops = sys.argv[1], sys.argv[2].split(","), json.loads(sys.argv[3])
+sys.path.insert(0, os.path.join(exp, "src"))
+os.chdir(exp)
+import toyexp.config  # noqa: F401  (the experiment's sections)
+from toyexp.trainer import Trainer
+from torchstrap_runtime import config as cfg, launcher
+
+
+class Cut(Trainer):
+    def after_train_step(self):
+        super().after_train_step()
+        if self.step in stops:
+            os.kill(os.getpid(), signal.SIGUSR2)   # as SLURM would: the launcher's handler asks for a stop
+
+
+sys.modules["__main__"].Cut = Cut
+results = []
+for run_id in run_ids:   # runs in order; after a stopped run the process ends (its FFCV iterator is left)
+    cfg.load_config(["-C", "configs/default.yaml", "--training.epochs", "2", "--logging.log_every", "1",
+                     "--logging.progress", "false", "--logging.run_id", run_id])
+    trainer = "__main__:Cut" if run_id == "cut" else "toyexp.trainer:Trainer"
+    results.append(launcher.run_training(cfg.config_as_dict(), trainer))
+    if not results[-1]["finished"]:
+        break
+print("RESULT " + json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory) -> Path:
+    from generator.cli import new_experiment
+    from generator.template_repo import build_template_repo, tag
+
+    base = tmp_path_factory.mktemp("ffcv")
+    repo = build_template_repo(base / "tpl")
+    tag(repo, "v1.0.0")
+    exp = new_experiment(base / "exp", {"project_name": "toyexp", "use_slurm": True}, template=str(repo))
+    from torchstrap_runtime.data import write_digits
+
+    write_digits(exp / "data" / "digits")
+    return exp
+
+
+def _env() -> dict:
+    return dict(os.environ, NUMBA_CACHE_DIR=os.environ.get("NUMBA_CACHE_DIR", str(ROOT / ".numba_cache")))
+
+
+def run_segment(experiment: Path, run_ids: str, stops: list[int]) -> list[dict]:
+    """One process: train (or resume) the runs `run_ids` in order until done, or a USR2 at one of `stops`."""
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(experiment), run_ids, json.dumps(stops)], env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.split("RESULT ", 1)[1])
+
+
+def test_generated_experiment_resumes_exactly_on_ffcv(experiment):
+    """USR2 mid-epoch 0, resume in a new process through epoch 1: bitwise weights, identical logs."""
+    stops = [7]
+    ref, *cut = run_segment(experiment, "ref,cut", stops)   # one FFCV warm-up for the reference and a first part
+    assert ref["finished"]
+    while not cut[-1]["finished"] and len(cut) < 6:       # a requeued job: a fresh process each time
+        cut += run_segment(experiment, "cut", stops)
+    assert [r["step"] for r in cut[:-1]] == [s + 1 for s in stops]
+    assert cut[-1]["finished"] and cut[-1]["step"] == ref["step"]
+    toy.assert_same_run(experiment / "runs" / "ref", experiment / "runs" / "cut")
+
+
+def test_generated_scripts(experiment):
+    """submit.py rejects a missing partition before submitting; train.sbatch is valid bash."""
+    done = subprocess.run([sys.executable, "scripts/submit.py", "-C", "configs/default.yaml"], cwd=experiment,
+                          env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "slurm.partition is missing" in done.stderr, done.stderr[-2000:]
+    assert subprocess.run(["bash", "-n", "scripts/train.sbatch"], cwd=experiment).returncode == 0
+    text = (experiment / "scripts" / "train.sbatch").read_text()
+    assert "#SBATCH --signal=USR2@120" in text and "#SBATCH --requeue" in text and "srun" in text
+    assert "toyexp.trainer:Trainer" in text
+
+
+@pytest.mark.slow
+def test_generated_submit_runs_through_the_local_executor(experiment):
+    """`python scripts/submit.py --local --wait` trains the generated experiment through submitit."""
+    done = subprocess.run([sys.executable, "scripts/submit.py", "-C", "configs/default.yaml", "--local", "--wait",
+                           "--training.epochs", "1", "--logging.run_id", "local", "--logging.progress", "false"],
+                          cwd=experiment, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert '"finished": true' in done.stdout
+    assert (experiment / "runs" / "local" / "checkpoints" / "last.pt").exists()
