@@ -152,6 +152,8 @@ def test_unwritable_slurm_folder_is_rejected(tmp_path, capsys):
 def test_bad_sweeps_are_rejected(tmp_path, capsys):
     assert "unknown config key 'optimizer.lrr'" in _main_error(tmp_path, capsys, "--local", "--sweep", "optimizer.lrr=1,2")
     assert "expected SECTION.KEY=V1,V2" in _main_error(tmp_path, capsys, "--local", "--sweep", "optimizer.lr")
+    err = _main_error(tmp_path, capsys, "--local", "--sweep", "optimizer.lr=0.1,fast")
+    assert "optimizer.lr: got 'fast', expected a float" in err
 
 
 def test_extra_options_reach_sbatch(tmp_path):

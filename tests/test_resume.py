@@ -19,7 +19,7 @@ import torch
 
 from torchstrap_runtime import config as cfg
 from torchstrap_runtime import launcher
-from torchstrap_runtime.trainer import load_torch, save_torch_atomic
+from torchstrap_runtime.trainer import load_torch
 
 import test_cluster_toy as toy
 

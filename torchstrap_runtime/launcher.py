@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -231,6 +231,19 @@ def expand_sweeps(config: dict[str, dict[str, Any]], sweeps: list[tuple[str, lis
     return out
 
 
+def check_points(points: list[dict]) -> None:
+    """Validate every sweep point with the config's own checkers (then restore the current values)."""
+    saved = cfg.config_as_dict()
+    try:
+        for point in points:
+            try:
+                cfg.set_values(point)
+            except cfg.ConfigError as e:
+                raise LaunchError(f"--sweep point {point['logging']['run_id']!r}: {e}") from None
+    finally:
+        cfg.set_values(saved)
+
+
 # --------------------------------------------------------------------------- the job
 
 def import_object(path: str) -> Any:
@@ -391,6 +404,8 @@ def submit(config: dict[str, dict[str, Any]], trainer: str, sweeps: list[str] = 
     if not slurm["job_name"]:
         slurm["job_name"] = trainer.replace(":", ".").split(".")[0]
     points = expand_sweeps(config, parse_sweeps(list(sweeps), config))
+    if sweeps:
+        check_points(points)
     logs = check_writable_folder(Path(config["logging"]["folder"]), "logging.folder")
     executor = make_executor(slurm, local)
     for point in points:
