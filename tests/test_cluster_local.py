@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,41 @@ def test_extra_options_reach_sbatch(tmp_path):
                  "--partition=gpu", "--gpus-per-node=2", "--ntasks-per-node=2", "--mem=32G", "--time=30",
                  "--signal=USR2@5"):
         assert f"#SBATCH {line}\n" in text, line
+
+
+# ---------------------------------------------------------------------- ranks from the environment
+
+@pytest.mark.parametrize("with_scontrol", [True, False])
+def test_ranks_from_an_srun_step(monkeypatch, with_scontrol):
+    """Inside `srun`: rank/local rank/world size from SLURM_*, master = first node of the step, port from job id."""
+    from torchstrap_runtime.distributed import distributed_env
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    if not with_scontrol:
+        monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    monkeypatch.setenv("SLURM_PROCID", "5")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "8")
+    monkeypatch.setenv("SLURM_JOB_ID", "41234")
+    monkeypatch.setenv("SLURM_STEP_NODELIST", "gpu[07-10],cpu1")
+    if with_scontrol and shutil.which("scontrol") is None:
+        pytest.skip("scontrol is not installed")
+    assert distributed_env() == (5, 1, 8)
+    assert os.environ["MASTER_ADDR"] == "gpu07" and os.environ["MASTER_PORT"] == str(20000 + 41234 % 20000)
+
+
+def test_batch_script_itself_is_one_process(monkeypatch):
+    """The sbatch shell (no SLURM_STEP_ID) of a 4-task job is not a 4-process world: only srun tasks are."""
+    from torchstrap_runtime.distributed import distributed_env
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_STEP_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert distributed_env() == (0, 0, 1)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed_env() == (1, 1, 2)   # torchrun / submitit variables win

@@ -41,7 +41,8 @@ def distributed_env() -> tuple[int, int, int]:
     if "SLURM_STEP_ID" in env and "SLURM_PROCID" in env:   # inside `srun`, not the batch script itself
         world_size = int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1")))
         if world_size > 1:
-            env.setdefault("MASTER_ADDR", _slurm_first_host(env.get("SLURM_STEP_NODELIST", env["SLURM_JOB_NODELIST"])))
+            nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "127.0.0.1"
+            env.setdefault("MASTER_ADDR", _slurm_first_host(nodes))
             env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
         return int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", "0")), world_size
     return 0, 0, 1
