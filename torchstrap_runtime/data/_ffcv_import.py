@@ -1,13 +1,20 @@
-"""Import FFCV without the numba typed-dict compile its image field does at import time (~5 s a process).
+"""Import FFCV without the ~5 s it spends compiling at import, and build Loaders without a reader compile.
 
-`ffcv/fields/rgb_image.py` runs `IMAGE_MODES = numba.typed.Dict()` at module level, which makes numba
-compile its typed-dict machinery in every fresh process: about 5 s of the 8 s of `import ffcv` on a 2-core
-machine, and numba's disk cache does not cover it. FFCV (and this package) only read IMAGE_MODES from
-Python (`IMAGE_MODES['jpg']`), so a plain dict behaves the same. `import_ffcv()` imports FFCV once with
-`numba.typed.Dict` standing for `dict` during that import only; when FFCV is already imported it does nothing.
-Measured by bench/bench_startup.py.
+1. `ffcv/fields/rgb_image.py` runs `IMAGE_MODES = numba.typed.Dict()` at module level, which makes numba
+   compile its typed-dict machinery in every fresh process: about 5 s of the 8 s of `import ffcv` on a
+   2-core machine, and numba's disk cache does not cover it. FFCV (and this package) only read IMAGE_MODES
+   from Python (`IMAGE_MODES['jpg']`), so a plain dict behaves the same: `import_ffcv()` imports FFCV once
+   with `numba.typed.Dict` standing for `dict` during that import only (no-op when FFCV is already imported).
+2. FFCV's OS-cache memory manager compiles its sample reader eagerly and uncached each time a Loader is
+   built (about 1.5 s). `cache_os_reader()` makes it return `os_cache_read`, the same two lines compiled
+   lazily with `cache=True` (no explicit signature: typed from the read-only memory map, and no interned
+   numba type is mutated; see ffcv_fixes.py), so a second launch loads it from NUMBA_CACHE_DIR.
+Same batches either way. Measured by bench/bench_startup.py.
 """
 import sys
+
+import numpy as np
+from numba import njit
 
 
 def import_ffcv() -> None:
@@ -24,4 +31,28 @@ def import_ffcv() -> None:
         numba.typed.Dict = typed_dict
 
 
+@njit(cache=True, fastmath=True, nogil=True, error_model="numpy")
+def os_cache_read(address, mem_state):
+    """FFCV's OSCacheManager reader: the bytes of the sample stored at `address` of the memory-mapped file."""
+    size = mem_state[2][np.searchsorted(mem_state[1], address)]
+    return mem_state[0][address:address + size]
+
+
+def cache_os_reader() -> None:
+    """Make `OSCacheManager.compile_reader` return `os_cache_read` (ffcv_fixes.apply keeps it)."""
+    from ffcv.memory_managers.os_cache import OSCacheManager
+    from ffcv.pipeline.compiler import Compiler
+
+    if getattr(OSCacheManager.compile_reader, "torchstrap_cached", False):
+        return
+    compile_uncached = OSCacheManager.compile_reader
+
+    def compile_reader(self):
+        return os_cache_read if Compiler.is_enabled else compile_uncached(self)
+
+    compile_reader.torchstrap_cached = True
+    OSCacheManager.compile_reader = compile_reader
+
+
 import_ffcv()
+cache_os_reader()
