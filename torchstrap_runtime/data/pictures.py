@@ -39,17 +39,16 @@ def image_size(beton_path: PathLike) -> int:
     return int(min(64, metadata["height"].min(), metadata["width"].min()))
 
 
-def first_batch(beton_path: PathLike, ops: list, loader_seed: Optional[int], batch_size: int = 3,
-                extra: Optional[Dict[str, list]] = None) -> List[np.ndarray]:
-    """The first batch (every output, copied) of a fresh loader."""
-    pipelines = {"image": ops, "label": None, **(extra or {})}
-    mapper = {name: "image" for name in extra or {}}
+def first_batch(beton_path: PathLike, views: Dict[str, list], loader_seed: Optional[int],
+                batch_size: int = 3) -> Dict[str, np.ndarray]:
+    """The first batch of a fresh loader whose outputs are `views` of the stored 'image' (copied out)."""
+    pipelines = {"image": None, "label": None, **views}
     loader = Loader(beton_path, batch_size=batch_size, num_workers=1, seed=loader_seed, pipelines=pipelines,
-                    custom_field_mapper=mapper or None)
+                    custom_field_mapper={name: "image" for name in views})
     iterator = iter(loader)
-    batch = [np.array(x) for x in next(iterator)]
+    batch = next(iterator)
     iterator.close()
-    return batch
+    return {name: np.array(x) for name, x in zip(views, batch)}
 
 
 def standard_ops(size: int, seed: Optional[int]) -> list:
@@ -124,18 +123,19 @@ def save_figure(cells: List[List[np.ndarray]], row_labels: List[str], col_labels
 def seeds_grid(beton_path: PathLike, out_dir: Path, size: int) -> Path:
     cells, rows = [], []
     for loader_seed in SEEDS:
-        for run in (1, 2):
+        for run in (1, 2):  # two loaders built alike; one loader draws every augmentation seed's view
+            batch = first_batch(beton_path, {f"aug{s}": standard_ops(size, s) for s in SEEDS}, loader_seed)
             rows.append(f"loader seed {loader_seed}\nrun {run}")
-            cells.append([strip(first_batch(beton_path, standard_ops(size, aug_seed), loader_seed)[0])
-                          for aug_seed in SEEDS])
+            cells.append([strip(batch[f"aug{s}"]) for s in SEEDS])
     return save_figure(cells, rows, [f"augmentation seed {s}" for s in SEEDS],
                        "first mini-batch of two loaders built alike (crop, flip, jitter, grayscale)",
                        out_dir / "seeds.png")
 
 
 def ops_grid(beton_path: PathLike, out_dir: Path, size: int) -> Path:
-    cells = [[strip(first_batch(beton_path, one_op(name, size, 0), loader_seed)[0]) for loader_seed in (None, 0)]
-             for name in OP_NAMES]
+    batches = [first_batch(beton_path, {name: one_op(name, size, 0) for name in OP_NAMES}, loader_seed)
+               for loader_seed in (None, 0)]
+    cells = [[strip(batch[name]) for batch in batches] for name in OP_NAMES]
     return save_figure(cells, OP_NAMES, ["loader seed None", "loader seed 0"],
                        "each op (p=1), augmentation seed 0", out_dir / "ops.png")
 
@@ -145,12 +145,10 @@ def views_grid(beton_path: PathLike, out_dir: Path, size: int, samples: int = 6)
         return [RandomResizedCrop((size, size), scale=(0.3, 1.0), seed=crop_seed),
                 RandomGrayscale(p=0.5, seed=gray_seed)]
 
-    batch = first_batch(beton_path, [SimpleRGBImageDecoder()] if image_size(beton_path) == size
-                        else [RandomResizedCrop((size, size), scale=(1.0, 1.0), ratio=(1.0, 1.0), seed=0)],
-                        loader_seed=0, batch_size=samples,
-                        extra={"view1": view(1, 0), "view2": view(2, 0), "view3": view(3, 3)})
-    original, views = batch[0], batch[1:]
-    cells = [[original[i], *(v[i] for v in views)] for i in range(samples)]
+    stored = [RandomResizedCrop((size, size), scale=(1.0, 1.0), ratio=(1.0, 1.0), seed=0)]  # whole image
+    batch = first_batch(beton_path, {"stored": stored, "view1": view(1, 0), "view2": view(2, 0), "view3": view(3, 3)},
+                        loader_seed=0, batch_size=samples)
+    cells = [[batch[name][i] for name in ("stored", "view1", "view2", "view3")] for i in range(samples)]
     return save_figure(cells, [f"sample {i}" for i in range(samples)],
                        ["stored", "view 1\ngray seed 0", "view 2\ngray seed 0", "view 3\ngray seed 3"],
                        "three views of a dataset with only image and label", out_dir / "views.png")
