@@ -14,6 +14,7 @@ Each subclasses `Trainer` and overrides only what differs from supervised classi
 Both need the kNN reference set: the validation loader is a `KNNValLoader(val, bank)`, where `bank` is
 a plain (non-augmented) loader over the training .beton. Embeddings used for evaluation are
 `self.test_time_augmentation(inputs)` (metric learning: the model's output; SSL: the backbone's features).
+The number of voting neighbours is `evaluation.knn_k`, a section the experiment's config.py declares.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ class KNNValLoader:
 class EmbeddingTrainer(Trainer):
     """What both embedding tasks share: evaluation by embeddings and a kNN vote over the training set."""
 
-    expected_input_kind = "embeddings_labels"
+    expected_input_kind = "embeddings_labels"   # what the criterion must take (criteria.INPUT_KINDS)
+    example_criterion = "TripletMarginLoss"
 
     @param("criterion.name")
     @param("criterion.params")
