@@ -237,3 +237,9 @@ def test_loader_errors_name_the_problem(beton, tmp_path):
         Loader(beton, batch_size=8, seed=-1)
     with pytest.raises(ValueError, match="start_batch"):
         make(beton, start_batch=10_000)
+
+
+def test_process_cache_gives_the_same_batches(beton, reference):
+    """os_cache=False (FFCV's process cache, other decoder code path) changes nothing."""
+    _, (order, images), _ = reference
+    np.testing.assert_array_equal(run_epoch(make(beton, os_cache=False))[1], images)
