@@ -69,7 +69,8 @@ class Loader(FFCVLoader):
         if order is OrderOption.QUASI_RANDOM and self.world_size > 1:
             raise ValueError("Loader: order=QUASI_RANDOM cannot be sharded across ranks; use RANDOM")
         self.order_option = order
-        seed = resolve_order_seed(check_seed(seed, "Loader"), self.world_size, distributed)
+        seed = resolve_order_seed(check_seed(seed, "Loader"), self.world_size, distributed,
+                                  shuffled=order is not OrderOption.SEQUENTIAL)
         pipelines = map_custom_fields(fname, pipelines or {}, custom_field_mapper or {}, custom_fields or {})
 
         super().__init__(fname, batch_size, num_workers=num_workers, os_cache=os_cache,
@@ -243,12 +244,12 @@ def resolve_shard(distributed: bool, rank: Optional[int], world_size: Optional[i
     return rank, world_size
 
 
-def resolve_order_seed(seed: Optional[int], world_size: int, distributed: bool) -> int:
-    """The order seed; ranks must agree on it, so None is broadcast from rank 0 under torch.distributed."""
+def resolve_order_seed(seed: Optional[int], world_size: int, distributed: bool, shuffled: bool = True) -> int:
+    """The order seed; ranks must agree on a shuffled order, so None is broadcast from rank 0 under torch.distributed."""
     if seed is not None:
         return seed
     seed = fresh_seed()
-    if world_size == 1:
+    if world_size == 1 or not shuffled:
         return seed
     if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
         box = [seed]
