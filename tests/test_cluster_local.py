@@ -19,8 +19,9 @@ from test_resume import EPOCHS, ROOT, STEPS_PER_EPOCH, toy_config
 
 @pytest.fixture(autouse=True)
 def job_env(monkeypatch):
-    """No PYTHONPATH: job processes find tests/test_cluster_toy.py through the job's recorded sys.path."""
-    monkeypatch.delenv("PYTHONPATH", raising=False)
+    """tests/ off PYTHONPATH: job processes find test_cluster_toy.py through the job's recorded sys.path."""
+    kept = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != ROOT / "tests"]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(kept))
     monkeypatch.setenv("NUMBA_CACHE_DIR", os.environ.get("NUMBA_CACHE_DIR", str(ROOT / ".numba_cache")))
 
 

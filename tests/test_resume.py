@@ -155,3 +155,22 @@ def test_kill9_during_checkpoint_writes_never_leaves_a_broken_checkpoint(tmp_pat
     assert all(name.endswith(".tmp") for name in leftovers), leftovers
     # a half-written temp file left behind proves some kill landed inside a write (it is ~90% of the loop)
     assert leftovers, "no kill landed inside a checkpoint write"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_cuda_amp_resume_is_exact(tmp_path, dtype, monkeypatch):
+    """On CUDA with AMP (GradScaler for float16), USR2 mid-epoch then resume ends bitwise equal."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    try:
+        over = dict(training={"dtype": dtype, "device": "cuda"})
+        ref = launcher.run_training(toy_config(tmp_path, "ref", **over), toy.TRAINER)
+        assert ref["finished"]
+        run_until_finished(toy_config(tmp_path, "cut", **over, toy={"signal_at_steps": [9, 30]}))
+        toy.assert_same_run(tmp_path / "ref", tmp_path / "cut")
+        scaler = load_torch(tmp_path / "cut" / "checkpoints" / "last.pt")["scaler"]
+        assert bool(scaler) == (dtype == "float16")   # the scaler's scale and growth tracker were saved
+    finally:
+        torch.use_deterministic_algorithms(False)

@@ -103,6 +103,8 @@ class Trainer:
         if device == "auto":
             device = f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:  # plain "cuda": this process's GPU
+            self.device = torch.device("cuda", self.local_rank % torch.cuda.device_count())
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.dtype = DTYPES[dtype]
