@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -155,6 +156,13 @@ def main(argv: list[str] | None = None) -> int:
             return int(demo.main([str(args.path)]) or 0)
     except TemplateError as err:
         print(f"torchstrap {args.command}: {err}", file=sys.stderr)
+        return 2
+    except subprocess.CalledProcessError as err:  # a git command of ours failed
+        detail = (err.stderr or "").strip().splitlines()[-1:] or [f"exit code {err.returncode}"]
+        print(f"torchstrap {args.command}: `{' '.join(map(str, err.cmd))}` failed: {detail[0]}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"torchstrap {args.command}: {err.strerror or err}: {err.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"torchstrap {args.command}: interrupted.", file=sys.stderr)

@@ -221,6 +221,9 @@ def new_experiment(
     dst = Path(path).expanduser().absolute()
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise TemplateError(f"{dst} already exists and is not empty; choose a new folder.")
+    existing = next(p for p in dst.parents if p.exists())
+    if not existing.is_dir():
+        raise TemplateError(f"Cannot create {dst}: {existing} is a file, not a folder.")
     source: TemplateSource = resolve(template)
     if vcs_ref is None and source.origin == "checkout":
         vcs_ref = checkout_ref()

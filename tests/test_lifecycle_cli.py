@@ -144,6 +144,8 @@ def test_new_refuses_plain_folder_template_and_nonempty_destination(tiny, tmp_pa
     code, _, err = run(capsys, "new", str(tmp_path / "full"), "--template", str(tiny))
     assert code == 2 and "already exists and is not empty" in err
     assert (tmp_path / "full" / "notes.txt").read_text() == "mine"
+    code, _, err = run(capsys, "new", str(tmp_path / "full" / "notes.txt" / "exp"), "--template", str(tiny))
+    assert code == 2 and "notes.txt is a file, not a folder" in err
 
 
 def test_update_and_check_errors(tiny, tmp_path, capsys):
