@@ -15,19 +15,18 @@ What differs from FFCV's loader:
 import itertools
 import linecache
 from contextlib import nullcontext
-from queue import Full
 from pathlib import Path
+from queue import Full
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from ffcv.loader.epoch_iterator import IS_CUDA, EpochIterator, select_buffer
 from ffcv.loader.loader import DEFAULT_OS_CACHE, Loader as FFCVLoader, OrderOption
+from ffcv.memory_managers import OSCacheManager
 from ffcv.pipeline import PipelineSpec
 from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.graph import DecoderNode, Graph, RefNode, TransformNode
-
-from ffcv.memory_managers import OSCacheManager
 
 from .base import Seeded, check_seed
 from .decoders import SimpleRGBImageDecoder
