@@ -242,3 +242,16 @@ def test_process_cache_gives_the_same_batches(beton, reference):
     """os_cache=False (FFCV's process cache, other decoder code path) changes nothing."""
     _, (order, images), _ = reference
     np.testing.assert_array_equal(run_epoch(make(beton, os_cache=False))[1], images)
+
+
+def test_distributed_takes_rank_and_world_size_from_torch_distributed(beton, tmp_path):
+    import torch.distributed as dist
+
+    with pytest.raises(ValueError, match="torch.distributed"):
+        Loader(beton, batch_size=8, distributed=True, pipelines={"image": None})
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        loader = Loader(beton, batch_size=8, distributed=True, pipelines={"image": None})
+        assert (loader.rank, loader.world_size) == (0, 1) and len(loader) == N // 8
+    finally:
+        dist.destroy_process_group()
