@@ -281,6 +281,7 @@ def map_custom_fields(fname: str, pipelines: Mapping, mapper: Mapping[str, str],
 
 
 COMPILED: Dict[tuple, Callable] = {}  # process-wide: op functions with equal code and closure compile once
+COMPILED_MAX = 256  # oldest entries are dropped beyond this (closures over per-loader objects never hit again)
 
 
 def compile_op(fn: Callable) -> Callable:
@@ -306,6 +307,8 @@ def compile_op(fn: Callable) -> Callable:
     compiled = njit(fastmath=True, nogil=True, error_model="numpy", parallel=parallel)(fn)
     if key is not None:
         COMPILED[key] = compiled
+        while len(COMPILED) > COMPILED_MAX:
+            del COMPILED[next(iter(COMPILED))]
     return compiled
 
 
