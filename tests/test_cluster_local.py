@@ -52,6 +52,18 @@ def test_local_usr2_requeues_and_resumes_exactly(tmp_path, reference):
     assert "Requeued job" in (job.stdout() or "") + logs
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_local_usr2_on_cuda_resumes_exactly(tmp_path):
+    """The same requeue on a GPU job (gpus_per_node=1): CUDA RNG, weights and logs are restored exactly."""
+    over = dict(training={"device": "cuda"})
+    assert launcher.run_training(toy_config(tmp_path / "runs", "ref", **over), toy.TRAINER)["finished"]
+    config = local_config(tmp_path, "run", slurm={"gpus_per_node": 1}, toy={"signal_at_steps": [30]}, **over)
+    [(job, run_dir)] = launcher.submit(config, toy.TRAINER, local=True)
+    assert job.result()["finished"] and (job.stderr() or "").count("resumed from") == 1
+    toy.assert_same_run(tmp_path / "runs" / "ref", run_dir)
+
+
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory) -> tuple[Path, Path]:
     """The same run with 1 process (in this process) and with 2 DDP processes (LocalExecutor, 2 tasks)."""

@@ -203,7 +203,7 @@ def submit_sbatch_script(base: Path, signals: dict) -> tuple[str, Path]:
     workdir = base / "sbatch"
     workdir.mkdir()
     (workdir / "config.yaml").write_text(json.dumps({
-        "training": {"epochs": EPOCHS, "seed": 3}, "scheduler": {"name": "cosine", "warmup_epochs": 0.5},
+        "training": {"epochs": EPOCHS, "seed": 3, "device": "cpu"}, "scheduler": {"name": "cosine", "warmup_epochs": 0.5},
         "logging": {"folder": str(workdir / "runs"), "progress": False, "log_every": 1},
         "toy": {"step_sleep": 0.15}}))
     env = dict(os.environ, TRAINER=toy.TRAINER, IMPORT="test_cluster_toy", CONFIG=str(workdir / "config.yaml"),

@@ -32,7 +32,7 @@ def toy_config(folder: Path, run_id: str, **overrides: dict) -> dict:
     """The resolved config of a small toy run (3 epochs x 21 steps, cosine schedule, dropout, noise)."""
     cfg.load_config([])
     base = cfg.config_as_dict()
-    base["training"].update(epochs=EPOCHS, seed=3)
+    base["training"].update(epochs=EPOCHS, seed=3, device="cpu")   # also on GPU machines (jobs see no GPU)
     base["scheduler"].update(name="cosine", warmup_epochs=0.5)
     base["logging"].update(folder=str(folder), run_id=run_id, progress=False, log_every=1)
     for section, values in overrides.items():
@@ -98,14 +98,15 @@ def test_signal_during_construction_requeues_without_training(tmp_path):
 
 
 def _command(folder: Path, run_id: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "torchstrap_runtime.launcher", "run", toy.TRAINER,
+    return [sys.executable, "-m", "torchstrap_runtime.launcher", "run", toy.TRAINER, "--training.device", "cpu",
             "--training.epochs", str(EPOCHS), "--training.seed", "3", "--scheduler.name", "cosine",
             "--scheduler.warmup_epochs", "0.5", "--logging.folder", str(folder), "--logging.run_id", run_id,
             "--logging.progress", "false", "--logging.log_every", "1", *extra]
 
 
 def _env() -> dict:
-    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests'}{os.pathsep}{ROOT}")
+    path = [str(ROOT / "tests"), str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
     env.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".numba_cache"))
     return env
 
