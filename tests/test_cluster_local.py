@@ -172,15 +172,13 @@ def test_bad_sweeps_are_rejected(tmp_path, capsys):
 
 def test_extra_options_reach_sbatch(tmp_path):
     """Named submitit options and any other sbatch option end up in the generated sbatch script."""
-    import submitit
+    from submitit.slurm.slurm import _make_sbatch_string   # what SlurmExecutor writes (no srun needed here)
 
     config = local_config(tmp_path, "x")
     slurm = dict(config["slurm"], partition="gpu", gpus_per_node=2, tasks_per_node=2, mem_gb=32,
                  extra={"account": "abc", "qos": "high", "mail-type": "END", "reservation": "r1", "exclusive": True})
     params = launcher.slurm_executor_parameters(slurm)
-    executor = submitit.SlurmExecutor(tmp_path / "s")
-    executor.update_parameters(**params)
-    text = executor._make_submission_file_text("python -c pass", "uid")
+    text = _make_sbatch_string(command="python -c pass", folder=tmp_path / "s", **params)
     for line in ("--account=abc", "--qos=high", "--mail-type=END", "--reservation=r1", "--exclusive", "--requeue",
                  "--partition=gpu", "--gpus-per-node=2", "--ntasks-per-node=2", "--mem=32G", "--time=30",
                  "--signal=USR2@5"):
