@@ -447,6 +447,7 @@ class Trainer:
             "batch": batch,
             "train_sums": dict(self.train_sums) if hasattr(self, "train_sums") else {},
             "rng": rng_state(),
+            "loader_seeds": self.train_loader.seed_state() if hasattr(self.train_loader, "seed_state") else None,
             "log_bytes": self.json_logger.tell() if getattr(self, "json_logger", None) else 0,
             "hdf5_rows": self.hdf5_logger.row_counts() if getattr(self, "hdf5_logger", None) else {},
         }
@@ -463,6 +464,8 @@ class Trainer:
             sums = dict(state.get("train_sums") or {})   # global sums: rank 0 holds them, the others restart at 0
             self.train_sums = sums if self.is_main else {key: 0.0 * value for key, value in sums.items()}
             set_rng_state(state["rng"])
+            if state.get("loader_seeds") and hasattr(self.train_loader, "load_seed_state"):
+                self.train_loader.load_seed_state(state["loader_seeds"])  # seeds drawn when they were None
             if self.is_main:
                 truncate_run_logs(self.run_dir, state.get("log_bytes", 0), state.get("hdf5_rows") or {})
 
@@ -562,7 +565,8 @@ class Trainer:
         repo = find_experiment_root(type(self))
         return {
             "config": config_as_dict(),
-            "seeds": {"training.seed": self.seed, **{k: v for k, v in flatten(config_as_dict()).items() if "seed" in k}},
+            "seeds": {"training.seed": self.seed, **{k: v for k, v in flatten(config_as_dict()).items() if "seed" in k},
+                      "train_loader_resolved": resolved_loader_seeds(self.train_loader)},
             "versions": {"python": sys.version.split()[0], "torch": torch.__version__,
                          "torchstrap_runtime": __version__, "template": template_version(repo)},
             "git": git_state(repo),
@@ -683,6 +687,13 @@ def broadcast_object(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def resolved_loader_seeds(loader: Any) -> dict[str, Any] | None:
+    """The seeds a seeded loader actually uses (None seeds drawn at build time), to replay the run."""
+    if not hasattr(loader, "augmentation_seeds"):
+        return None
+    return {"order": loader.seed, "augmentations": loader.augmentation_seeds}
 
 
 def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:

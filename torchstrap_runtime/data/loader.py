@@ -154,6 +154,25 @@ class Loader(FFCVLoader):
             seeds[name] = [(type(op).__name__, self.op_seeds[id(op)]) for op in ops if isinstance(op, Seeded)]
         return seeds
 
+    def seed_state(self) -> Dict[str, object]:
+        """The resolved order seed and op seeds (in pipeline order), for a checkpoint: `load_seed_state` on a
+        loader built with the same pipelines replays a run whose seeds were None (exact resume)."""
+        ops = [self._seeded_ops()[node_id] for node_id in sorted(self._seeded_ops())]
+        return {"order": None if self.seed is None else int(self.seed),
+                "ops": [[type(op).__name__, int(self.op_seeds[id(op)])] for op in ops]}
+
+    def load_seed_state(self, state: Mapping) -> None:
+        """Adopt the seeds of `seed_state()`; pipelines that differ from the checkpoint's are an error."""
+        ops = [self._seeded_ops()[node_id] for node_id in sorted(self._seeded_ops())]
+        names = [type(op).__name__ for op in ops]
+        saved = [name for name, _ in state["ops"]]
+        if names != saved:
+            raise ValueError(f"Loader.load_seed_state: the checkpoint's seeded ops {saved} differ from this"
+                             f" loader's {names}; were the pipelines changed since the checkpoint?")
+        for op, (_, seed) in zip(ops, state["ops"]):
+            self.op_seeds[id(op)] = int(seed)
+        self.seed = state["order"]
+
     # ------------------------------------------------------------------ code generation
     def generate_code(self) -> None:
         for node in self.graph.nodes:  # decoders with a cached kernel for memory-mapped files
