@@ -86,7 +86,7 @@ def run_demo(workdir: Path, index: int) -> dict:
 
 def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
-    rounds = args.rounds or (1 if args.quick else 2)
+    rounds = args.rounds or (1 if args.quick else 5)
     missing = demo_available()
     if missing:
         print(f"make demo: not measured ({missing})")
