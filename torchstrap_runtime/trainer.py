@@ -337,7 +337,8 @@ class Trainer:
             self.modules.train()
             self.before_train_epoch()
             self.progress_bar = self.make_progress_bar(f"epoch {self.epoch + 1}/{epochs}")
-            for self.batch_index, self.data in enumerate(self.epoch_batches(self.train_loader), start=self.start_batch):
+            batches = iter(self.epoch_batches(self.train_loader))
+            for self.batch_index, self.data in enumerate(batches, start=self.start_batch):
                 self.before_train_step()
                 self.train_step()
                 self.after_train_step()
@@ -347,6 +348,7 @@ class Trainer:
                 if self.should_stop() or (checkpoint_every and self.step % checkpoint_every == 0):
                     self.save_checkpoint(batch_done=self.batch_index + 1)
                     if self.stop_requested:
+                        close_iterator(batches)  # FFCV's loading thread would otherwise stay blocked
                         self.close_progress_bar()
                         return self.epoch_record
             self.close_progress_bar()
@@ -599,6 +601,13 @@ def topk_correct(outputs: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ..
     top = outputs.topk(kmax, dim=1).indices
     hits = top == targets.view(-1, 1)
     return [float(hits[:, : min(k, kmax)].any(dim=1).sum()) for k in ks]
+
+
+def close_iterator(iterator: Any) -> None:
+    """Stop an epoch iterator left before its end (FFCV's runs a loading thread)."""
+    close = getattr(iterator, "close", None)
+    if callable(close):
+        close()
 
 
 def safe_len(loader: Any) -> int | None:
