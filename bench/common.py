@@ -132,7 +132,7 @@ def write_results(name: str, payload: dict) -> Path:
     """Write bench/results/<name>.json (machine description and date added) and return its path."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": name, "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               "machine": machine(), **payload}
+               "commit": git_commit(), "machine": machine(), **payload}
     path = RESULTS_DIR / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
