@@ -155,13 +155,9 @@ class SSLMultiViewTrainer(EmbeddingTrainer):
     expected_input_kind = "views"
     example_criterion = "coke_multi_view, SelfSupervisedLoss, VICRegLoss"
 
-    @param("criterion.name")
-    @param("criterion.params")
-    @param("criterion.miner")
-    @param("criterion.miner_params")
-    def initialize_criterion(self, name: str, params: dict, miner: str, miner_params: dict) -> None:
+    def initialize_criterion(self) -> None:
         """The criterion section's loss on views; CoKe's `embedding_size` must be the model's output size."""
-        super().initialize_criterion(name, params, miner, miner_params)
+        super().initialize_criterion()
         size, out = getattr(self.criterion, "embedding_size", None), getattr(self.raw_model, "embedding_dim", None)
         if size is not None and out is not None and size != out:
             raise ValueError(f"criterion.params.embedding_size is {size} but the model outputs {out} numbers "
