@@ -20,10 +20,9 @@ from torchstrap_runtime.sections import declare_standard_sections
 
 @pytest.fixture
 def sections():
-    reset_config()
+    reset_config()  # conftest's keep_global_config puts the previous config back afterwards
     declare_standard_sections()
     yield
-    reset_config()
 
 
 def build_from_config() -> nn.Module:
