@@ -1,7 +1,9 @@
 """Array logging cost: the Trainer's `log_hdf5` (HDF5Logger) vs `np.save` and `torch.save` per step.
 
 Part 1, cost per call, one 256×256 float32 array (256 KiB) per step, `--steps` steps per round:
-  HDF5Logger.log      one row appended to a resizable dataset of run_dir/arrays.h5 (what log_hdf5 does)
+  HDF5Logger.log      one row appended to a resizable dataset of run_dir/arrays.h5, written synchronously
+                      (background=False: the write itself; the Trainer's log_hdf5 hands the same write to
+                      a writer thread, whose effect on the loop is part 2)
   np.save per step    one .npy file per step
   torch.save per step one .pt file per step
   JSON line           a scalar JSON line (for scale)
@@ -51,7 +53,7 @@ def writers(folder: Path, steps: int) -> dict[str, Callable[[], float]]:
 
     def hdf5() -> float:
         path = fresh()
-        logger = HDF5Logger(path / "arrays.h5")
+        logger = HDF5Logger(path / "arrays.h5", background=False)
         us = per_call(lambda step, a: logger.log({"features": a}, step=step, epoch=0), steps)
         logger.close()
         shutil.rmtree(path)

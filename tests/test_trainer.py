@@ -266,3 +266,20 @@ def test_learnable_criterion_parameters_are_optimized_and_resume(tmp_path):
     assert resumed.epoch == 2 and len(resumed.optimizer.param_groups) == 2
     assert torch.equal(next(resumed.criterion.parameters()).detach(), weight.detach())
     resumed.run()
+
+
+def test_hdf5_writer_thread_keeps_rows_in_order_and_reports_errors(tmp_path):
+    from torchstrap_runtime.loggers import HDF5Logger
+
+    logger = HDF5Logger(tmp_path / "a.h5")
+    weights = torch.zeros(4, 4)
+    for step in range(50):
+        weights += 1  # changed in place after logging: the logged row must keep its value
+        logger.log({"w": weights, "s": step}, step=step, epoch=step // 10)
+    assert logger.row_counts()["w"] == 50  # drains the queue first
+    arrays = read_hdf5(tmp_path / "a.h5")
+    assert arrays["w"][:, 0, 0].tolist() == list(range(1, 51)) and arrays["s__epoch"].tolist() == [s // 10 for s in range(50)]
+    logger.log({"w": torch.zeros(3)}, step=50)  # wrong shape: raised by the next call, naming the dataset
+    with pytest.raises(RuntimeError, match="'w' rows have shape"):
+        logger.drain()
+    logger.close()

@@ -7,9 +7,12 @@ after each row, so a killed run leaves complete lines and an openable file. Read
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
+import queue
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -65,13 +68,21 @@ class HDF5Logger:
 
     Beside every dataset `<key>` there is `<key>__step` and `<key>__epoch` with the step and epoch of
     each row. The file is opened lazily (h5py is imported only when arrays are logged) and flushed
-    after every call, so a killed run leaves an openable file.
+    after every row, so a killed run leaves an openable file.
+
+    With `background=True` (the default) `log()` copies the arrays and a writer thread appends them, so
+    the training loop does not wait for HDF5; `drain()` (called by `row_counts`, `truncate_rows`, `close`
+    and at interpreter exit) waits until every queued row is written. A run killed with SIGKILL can lose
+    the rows still queued (at most `queue_size` calls); an error in the writer is raised by the next call.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, background: bool = True, queue_size: int = 8):
         self.path = Path(path)
         self._file = None
         self._datasets: dict[str, Any] = {}  # open h5py datasets by name (looking them up costs more than writing)
+        self.background, self._queue_size = background, queue_size
+        self._queue: queue.Queue | None = None
+        self._error: BaseException | None = None
 
     def _open(self):
         if self._file is None:
@@ -113,17 +124,53 @@ class HDF5Logger:
         dataset.id.write(h5s.create_simple((1, *row.shape)), file_space, data.reshape(1, *row.shape))
 
     def log(self, arrays: dict[str, Any], step: int = 0, epoch: int = 0) -> None:
+        rows = []
         for key, value in arrays.items():
             if hasattr(value, "detach"):
                 value = value.detach().cpu().numpy()
-            row = np.asarray(value)
+            rows.append((key, np.array(value, copy=True)))  # a copy: the caller may change the array in place
+        if not self.background:
+            self._write(rows, step, epoch)
+            return
+        self._raise_writer_error()
+        if self._queue is None:
+            self._queue = queue.Queue(maxsize=self._queue_size)
+            threading.Thread(target=self._writer, name="HDF5Logger", daemon=True).start()
+            atexit.register(self.drain)
+        self._queue.put((rows, step, epoch))
+
+    def _write(self, rows: list[tuple[str, np.ndarray]], step: int, epoch: int) -> None:
+        for key, row in rows:
             self._append(key, row)
             self._append(f"{key}__step", np.asarray(step, dtype=np.int64))
             self._append(f"{key}__epoch", np.asarray(epoch, dtype=np.int64))
         self._file.flush()
 
+    def _writer(self) -> None:
+        while True:
+            rows, step, epoch = self._queue.get()
+            try:
+                if self._error is None:
+                    self._write(rows, step, epoch)
+            except BaseException as error:  # noqa: BLE001 - handed to the training thread
+                self._error = error
+            finally:
+                self._queue.task_done()
+
+    def _raise_writer_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise RuntimeError(f"log_hdf5 could not write {self.path}: {error}") from error
+
+    def drain(self) -> None:
+        """Wait until every queued row is in the file (and raise the writer's error, if any)."""
+        if self._queue is not None:
+            self._queue.join()
+        self._raise_writer_error()
+
     def row_counts(self) -> dict[str, int]:
         """Rows of every dataset so far (stored in checkpoints, so a resume can cut back to them)."""
+        self.drain()
         if self._file is None and not self.path.exists():
             return {}
         f = self._open()
@@ -131,6 +178,7 @@ class HDF5Logger:
 
     def truncate_rows(self, counts: dict[str, int]) -> None:
         """Cut every dataset back to `counts[name]` rows (0 for datasets created after the checkpoint)."""
+        self.drain()
         f = self._open()
         for name in f.keys():
             keep = counts.get(name, 0)
@@ -139,6 +187,7 @@ class HDF5Logger:
         f.flush()
 
     def close(self) -> None:
+        self.drain()
         self._datasets = {}
         if self._file is not None:
             self._file.close()

@@ -300,9 +300,12 @@ class Trainer:
             self.epoch_record = {"kind": "eval"}
             self.evaluate()
             self.log(self.epoch_record)
-            return self.epoch_record
-        record = self.train_all_epochs()
-        if self.is_main and not self.stop_requested:
+            record = self.epoch_record
+        else:
+            record = self.train_all_epochs()
+        if self.hdf5_logger is not None:
+            self.hdf5_logger.drain()  # every array logged so far is in arrays.h5 when run() returns
+        if self.is_main and not self.stop_requested and not self.eval_only:
             from .plots import plot_curves
 
             plot_curves(self.run_dir)
