@@ -5,13 +5,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from torchstrap_runtime.loggers import read_log
 
 from .lifecycle import new_experiment
 
@@ -54,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run(command, cwd=folder, env=env, check=True)
 
     run_dir = folder / "runs" / "demo"
-    epochs = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()
-              if '"kind": "epoch"' in line]
+    epochs = [record for record in read_log(run_dir) if record.get("kind") == "epoch"]
     top1 = epochs[-1]["val_top1"]
     step(f"done in {time.time() - started:.0f} s")
     print(f"validation top-1 accuracy: {100 * top1:.2f}% after {len(epochs)} epochs (target >= {100 * TARGET_TOP1:.0f}%)")

@@ -13,7 +13,6 @@ import h5py
 from torchstrap_runtime.loggers import read_log
 
 CHECKOUT = Path(__file__).resolve().parents[1]
-JINJA_MARKS = ("{{", "}}", "{%", "%}")
 
 
 def test_demo_path_trains_digits_and_writes_the_run_folder(tmp_path):
@@ -25,13 +24,9 @@ def test_demo_path_trains_digits_and_writes_the_run_folder(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "validation top-1 accuracy:" in result.stdout and "run folder:" in result.stdout
 
-    # a git repository with one commit, no leftover Jinja
+    # a git repository with one commit (leftover Jinja: tests/test_generation_matrix.py)
     log = subprocess.run(["git", "log", "--oneline"], cwd=folder, capture_output=True, text=True, check=True)
     assert len(log.stdout.strip().splitlines()) == 1
-    for path in folder.rglob("*"):
-        if path.is_file() and ".git" not in path.parts and path.suffix in {".py", ".yaml", ".toml", ".md", ".yml", ""}:
-            text = path.read_text(errors="ignore")
-            assert not any(mark in text for mark in JINJA_MARKS), path
 
     run = folder / "runs" / "demo"
     epochs = [r for r in read_log(run) if r.get("kind") == "epoch"]

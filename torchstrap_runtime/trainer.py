@@ -189,7 +189,7 @@ class Trainer:
 
     def initialize_metrics(self) -> None:
         """Set up metric accumulators. Default: running sums for train loss and val loss/top-1/top-5."""
-        self.train_sums: dict[str, float] = getattr(self, "train_sums", {}) or {}
+        self.train_sums: dict[str, float] = getattr(self, "train_sums", {})  # restored when resuming
         self.val_sums: dict[str, float] = {}
 
     @param("criterion.name")
@@ -567,11 +567,12 @@ class Trainer:
 
     def run_record(self) -> dict[str, Any]:
         """What `config.json` holds: every resolved hyper-parameter, versions and the experiment's git state."""
-        repo = find_experiment_root(type(self))
+        repo, config = find_experiment_root(type(self)), config_as_dict()
+        seeds = {f"{section}.{key}": value for section, params in config.items() for key, value in params.items()
+                 if "seed" in key}
         return {
-            "config": config_as_dict(),
-            "seeds": {"training.seed": self.seed, **{k: v for k, v in flatten(config_as_dict()).items() if "seed" in k},
-                      "train_loader_resolved": resolved_loader_seeds(self.train_loader)},
+            "config": config,
+            "seeds": {**seeds, "train_loader_resolved": resolved_loader_seeds(self.train_loader)},
             "versions": {"python": sys.version.split()[0], "torch": torch.__version__,
                          "torchstrap_runtime": __version__, "template": template_version(repo)},
             "git": git_state(repo),
@@ -706,16 +707,6 @@ def resolved_loader_seeds(loader: Any) -> dict[str, Any] | None:
     if not hasattr(loader, "augmentation_seeds"):
         return None
     return {"order": loader.seed, "augmentations": loader.augmentation_seeds}
-
-
-def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in nested.items():
-        if isinstance(value, dict) and not prefix:
-            flat.update(flatten(value, f"{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def find_experiment_root(cls: type) -> Path | None:
