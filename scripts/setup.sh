@@ -6,18 +6,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-APT_CMD="apt-get install -y libopencv-dev libturbojpeg0-dev pkg-config"
+APT_CMD="apt-get install -y libopencv-dev libturbojpeg0-dev libjpeg-dev pkg-config"
 
 have_system_libs() {
-    command -v pkg-config >/dev/null 2>&1 && pkg-config --exists opencv4 && pkg-config --exists libturbojpeg
+    command -v pkg-config >/dev/null 2>&1 && pkg-config --exists opencv4 && pkg-config --exists libturbojpeg \
+        && pkg-config --exists libjpeg
 }
 if ! have_system_libs; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "setup: installing FFCV's system libraries (opencv4, libturbojpeg) with apt-get"
+        echo "setup: installing the system libraries of FFCV and torchstrap's kernels (opencv4, libjpeg-turbo) with apt-get"
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive $APT_CMD -qq >/dev/null
     else
-        echo "setup: FFCV needs the system libraries opencv4 and libturbojpeg, which pkg-config cannot find." >&2
+        echo "setup: FFCV and torchstrap's kernels need the system libraries opencv4, libturbojpeg and libjpeg, which pkg-config cannot find." >&2
         echo "setup: run this, then 'make setup' again:  sudo $APT_CMD" >&2
         exit 1
     fi
@@ -25,8 +26,8 @@ fi
 
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 stamp="$VENV/.torchstrap-setup"
-want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16) $TORCH_SPEC"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VENV/bin/python" -c "import torchstrap_runtime, ffcv" 2>/dev/null; then
+want="$(cat pyproject.toml setup.py torchstrap_runtime/data/_kernels.cpp scripts/setup.sh | sha256sum | cut -c1-16) $TORCH_SPEC"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VENV/bin/python" -c "import torchstrap_runtime.data._kernels, ffcv" 2>/dev/null; then
     echo "setup: up to date ($VENV)"
     exit 0
 fi
@@ -37,7 +38,7 @@ else
     echo "setup: installing $TORCH_SPEC"
     "$VENV/bin/pip" install -q "$TORCH_SPEC"
 fi
-echo "setup: installing torchstrap and its dev extras (FFCV compiles once, about a minute)"
+echo "setup: installing torchstrap and its dev extras (FFCV and torchstrap's kernels compile once, about a minute)"
 "$VENV/bin/pip" install -q -e ".[dev]"
 echo "$want" > "$stamp"
 echo "setup: done ($VENV)"

@@ -11,6 +11,9 @@ What differs from FFCV's loader:
 - `start_epoch`, `start_batch`, `set_epoch(epoch, start_batch)` resume exactly inside an epoch.
 - `distributed=True` splits each epoch's order into disjoint per-rank shards order[rank::world_size].
 - `custom_field_mapper={'view2': 'image'}` decodes a stored field again under another output name.
+- the batch buffers are allocated once and reused by the following epochs (FFCV allocates, and the
+  kernel zero-fills, them again every epoch); an epoch starts in the slot after the previous epoch's last
+  batch, so a batch stays valid for as many further batches as inside an epoch.
 """
 import itertools
 import linecache
@@ -81,6 +84,22 @@ class Loader(FFCVLoader):
                                          for op in self._seeded_ops().values()}
         self.epoch: Optional[int] = None  # epoch of the latest __iter__
         self.set_epoch(start_epoch, start_batch)
+        self.buffers: Optional[tuple] = None  # ((batch_size, slots), allocations) kept across epochs
+        self.next_slot = 0  # memory slot of the next batch
+        self.last_iterator: Optional["SeededEpochIterator"] = None
+        self.graph.allocate_memory = self.allocate_memory  # called by each new epoch iterator
+
+    def allocate_memory(self, batch_size: int, batch_slots: int) -> dict:
+        """The graph's batch buffers, allocated again only when no finished epoch left reusable ones."""
+        previous = self.last_iterator
+        if (self.buffers is not None and self.buffers[0] == (batch_size, batch_slots)
+                and (previous is None or not previous.is_alive())):
+            if IS_CUDA:
+                torch.cuda.synchronize()  # copies of the previous epoch's last batches are done
+            return self.buffers[1]
+        allocations = Graph.allocate_memory(self.graph, batch_size, batch_slots)
+        self.buffers = ((batch_size, batch_slots), allocations)
+        return allocations
 
     # ------------------------------------------------------------------ order, length, epochs
     def samples_per_epoch(self) -> int:
@@ -124,7 +143,8 @@ class Loader(FFCVLoader):
         self.next_epoch, self.next_start_batch = epoch + 1, 0
         if self.code is None or self.recompile:
             self.generate_code()
-        return SeededEpochIterator(self, order, self.rng_keys(epoch), self.op_params())
+        self.last_iterator = SeededEpochIterator(self, order, self.rng_keys(epoch), self.op_params())
+        return self.last_iterator
 
     # ------------------------------------------------------------------ seeds
     def _seeded_ops(self) -> Dict[int, Seeded]:
@@ -176,7 +196,7 @@ class Loader(FFCVLoader):
     # ------------------------------------------------------------------ code generation
     def generate_code(self) -> None:
         for node in self.graph.nodes:  # decoders with a cached kernel for memory-mapped files
-            if isinstance(node, DecoderNode) and isinstance(node.decoder, SimpleRGBImageDecoder):
+            if isinstance(node, DecoderNode) and hasattr(node.decoder, "os_cache"):
                 node.decoder.os_cache = isinstance(self.memory_manager, OSCacheManager)
         _, code = self.graph.collect_requirements()
         self.code = build_stages(self.graph, code)
@@ -191,6 +211,7 @@ class SeededEpochIterator(EpochIterator):
     def __init__(self, loader: Loader, order: np.ndarray, rng_keys: Dict[int, np.uint64],
                  op_params: Dict[int, np.ndarray]):
         self.rng_keys, self.op_params = rng_keys, op_params  # before super().__init__ starts the thread
+        self.first_slot = loader.next_slot
         super().__init__(loader, order)
 
     def run(self):
@@ -220,6 +241,9 @@ class SeededEpochIterator(EpochIterator):
 
     def run_pipeline(self, b_ix, batch_indices, batch_slot, cuda_event):
         self.memory_context.start_batch(b_ix)
+        slots = self.loader.batches_ahead + 2
+        memory_slot = (self.first_slot + b_ix) % slots  # FFCV's batch_slot still picks the CUDA stream
+        self.loader.next_slot = (memory_slot + 1) % slots
         stream = torch.cuda.stream(self.cuda_streams[batch_slot]) if IS_CUDA else nullcontext()
         stages, outputs = self.loader.code
         with stream:
@@ -229,9 +253,9 @@ class SeededEpochIterator(EpochIterator):
                     "metadata": self.metadata, "rng_keys": self.rng_keys, "op_params": self.op_params}
             count = len(batch_indices)
             for node_id, buffer in self.memory_allocations["operation"].items():
-                args[f"memory_{node_id}"] = select_buffer(buffer, batch_slot, count)
+                args[f"memory_{node_id}"] = select_buffer(buffer, memory_slot, count)
             for node_id, buffer in self.memory_allocations["shared"].items():
-                args[f"shared_memory_{node_id}"] = select_buffer(buffer, batch_slot, count)
+                args[f"shared_memory_{node_id}"] = select_buffer(buffer, memory_slot, count)
             for stage, defined in stages:
                 for node_id, value in zip(defined, stage(**args)):
                     args[f"result_{node_id}"] = value

@@ -3,26 +3,17 @@ import math
 from typing import Callable, Optional, Tuple
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 from ffcv.fields.rgb_image import IMAGE_MODES, ResizedCropRGBImageDecoder
-from ffcv.libffcv import ctypes_imdecode, resize_crop
 from ffcv.pipeline.compiler import Compiler
 
+from ._ffcv_import import os_cache_read
 from .base import Seeded, check_range, check_seed
+from .native import jpeg_crop_resize, resize_area
 from .rng import randint, sample_key, uniform_range
 
 ATTEMPTS = 10  # like torchvision: 10 tries, then a central crop with the aspect ratio clamped
-
-
-@njit(nogil=True)
-def decode_jpeg(source, destination, height, width):
-    """Decode a whole JPEG into `destination` with FFCV's libjpeg-turbo binding (no literal arguments, so
-    this dispatcher can be shared by every loader of the process)."""
-    return ctypes_imdecode(source.ctypes.data, source.size, height, width, destination.ctypes.data,
-                           height, width, 0, 0, 1, 1, False, False)
-
-
-resize_crop_c = njit(nogil=True)(resize_crop)  # FFCV's OpenCV INTER_AREA resize, compiled once per process
+JPG = IMAGE_MODES["jpg"]
 
 
 @njit(cache=True, nogil=True)
@@ -88,31 +79,60 @@ class RandomResizedCrop(Seeded, ResizedCropRGBImageDecoder):
     def get_crop_generator(self):
         return sample_crop
 
+    def params(self) -> np.ndarray:
+        return np.array([self.scale[0], self.scale[1], math.log(self.ratio[0]), math.log(self.ratio[1])])
+
+    os_cache: bool = False  # set by our Loader before it generates code
+
     def generate_code(self) -> Callable:
+        if self.os_cache:  # memory-mapped file: the kernel compiled once into NUMBA_CACHE_DIR
+            return random_resized_crop_kernel
         mem_read = self.memory_read
         my_range = Compiler.get_iterator()
-        jpg = IMAGE_MODES["jpg"]
-        scale_lo, scale_hi = self.scale
-        log_ratio_lo, log_ratio_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
 
         def random_resized_crop(batch_indices, my_storage, metadata, storage_state, key, params):
-            destination, temp_storage = my_storage
-            for dst_ix in my_range(len(batch_indices)):
-                source_ix = batch_indices[dst_ix]
-                field = metadata[source_ix]
-                image_data = mem_read(field["data_ptr"], storage_state)
-                height = np.uint32(field["height"])
-                width = np.uint32(field["width"])
-                if field["mode"] == jpg:
-                    temp_buffer = temp_storage[dst_ix]
-                    decode_jpeg(image_data, temp_buffer, height, width)
-                    temp_buffer = temp_buffer.reshape(-1)[:3 * height * width].reshape(height, width, 3)
-                else:
-                    temp_buffer = image_data.reshape(height, width, 3)
-                top, left, crop_h, crop_w = sample_crop(sample_key(key, source_ix), int(height), int(width),
-                                                        scale_lo, scale_hi, log_ratio_lo, log_ratio_hi)
-                resize_crop_c(temp_buffer, top, top + crop_h, left, left + crop_w, destination[dst_ix])
+            destination, scratch = my_storage
+            status = np.zeros(len(batch_indices), dtype=np.int32)
+            for i in my_range(len(batch_indices)):
+                field = metadata[batch_indices[i]]
+                status[i] = crop_resize(mem_read(field["data_ptr"], storage_state), field, sample_key(key, batch_indices[i]),
+                                        params, scratch[i], destination[i])
+            check_status(status, batch_indices)
             return destination[:len(batch_indices)]
 
         random_resized_crop.is_parallel = True
         return random_resized_crop
+
+
+@njit(cache=True, nogil=True)
+def crop_resize(data, field, k, params, scratch, out):
+    """Draw the crop box of one sample (key k), decode only that box (JPEG) and resize it into `out`."""
+    height, width = int(field["height"]), int(field["width"])
+    top, left, crop_h, crop_w = sample_crop(k, height, width, params[0], params[1], params[2], params[3])
+    if field["mode"] == JPG:
+        return jpeg_crop_resize(data.ctypes.data, data.size, top, left, crop_h, crop_w, scratch.ctypes.data,
+                                scratch.size, out.ctypes.data, out.shape[0], out.shape[1])
+    return resize_area(data.ctypes.data, height, width, top, left, crop_h, crop_w, out.ctypes.data,
+                       out.shape[0], out.shape[1])
+
+
+@njit(cache=True, nogil=True)
+def check_status(status, batch_indices):
+    """Raise for the first sample whose decode failed (statuses: native.JPEG_ERRORS)."""
+    for i in range(len(status)):
+        if status[i] != 0:
+            raise ValueError("RandomResizedCrop: sample could not be decoded (status -1: corrupt JPEG data; "
+                             "-2: crop outside the image); sample index, status:", batch_indices[i], status[i])
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def random_resized_crop_kernel(batch_indices, my_storage, metadata, storage_state, key, params):
+    """The decoder's function for memory-mapped files (FFCV's OS-cache reader inlined)."""
+    destination, scratch = my_storage
+    status = np.zeros(len(batch_indices), dtype=np.int32)
+    for i in prange(len(batch_indices)):
+        field = metadata[batch_indices[i]]
+        status[i] = crop_resize(os_cache_read(field["data_ptr"], storage_state), field,
+                                sample_key(key, batch_indices[i]), params, scratch[i], destination[i])
+    check_status(status, batch_indices)
+    return destination[:len(batch_indices)]

@@ -4,7 +4,7 @@ from typing import Optional
 import numpy as np
 from numba import njit, prange
 
-from .base import SeededTransform, check_probability
+from .base import SeededTransform, check_probability, flip_image
 from .rng import sample_key, uniform
 
 
@@ -12,10 +12,7 @@ from .rng import sample_key, uniform
 def vertical_flip_kernel(images, dst, indices, key, params):
     p = params[0]
     for i in prange(images.shape[0]):
-        if uniform(sample_key(key, indices[i]), 0) < p:
-            dst[i] = images[i, ::-1]
-        else:
-            dst[i] = images[i]
+        flip_image(images[i], dst[i], 2 if uniform(sample_key(key, indices[i]), 0) < p else 0)
     return dst
 
 
