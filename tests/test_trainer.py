@@ -276,9 +276,12 @@ def test_hdf5_writer_thread_keeps_rows_in_order_and_reports_errors(tmp_path):
     for step in range(50):
         weights += 1  # changed in place after logging: the logged row must keep its value
         logger.log({"w": weights, "s": step}, step=step, epoch=step // 10)
+        if step % 3 == 0:  # a key in some calls only, in rows of a chunk each (the writer batches queued calls)
+            logger.log({"big": np.full((128, 128), step, dtype=np.float32)}, step=step)
     assert logger.row_counts()["w"] == 50  # drains the queue first
     arrays = read_hdf5(tmp_path / "a.h5")
     assert arrays["w"][:, 0, 0].tolist() == list(range(1, 51)) and arrays["s__epoch"].tolist() == [s // 10 for s in range(50)]
+    assert arrays["big__step"].tolist() == list(range(0, 50, 3)) == arrays["big"][:, 5, 7].tolist()
     logger.log({"w": torch.zeros(3)}, step=50)  # wrong shape: raised by the next call, naming the dataset
     with pytest.raises(RuntimeError, match="'w' rows have shape"):
         logger.drain()

@@ -79,7 +79,10 @@ class HDF5Logger:
     def __init__(self, path: str | Path, background: bool = True, queue_size: int = 8):
         self.path = Path(path)
         self._file = None
-        self._datasets: dict[str, Any] = {}  # open h5py datasets by name (looking them up costs more than writing)
+        # open datasets by name as (h5py dataset, row shape, a chunk per row?) and their row counts: asking
+        # h5py for a dataset or its shape costs more than appending a row
+        self._datasets: dict[str, tuple[Any, tuple, bool]] = {}
+        self._lengths: dict[str, int] = {}
         self.background, self._queue_size = background, queue_size
         self._queue: queue.Queue | None = None
         self._error: BaseException | None = None
@@ -92,36 +95,43 @@ class HDF5Logger:
             self._file = h5py.File(self.path, "a")
         return self._file
 
-    def _dataset(self, name: str, row: np.ndarray):
-        dataset = self._datasets.get(name)
-        if dataset is None:
+    def _dataset(self, name: str, row: np.ndarray) -> tuple[Any, tuple, bool]:
+        entry = self._datasets.get(name)
+        if entry is None:
             f = self._open()
             if name not in f:
                 # rows of 64 KiB and more get a chunk each (written whole, below); smaller rows share chunks
                 rows = 1 if row.nbytes >= (1 << 16) else max(1, min(1024, (1 << 16) // max(1, row.nbytes)))
                 f.create_dataset(name, shape=(0, *row.shape), maxshape=(None, *row.shape), dtype=row.dtype,
                                  chunks=(rows, *row.shape))
-            dataset = self._datasets[name] = f[name]
-        return dataset
+            dataset = f[name]
+            shape = dataset.shape[1:]
+            entry = self._datasets[name] = (dataset, shape, dataset.chunks[0] == 1 and bool(shape)
+                                            and not dataset.compression)
+            self._lengths[name] = dataset.shape[0]
+        return entry
 
-    def _append(self, name: str, row: np.ndarray) -> None:
-        """Append one row through h5py's low-level calls (the high-level `resize` + `__setitem__` cost
-        about twice as much, which matters when a 256x256 array is logged every step)."""
+    def _append(self, name: str, rows: list[np.ndarray]) -> None:
+        """Append rows (arrays of one shape) through h5py's low-level calls: the extent grows once, a row of a
+        chunk of its own is written whole, smaller rows in one hyperslab (the high-level `resize` +
+        `__setitem__` cost about twice as much, which matters when a 256x256 array is logged every step)."""
         from h5py import h5s
 
-        dataset = self._dataset(name, row)
-        if dataset.shape[1:] != row.shape:
-            raise ValueError(f"log_hdf5: '{name}' rows have shape {dataset.shape[1:]}, got an array of shape {row.shape}")
-        n = dataset.shape[0]
-        dataset.id.set_extent((n + 1, *row.shape))
-        data = np.ascontiguousarray(row, dtype=dataset.dtype)
-        origin = (n,) + (0,) * row.ndim
-        if dataset.chunks[0] == 1 and row.ndim and not dataset.compression:  # the row is exactly one chunk
-            dataset.id.write_direct_chunk(origin, data.tobytes())
+        dataset, shape, chunk_per_row = self._dataset(name, rows[0])
+        for row in rows:
+            if row.shape != shape:
+                raise ValueError(f"log_hdf5: '{name}' rows have shape {shape}, got an array of shape {row.shape}")
+        n, k = self._lengths[name], len(rows)
+        dataset.id.set_extent((n + k, *shape))
+        self._lengths[name] = n + k
+        if chunk_per_row:  # each row is exactly one chunk
+            for i, row in enumerate(rows):
+                dataset.id.write_direct_chunk((n + i,) + (0,) * len(shape), np.ascontiguousarray(row, dataset.dtype))
             return
+        data = np.ascontiguousarray(np.stack(rows), dtype=dataset.dtype)
         file_space = dataset.id.get_space()
-        file_space.select_hyperslab(origin, (1, *row.shape))
-        dataset.id.write(h5s.create_simple((1, *row.shape)), file_space, data.reshape(1, *row.shape))
+        file_space.select_hyperslab((n,) + (0,) * len(shape), (k, *shape))
+        dataset.id.write(h5s.create_simple((k, *shape)), file_space, data)
 
     def log(self, arrays: dict[str, Any], step: int = 0, epoch: int = 0) -> None:
         rows = []
@@ -130,7 +140,7 @@ class HDF5Logger:
                 value = value.detach().cpu().numpy()
             rows.append((key, np.array(value, copy=True)))  # a copy: the caller may change the array in place
         if not self.background:
-            self._write(rows, step, epoch)
+            self._write([(rows, step, epoch)])
             return
         self._raise_writer_error()
         if self._queue is None:
@@ -139,23 +149,35 @@ class HDF5Logger:
             atexit.register(self.drain)
         self._queue.put((rows, step, epoch))
 
-    def _write(self, rows: list[tuple[str, np.ndarray]], step: int, epoch: int) -> None:
-        for key, row in rows:
-            self._append(key, row)
-            self._append(f"{key}__step", np.asarray(step, dtype=np.int64))
-            self._append(f"{key}__epoch", np.asarray(epoch, dtype=np.int64))
+    def _write(self, calls: list[tuple[list[tuple[str, np.ndarray]], int, int]]) -> None:
+        """Append the rows of several `log()` calls, key by key in call order, then flush once."""
+        by_key: dict[str, list[tuple[np.ndarray, int, int]]] = {}
+        for rows, step, epoch in calls:
+            for key, row in rows:
+                by_key.setdefault(key, []).append((row, step, epoch))
+        for key, entries in by_key.items():
+            self._append(key, [row for row, _, _ in entries])
+            self._append(f"{key}__step", [np.asarray(step, dtype=np.int64) for _, step, _ in entries])
+            self._append(f"{key}__epoch", [np.asarray(epoch, dtype=np.int64) for _, _, epoch in entries])
         self._file.flush()
 
     def _writer(self) -> None:
+        """Write what is queued: all calls waiting at once, with one extent change per dataset and one flush."""
         while True:
-            rows, step, epoch = self._queue.get()
+            calls = [self._queue.get()]
+            while len(calls) < self._queue_size:
+                try:
+                    calls.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
             try:
                 if self._error is None:
-                    self._write(rows, step, epoch)
+                    self._write(calls)
             except BaseException as error:  # noqa: BLE001 - handed to the training thread
                 self._error = error
             finally:
-                self._queue.task_done()
+                for _ in calls:
+                    self._queue.task_done()
 
     def _raise_writer_error(self) -> None:
         if self._error is not None:
@@ -184,11 +206,12 @@ class HDF5Logger:
             keep = counts.get(name, 0)
             if f[name].shape[0] > keep:
                 f[name].resize(keep, axis=0)
+        self._datasets, self._lengths = {}, {}
         f.flush()
 
     def close(self) -> None:
         self.drain()
-        self._datasets = {}
+        self._datasets, self._lengths = {}, {}
         if self._file is not None:
             self._file.close()
             self._file = None
