@@ -38,10 +38,10 @@ def make_mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
 
 
-def make_batches(steps: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """`steps` batches of 256 random 784-d inputs with labels, in memory."""
+def make_batches(steps: int, seed: int = 0, batch: int = BATCH) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`steps` batches of `batch` random 784-d inputs with labels, in memory."""
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(BATCH, 784, generator=g), torch.randint(0, 10, (BATCH,), generator=g)) for _ in range(steps)]
+    return [(torch.randn(batch, 784, generator=g), torch.randint(0, 10, (batch,), generator=g)) for _ in range(steps)]
 
 
 def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
@@ -118,6 +118,8 @@ def trainer_run(cls, batches: list, name: str = "Trainer") -> float:
     trainer = cls()
     t0, c0 = time.perf_counter(), time.process_time()
     trainer.train_all_epochs()
+    if trainer.hdf5_logger is not None:
+        trainer.hdf5_logger.drain()  # rows still queued count too
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     record_cpu(name, len(batches), cpu)
     rate = len(batches) / wall

@@ -136,8 +136,11 @@ class HDF5Logger:
     def log(self, arrays: dict[str, Any], step: int = 0, epoch: int = 0) -> None:
         rows = []
         for key, value in arrays.items():
+            if hasattr(value, "detach") and value.device.type != "cpu":
+                rows.append((key, value.detach().cpu().numpy()))  # the copy to the host is a fresh array
+                continue
             if hasattr(value, "detach"):
-                value = value.detach().cpu().numpy()
+                value = value.detach().numpy()
             rows.append((key, np.array(value, copy=True)))  # a copy: the caller may change the array in place
         if not self.background:
             self._write([(rows, step, epoch)])

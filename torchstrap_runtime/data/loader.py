@@ -22,6 +22,7 @@ from pathlib import Path
 from queue import Full
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+import numba
 import numpy as np
 import torch
 from ffcv.loader.epoch_iterator import IS_CUDA, EpochIterator, select_buffer
@@ -37,6 +38,7 @@ from .rng import fresh_seed, op_key_py
 from .writers import check_beton
 
 Stage = Tuple[Callable, List[int]]
+PARALLEL_CHUNKSIZE = 1  # samples per scheduling step of the ops' parallel loops (bench/NOTES.md)
 STAGE_COUNTER = itertools.count()
 
 
@@ -215,8 +217,13 @@ class SeededEpochIterator(EpochIterator):
         super().__init__(loader, order)
 
     def run(self):
-        """FFCV's producer loop; an error is handed to the consumer instead of killing the thread silently."""
+        """FFCV's producer loop; an error is handed to the consumer instead of killing the thread silently.
+
+        The ops' parallel loops hand out samples one at a time (numba's default splits a batch into equal
+        shares up front, and one worker then waits for the other whenever its share decodes slower).
+        """
         try:
+            numba.set_parallel_chunksize(PARALLEL_CHUNKSIZE)  # this thread's parallel loops
             super().run()
         except BaseException as error:  # noqa: BLE001 - re-raised in __next__
             while not self.terminate_event.is_set():
