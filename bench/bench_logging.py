@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -84,34 +84,29 @@ def writers(folder: Path, steps: int) -> dict[str, Callable[[], float]]:
             "JSON line (scalar)": jsonl}
 
 
-def hdf5_trainer_class():
-    """bench_trainer's Trainer (log() each step) that also calls log_hdf5 with the array each step."""
+def array_trainer_class(each_step: Callable[[Any, np.ndarray], None]):
+    """bench_trainer's Trainer (log() each step) that also calls `each_step(trainer, array)` each step, with a
+    256×256 float32 array changed in place every step."""
     base = bt.trainer_class(progress=False)
     array = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
 
-    class HDF5Trainer(base):
+    class ArrayTrainer(base):
         def after_train_step(self) -> None:
             super().after_train_step()
             array[0, 0] = self.step
-            self.log_hdf5({"features": array})
+            each_step(self, array)
 
-    return HDF5Trainer
+    return ArrayTrainer
 
 
-def copy_trainer_class():
-    """The same Trainer that only copies the array each step: the floor of any logger that keeps the values
-    (the caller may change the array after the call, so a copy is due; 256 KiB copied each step also evicts
-    part of the step's working set from the cache)."""
-    base = bt.trainer_class(progress=False)
-    array = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
+def log_hdf5(trainer, array: np.ndarray) -> None:
+    trainer.log_hdf5({"features": array})
 
-    class CopyTrainer(base):
-        def after_train_step(self) -> None:
-            super().after_train_step()
-            array[0, 0] = self.step
-            self.last_copy = np.array(array, copy=True)
 
-    return CopyTrainer
+def copy_only(trainer, array: np.ndarray) -> None:
+    """The floor of any logger that keeps the values: the caller may change the array after the call, so a
+    copy is due (256 KiB copied each step also evicts part of the step's working set from the cache)."""
+    trainer.last_copy = np.array(array, copy=True)
 
 
 def main() -> None:
@@ -130,7 +125,8 @@ def main() -> None:
         calls = interleave(contenders, rounds)
 
         bt.configure(folder / "trainer")
-        plain, with_hdf5, with_copy = bt.trainer_class(progress=False), hdf5_trainer_class(), copy_trainer_class()
+        plain = bt.trainer_class(progress=False)
+        with_hdf5, with_copy = array_trainer_class(log_hdf5), array_trainer_class(copy_only)
         batches = bt.make_batches(steps)
         loops = {"Trainer, log() each step": lambda: bt.trainer_run(plain, batches, "plain"),
                  "Trainer, log() + log_hdf5(256×256) each step": lambda: bt.trainer_run(with_hdf5, batches, "hdf5"),
