@@ -18,7 +18,7 @@ def gray(r: float, g: float, b: float) -> float:
     return 0.299 * r + 0.587 * g + 0.114 * b
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def shift_hue(r: float, g: float, b: float, shift: float):
     """Rotate the hue of one RGB pixel (0..255 floats) by `shift` turns, via HSV."""
     mx, mn = max(r, g, b), min(r, g, b)
