@@ -3,13 +3,13 @@
 Part 1, cost per call, one 256×256 float32 array (256 KiB) per step, `--steps` steps per round:
   HDF5Logger.log      one row appended to a resizable dataset of run_dir/arrays.h5, written synchronously
                       (background=False: the write itself; the Trainer's log_hdf5 hands the same write to
-                      a writer process, whose effect on the loop is part 2)
+                      a writer thread, whose effect on the loop is part 2)
   np.save per step    one .npy file per step
   torch.save per step one .pt file per step
   JSON line           a scalar JSON line (for scale)
 Part 2, the training loop (bench_trainer.py's MLP, 1 thread) with and without `log_hdf5` of the array
 each step: steps/s, so the cost is seen where it matters. Twice: with batch 256 (a ~2.5 ms step, the worst
-case: the copy and the hand-over to the writer weigh most) and with batch 4096 (a ~30 ms step, closer to real models).
+case: the copy and the writer thread weigh most) and with batch 4096 (a ~30 ms step, closer to real models).
 
     python bench/bench_logging.py [--quick] [--rounds N] [--steps N]
 """

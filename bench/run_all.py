@@ -174,7 +174,7 @@ def logging_rows(results: Results) -> list[list[str]]:
                      rtext(loop[2]["median"] / loop[0]["median"]), "—", "—"])
     if len(cpu) >= 2:
         rc = cpu[1]["median"] / cpu[0]["median"]
-        rows.append(["the same, steps per CPU-second of the training process (the writer process's not included)", cell(cpu[1]),
+        rows.append(["the same, steps per CPU-second (the writer thread's CPU time included)", cell(cpu[1]),
                      cell(cpu[0]), rtext(rc), "—", "—"])
     heavy = (res or {}).get("loop_heavy", [])
     if len(heavy) == 2:

@@ -1,8 +1,8 @@
 """Run logs: scalars and text as JSON lines (`log.jsonl`), arrays as rows of HDF5 datasets (`arrays.h5`).
 
-Both files survive a crash: every JSON line is written whole and flushed, and the HDF5 rows are written by a
-process of their own (`hdf5_writer.py`) that finishes what it was sent and closes the file even when the
-training process is killed. Read them back with `read_log(run_dir)` and `read_hdf5(run_dir)`.
+Both files survive a crash: every JSON line is written whole and flushed, and the HDF5 file is flushed
+after each row, so a killed run leaves complete lines and an openable file. Read them back with
+`read_log(run_dir)` and `read_hdf5(run_dir)`.
 """
 
 from __future__ import annotations
@@ -10,20 +10,14 @@ from __future__ import annotations
 import atexit
 import json
 import math
-import mmap
 import os
-import signal
-import subprocess
-import sys
-import tempfile
+import queue
+import threading
 import time
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-
-from .hdf5_writer import RING_HEADER, WRITER_IGNORES, HDF5Writer, open_hdf5
 
 LOG_FILE = "log.jsonl"
 HDF5_FILE = "arrays.h5"
@@ -73,182 +67,157 @@ class HDF5Logger:
     """Each key becomes a resizable HDF5 dataset; each `log()` call appends one row per key.
 
     Beside every dataset `<key>` there is `<key>__step` and `<key>__epoch` with the step and epoch of
-    each row. The file is flushed after every group of rows, so a killed run leaves an openable file.
+    each row. The file is opened lazily (h5py is imported only when arrays are logged) and flushed
+    after every row, so a killed run leaves an openable file.
 
-    With `background=True` (the default) a writer process (`hdf5_writer.py`, started at the first call)
-    appends the rows: `log()` copies the arrays into a shared memory ring and sends a short message, so the
-    training process neither waits for HDF5 nor shares its GIL with h5py. The writer writes everything it
-    was sent even when the training process is killed (SIGKILL included), then closes the file. An error in
-    the writer is raised by a later call (`log`, `drain`, `row_counts`, `close`). `background=False` writes in
-    the calling thread. The file is held by the writer until `close()` (the Trainer closes it at the end of
-    `run()`): read it after that, or from another process once the run has ended.
+    With `background=True` (the default) `log()` copies the arrays and a writer thread appends them, so
+    the training loop does not wait for HDF5; `drain()` (called by `row_counts`, `truncate_rows`, `close`
+    and at interpreter exit) waits until every queued row is written. A run killed with SIGKILL can lose
+    the rows still queued (at most `queue_size` calls); an error in the writer is raised by the next call.
     """
 
-    RING_BYTES = 4 << 20  # shared memory for rows on their way to the writer; larger rows go through the pipe
-
-    def __init__(self, path: str | Path, background: bool = True):
+    def __init__(self, path: str | Path, background: bool = True, queue_size: int = 8):
         self.path = Path(path)
-        self.background = background
-        self._local: HDF5Writer | None = None  # background=False
-        self._process: subprocess.Popen | None = None
-        self._commands: Connection | None = None
-        self._replies: Connection | None = None
-        self._ring: mmap.mmap | None = None
-        self._produced = 0  # monotonic ring position after the last row sent
+        self._file = None
+        # open datasets by name as (h5py dataset, row shape, a chunk per row?) and their row counts: asking
+        # h5py for a dataset or its shape costs more than appending a row
+        self._datasets: dict[str, tuple[Any, tuple, bool]] = {}
+        self._lengths: dict[str, int] = {}
+        self.background, self._queue_size = background, queue_size
+        self._queue: queue.Queue | None = None
+        self._error: BaseException | None = None
 
-    # ------------------------------------------------------------------ logging
-    def log(self, arrays: dict[str, Any], step: int = 0, epoch: int = 0) -> None:
-        rows = [(key, host_array(value)) for key, value in arrays.items()]
-        if not self.background:
-            self._writer_here().write([([(key, np.array(row, copy=True)) for key, row in rows], step, epoch)])
+    def _open(self):
+        if self._file is None:
+            import h5py
+
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = h5py.File(self.path, "a")
+        return self._file
+
+    def _dataset(self, name: str, row: np.ndarray) -> tuple[Any, tuple, bool]:
+        entry = self._datasets.get(name)
+        if entry is None:
+            f = self._open()
+            if name not in f:
+                # rows of 64 KiB and more get a chunk each (written whole, below); smaller rows share chunks
+                rows = 1 if row.nbytes >= (1 << 16) else max(1, min(1024, (1 << 16) // max(1, row.nbytes)))
+                f.create_dataset(name, shape=(0, *row.shape), maxshape=(None, *row.shape), dtype=row.dtype,
+                                 chunks=(rows, *row.shape))
+            dataset = f[name]
+            shape = dataset.shape[1:]
+            entry = self._datasets[name] = (dataset, shape, dataset.chunks[0] == 1 and bool(shape)
+                                            and not dataset.compression)
+            self._lengths[name] = dataset.shape[0]
+        return entry
+
+    def _append(self, name: str, rows: list[np.ndarray]) -> None:
+        """Append rows (arrays of one shape) through h5py's low-level calls: the extent grows once, a row of a
+        chunk of its own is written whole, smaller rows in one hyperslab (the high-level `resize` +
+        `__setitem__` cost about twice as much, which matters when a 256x256 array is logged every step)."""
+        from h5py import h5s
+
+        dataset, shape, chunk_per_row = self._dataset(name, rows[0])
+        for row in rows:
+            if row.shape != shape:
+                raise ValueError(f"log_hdf5: '{name}' rows have shape {shape}, got an array of shape {row.shape}")
+        n, k = self._lengths[name], len(rows)
+        dataset.id.set_extent((n + k, *shape))
+        self._lengths[name] = n + k
+        if chunk_per_row:  # each row is exactly one chunk
+            for i, row in enumerate(rows):
+                dataset.id.write_direct_chunk((n + i,) + (0,) * len(shape), np.ascontiguousarray(row, dataset.dtype))
             return
-        if self._process is None:
-            self._start()
-        self._take_replies()
-        header, through_pipe = [], []
-        for key, row in rows:
-            start = self._reserve(row.nbytes)
-            if start is None:
-                through_pipe.append(row)
-            else:
-                offset = RING_HEADER + start % self.RING_BYTES
-                destination = np.frombuffer(self._ring, dtype=row.dtype, count=row.size, offset=offset)
-                np.copyto(destination.reshape(row.shape), row)  # the copy: the caller may change the array later
-            header.append((key, row.dtype.str, row.shape, start))
-        self._send(("rows", int(step), int(epoch), header), through_pipe)
+        data = np.ascontiguousarray(np.stack(rows), dtype=dataset.dtype)
+        file_space = dataset.id.get_space()
+        file_space.select_hyperslab((n,) + (0,) * len(shape), (k, *shape))
+        dataset.id.write(h5s.create_simple((k, *shape)), file_space, data)
 
-    def _reserve(self, nbytes: int) -> int | None:
-        """Ring position for a row of `nbytes` (waiting while the writer still needs that space), or None."""
-        size = self.RING_BYTES
-        if nbytes > size // 4:
-            return None
-        if self._produced % size + nbytes > size:  # no row wraps around: start again at the beginning
-            self._produced += size - self._produced % size
-        start = self._produced
-        consumed = np.frombuffer(self._ring, dtype=np.uint64, count=1)
-        while start + nbytes - int(consumed[0]) > size:
-            self._take_replies()
-            if self._process.poll() is not None:
-                raise RuntimeError(f"log_hdf5: the writer process of {self.path} exited "
-                                   f"(code {self._process.returncode})")
-            time.sleep(0.0005)
-        self._produced = start + -(-nbytes // 64) * 64  # rows start 64-byte aligned
-        return start
+    def log(self, arrays: dict[str, Any], step: int = 0, epoch: int = 0) -> None:
+        rows = []
+        for key, value in arrays.items():
+            if hasattr(value, "detach") and value.device.type != "cpu":
+                rows.append((key, value.detach().cpu().numpy()))  # the copy to the host is a fresh array
+                continue
+            if hasattr(value, "detach"):
+                value = value.detach().numpy()
+            rows.append((key, np.array(value, copy=True)))  # a copy: the caller may change the array in place
+        if not self.background:
+            self._write([(rows, step, epoch)])
+            return
+        self._raise_writer_error()
+        if self._queue is None:
+            self._queue = queue.Queue(maxsize=self._queue_size)
+            threading.Thread(target=self._writer, name="HDF5Logger", daemon=True).start()
+            atexit.register(self.drain)
+        self._queue.put((rows, step, epoch))
 
-    def _start(self) -> None:
-        """Start the writer process, with the command and reply pipes and the ring as inherited descriptors."""
-        commands_read, commands_write = os.pipe()
-        replies_read, replies_write = os.pipe()
-        ring_fd = (os.memfd_create("torchstrap-hdf5-ring") if hasattr(os, "memfd_create")
-                   else os.dup(tempfile.TemporaryFile().fileno()))
-        os.ftruncate(ring_fd, RING_HEADER + self.RING_BYTES)
-        self._ring = mmap.mmap(ring_fd, RING_HEADER + self.RING_BYTES)
-        self._produced = 0
-        package_root = str(Path(__file__).resolve().parent.parent)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH"))
-                                                            if p)}
-        fds = (commands_read, replies_write, ring_fd)
-        # the writer starts with termination signals blocked (it ignores them once running): a SLURM preemption
-        # warning sent to every process of the job must not kill it while Python starts
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, WRITER_IGNORES)
-        try:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "torchstrap_runtime.hdf5_writer", str(self.path), *map(str, fds),
-                 str(self.RING_BYTES)], pass_fds=fds, stdin=subprocess.DEVNULL, env=env)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-            for fd in fds:
-                os.close(fd)
-        self._commands = Connection(commands_write, readable=False)
-        self._replies = Connection(replies_read, writable=False)
-        atexit.register(self.close)
+    def _write(self, calls: list[tuple[list[tuple[str, np.ndarray]], int, int]]) -> None:
+        """Append the rows of several `log()` calls, key by key in call order, then flush once."""
+        by_key: dict[str, list[tuple[np.ndarray, int, int]]] = {}
+        for rows, step, epoch in calls:
+            for key, row in rows:
+                by_key.setdefault(key, []).append((row, step, epoch))
+        for key, entries in by_key.items():
+            self._append(key, [row for row, _, _ in entries])
+            self._append(f"{key}__step", [np.asarray(step, dtype=np.int64) for _, step, _ in entries])
+            self._append(f"{key}__epoch", [np.asarray(epoch, dtype=np.int64) for _, _, epoch in entries])
+        self._file.flush()
 
-    def _send(self, message: tuple, payloads: Iterable[np.ndarray] = ()) -> None:
-        try:
-            self._commands.send(message)
-            for payload in payloads:
-                self._commands.send_bytes(np.ascontiguousarray(payload))
-        except OSError as error:  # BrokenPipeError: the writer died
-            code = self._process.poll()
-            self._take_replies()
-            raise RuntimeError(f"log_hdf5: the writer process of {self.path} is gone (exit code {code})") from error
-
-    def _take_replies(self, until: str | None = None) -> tuple | None:
-        """Read the writer's replies: raise its first error; return the reply of kind `until` (waiting for it)."""
-        error = None
-        while until is not None or self._replies.poll():
+    def _writer(self) -> None:
+        """Write what is queued: all calls waiting at once, with one extent change per dataset and one flush."""
+        while True:
+            calls = [self._queue.get()]
+            while len(calls) < self._queue_size:
+                try:
+                    calls.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
             try:
-                reply = self._replies.recv()
-            except EOFError:
-                raise RuntimeError(f"log_hdf5: the writer process of {self.path} is gone "
-                                   f"(exit code {self._process.wait()})") from None
-            if reply[0] == "error":
-                error = error or reply[1]
-            elif reply[0] == until:
-                until = reply
-                break
-        if error is not None:
-            raise RuntimeError(f"log_hdf5 could not write {self.path}: {error}")
-        return until if isinstance(until, tuple) else None
+                if self._error is None:
+                    self._write(calls)
+            except BaseException as error:  # noqa: BLE001 - handed to the training thread
+                self._error = error
+            finally:
+                for _ in calls:
+                    self._queue.task_done()
 
-    def _request(self, message: tuple, reply: str) -> tuple:
-        if self._process is None:
-            self._start()
-        self._send(message)
-        return self._take_replies(until=reply)
+    def _raise_writer_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise RuntimeError(f"log_hdf5 could not write {self.path}: {error}") from error
 
-    # ------------------------------------------------------------------ the file
     def drain(self) -> None:
-        """Wait until every row logged so far is in the file (and raise the writer's error, if any)."""
-        if self._process is not None:
-            self._request(("sync",), "synced")
+        """Wait until every queued row is in the file (and raise the writer's error, if any)."""
+        if self._queue is not None:
+            self._queue.join()
+        self._raise_writer_error()
 
     def row_counts(self) -> dict[str, int]:
         """Rows of every dataset so far (stored in checkpoints, so a resume can cut back to them)."""
-        if not self.background:
-            return self._writer_here().row_counts()
-        return self._request(("counts",), "counts")[1]
+        self.drain()
+        if self._file is None and not self.path.exists():
+            return {}
+        f = self._open()
+        return {name: int(f[name].shape[0]) for name in f.keys()}
 
     def truncate_rows(self, counts: dict[str, int]) -> None:
         """Cut every dataset back to `counts[name]` rows (0 for datasets created after the checkpoint)."""
-        if not self.background:
-            self._writer_here().truncate_rows(counts)
-            return
-        self._request(("truncate", counts), "truncated")
-
-    def _writer_here(self) -> HDF5Writer:
-        """The writer of `background=False`, in this process."""
-        if self._local is None:
-            self._local = HDF5Writer(self.path)
-        return self._local
+        self.drain()
+        f = self._open()
+        for name in f.keys():
+            keep = counts.get(name, 0)
+            if f[name].shape[0] > keep:
+                f[name].resize(keep, axis=0)
+        self._datasets, self._lengths = {}, {}
+        f.flush()
 
     def close(self) -> None:
-        """Write what is pending and close the file (the writer process exits); a later `log()` reopens it."""
-        if self._local is not None:
-            self._local.close()
-            self._local = None
-        if self._process is None:
-            return
-        atexit.unregister(self.close)
-        try:
-            self._request(("close",), "closed")
-        finally:
-            process, self._process = self._process, None
-            for connection in (self._commands, self._replies):
-                connection.close()
-            try:
-                self._ring.close()
-            except BufferError:  # an array still views it (an error's traceback): freed with that array
-                pass
-            process.wait()
-
-
-def host_array(value: Any) -> np.ndarray:
-    """`value` as a contiguous numpy array on the host (a tensor is detached and moved to the CPU)."""
-    if hasattr(value, "detach"):
-        value = value.detach().cpu().numpy()
-    value = np.asarray(value)
-    return value if value.flags.c_contiguous else value.copy(order="C")  # (ascontiguousarray makes 0-d 1-d)
+        self.drain()
+        self._datasets, self._lengths = {}, {}
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 def read_log_lines(path: str | Path) -> list[dict[str, Any]]:
@@ -274,8 +243,10 @@ def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def read_hdf5(run_dir: str | Path, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
     """The arrays of `<run_dir>/arrays.h5` as `{key: array of shape (rows, ...)}`, with `key__step`/`key__epoch`."""
+    import h5py
+
     run_dir = Path(run_dir)
     path = run_dir / HDF5_FILE if run_dir.is_dir() else run_dir
-    with open_hdf5(path, "r") as f:
+    with h5py.File(path, "r") as f:
         names = list(f.keys()) if keys is None else [n for k in keys for n in (k, f"{k}__step", f"{k}__epoch")]
         return {name: f[name][:] for name in names}

@@ -304,7 +304,7 @@ class Trainer:
         else:
             record = self.train_all_epochs()
         if self.hdf5_logger is not None:
-            self.hdf5_logger.close()  # every array logged so far is in arrays.h5, readable, when run() returns
+            self.hdf5_logger.drain()  # every array logged so far is in arrays.h5 when run() returns
         if self.is_main and not self.stop_requested and not self.eval_only:
             from .plots import plot_curves
 
@@ -682,9 +682,7 @@ def truncate_run_logs(run_dir: Path, log_bytes: int, hdf5_rows: dict[str, int]) 
         with open(log, "r+b") as f:
             f.truncate(log_bytes)
     if (run_dir / HDF5_FILE).exists():
-        logger = HDF5Logger(run_dir / HDF5_FILE, background=False)
-        logger.truncate_rows(hdf5_rows)
-        logger.close()
+        HDF5Logger(run_dir / HDF5_FILE).truncate_rows(hdf5_rows)
 
 
 def all_reduce_sums(sums: dict[str, float], device: torch.device) -> dict[str, float]:
