@@ -10,7 +10,6 @@ from __future__ import annotations
 import atexit
 import json
 import math
-import os
 import queue
 import threading
 import time

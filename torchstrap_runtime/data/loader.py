@@ -33,7 +33,6 @@ from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.graph import DecoderNode, Graph, RefNode, TransformNode
 
 from .base import Seeded, check_seed
-from .decoders import SimpleRGBImageDecoder
 from .rng import fresh_seed, op_key_py
 from .writers import check_beton
 
