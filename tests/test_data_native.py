@@ -13,7 +13,7 @@ from numba import njit
 from PIL import Image
 
 from torchstrap_runtime.data import Loader, OrderOption, RandomHorizontalFlip, RandomResizedCrop, write_dataset
-from torchstrap_runtime.data.base import flip_image
+from torchstrap_runtime.data.base import flip_image, solarize_image
 from torchstrap_runtime.data.native import jpeg_crop_resize, resize_area
 from torchstrap_runtime.data.rng import op_key_py, sample_key_py
 
@@ -121,6 +121,22 @@ def test_flip_image_any_layout():
             strided_out = np.zeros((view.shape[0], view.shape[1] * 2, 3), dtype=np.uint8)[:, ::2]
             flip_image(view, strided_out, flip)
             np.testing.assert_array_equal(strided_out, expected)
+
+
+@njit
+def solarize_in_numba(image, threshold):
+    solarize_image(image, threshold)
+
+
+def test_solarize_image_any_layout():
+    """The flat loop (C-contiguous) and the strided one give numpy's result; 0 inverts all, 256 nothing."""
+    for threshold in (0, 100, 255, 256):
+        for layout in ("C", "strided", "fortran"):
+            image = photo(9, 14, threshold)
+            view = {"C": image, "strided": image[:, ::2], "fortran": np.asfortranarray(image)}[layout]
+            expected = np.where(view >= threshold, 255 - view, view).astype(np.uint8)
+            solarize_in_numba(view, threshold)
+            np.testing.assert_array_equal(view, expected, err_msg=f"{layout}, threshold {threshold}")
 
 
 # ---------------------------------------------------------------------- through the Loader

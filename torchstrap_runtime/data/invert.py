@@ -4,7 +4,7 @@ from typing import Optional
 import numpy as np
 from numba import njit, prange
 
-from .base import SeededInPlaceTransform, check_probability
+from .base import SeededInPlaceTransform, check_probability, solarize_image
 from .rng import sample_key, uniform
 
 
@@ -13,7 +13,7 @@ def invert_kernel(images, dst, indices, key, params):
     p = params[0]
     for i in prange(images.shape[0]):
         if uniform(sample_key(key, indices[i]), 0) < p:
-            images[i] = 255 - images[i]
+            solarize_image(images[i], 0)  # every value: v -> 255 - v
     return images
 
 

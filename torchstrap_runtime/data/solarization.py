@@ -4,22 +4,16 @@ from typing import Optional
 import numpy as np
 from numba import njit, prange
 
-from .base import SeededInPlaceTransform, check_probability
+from .base import SeededInPlaceTransform, check_probability, solarize_image
 from .rng import sample_key, uniform
 
 
 @njit(cache=True, parallel=True, nogil=True)
 def solarization_kernel(images, dst, indices, key, params):
     p, threshold = params[0], int(params[1])
-    n, h, w, c = images.shape
-    for i in prange(n):
+    for i in prange(images.shape[0]):
         if uniform(sample_key(key, indices[i]), 0) < p:
-            for y in range(h):
-                for x in range(w):
-                    for ch in range(c):
-                        v = images[i, y, x, ch]
-                        if v >= threshold:
-                            images[i, y, x, ch] = 255 - v
+            solarize_image(images[i], threshold)
     return images
 
 
