@@ -1,7 +1,6 @@
 """The native kernels (`_kernels.cpp` via `data/native.py`): partial JPEG decode, area resize, flips; and the
 Loader's batch buffers reused across epochs. References: FFCV's own full decode and OpenCV's resize."""
 import io
-import math
 import time
 
 import cv2
@@ -245,14 +244,3 @@ def test_an_unfinished_epoch_keeps_its_buffers(jpeg_beton):
     assert loader.buffers[1] is not allocations
     np.testing.assert_array_equal(held, held_copy)
     running.close()
-
-
-def test_crop_box_of_the_reference_matches_the_kernel_draws():
-    """The reference boxes above come from the same draws as the kernel's (guards the test itself)."""
-    from torchstrap_runtime.data.random_resized_crop import sample_crop
-
-    key = op_key_py(3, RandomResizedCrop.stream, 0)
-    for i in range(50):
-        k = sample_key_py(key, i)
-        got = sample_crop(np.uint64(k), 61, 75, 0.1, 1.0, math.log(3 / 4), math.log(4 / 3))
-        assert tuple(got) == crop_reference(k, 61, 75, (0.1, 1.0), (3 / 4, 4 / 3))

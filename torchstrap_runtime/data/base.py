@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Callable, Optional, Tuple
 
 import numpy as np
-from numba import njit, types
+from numba import njit, prange, types
 from numba.extending import overload
 
 from ffcv.pipeline.allocation_query import AllocationQuery
@@ -23,7 +23,7 @@ from ffcv.pipeline.operation import Operation
 from ffcv.pipeline.state import State
 
 from .native import flip as native_flip
-from .rng import stream_id
+from .rng import sample_key, stream_id, uniform
 
 
 def check_seed(seed: Optional[int], owner: str) -> Optional[int]:
@@ -70,6 +70,25 @@ def flip_image(image, out, flip):
             source_x = width - 1 - x if flip == 1 else x
             for c in range(3):
                 out[y, x, c] = image[source_y, source_x, c]
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def random_flip_kernel(images, dst, indices, key, params):
+    """Flip (params[1]: 1 left-right, 2 upside down) the samples whose draw 0 is below params[0]; copy the others."""
+    p, flip = params[0], int(params[1])
+    for i in prange(images.shape[0]):
+        flip_image(images[i], dst[i], flip if uniform(sample_key(key, indices[i]), 0) < p else 0)
+    return dst
+
+
+def check_scale_ratio(scale, ratio, owner: str) -> Tuple[Tuple[float, float], Tuple[float, float]]:
+    """A box's (area fraction, aspect ratio) ranges: 0 < scale min <= max <= 1, 0 < ratio min <= max."""
+    scale_range, ratio_range = check_range(scale, owner, "scale"), check_range(ratio, owner, "ratio")
+    if scale_range[0] <= 0 or scale_range[1] > 1:
+        raise ValueError(f"{owner}: scale must satisfy 0 < min <= max <= 1, got {scale!r}")
+    if ratio_range[0] <= 0:
+        raise ValueError(f"{owner}: ratio must satisfy 0 < min <= max, got {ratio!r}")
+    return scale_range, ratio_range
 
 
 def solarize_image(image: np.ndarray, threshold: int) -> None:

@@ -5,7 +5,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 from numba import njit, prange
 
-from .base import SeededInPlaceTransform, check_probability, check_range
+from .base import SeededInPlaceTransform, check_probability, check_scale_ratio
 from .rng import randint, sample_key, uniform, uniform_range
 
 ATTEMPTS = 10
@@ -66,12 +66,7 @@ class RandomErasing(SeededInPlaceTransform):
                  value: Union[int, Sequence[int], str] = 0, seed: Optional[int] = None):
         super().__init__(seed)
         self.p = check_probability(p, "RandomErasing")
-        self.scale = check_range(scale, "RandomErasing", "scale")
-        if self.scale[0] <= 0 or self.scale[1] > 1:
-            raise ValueError(f"RandomErasing: scale must satisfy 0 < min <= max <= 1, got {scale!r}")
-        self.ratio = check_range(ratio, "RandomErasing", "ratio")
-        if self.ratio[0] <= 0:
-            raise ValueError(f"RandomErasing: ratio must satisfy 0 < min <= max, got {ratio!r}")
+        self.scale, self.ratio = check_scale_ratio(scale, ratio, "RandomErasing")
         self.value = check_value(value)
 
     def params(self) -> np.ndarray:

@@ -2,19 +2,9 @@
 from typing import Optional
 
 import numpy as np
-from numba import njit, prange
 
-from .base import SeededInPlaceTransform, check_probability, solarize_image
-from .rng import sample_key, uniform
-
-
-@njit(cache=True, parallel=True, nogil=True)
-def invert_kernel(images, dst, indices, key, params):
-    p = params[0]
-    for i in prange(images.shape[0]):
-        if uniform(sample_key(key, indices[i]), 0) < p:
-            solarize_image(images[i], 0)  # every value: v -> 255 - v
-    return images
+from .base import SeededInPlaceTransform, check_probability
+from .solarization import solarization_kernel
 
 
 class RandomInvert(SeededInPlaceTransform):
@@ -25,11 +15,11 @@ class RandomInvert(SeededInPlaceTransform):
         seed: None (fresh entropy each time a Loader is built) or an int.
     """
 
-    kernel = staticmethod(invert_kernel)
+    kernel = staticmethod(solarization_kernel)  # with threshold 0: every value
 
     def __init__(self, p: float = 0.5, seed: Optional[int] = None):
         super().__init__(seed)
         self.p = check_probability(p, "RandomInvert")
 
     def params(self) -> np.ndarray:
-        return np.array([self.p])
+        return np.array([self.p, 0.0])

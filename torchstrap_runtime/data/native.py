@@ -9,10 +9,6 @@ import importlib.util
 import llvmlite.binding
 from numba import types
 
-JPEG_ERRORS = {-1: "corrupt or unsupported JPEG data", -2: "crop box outside the image",
-               -3: "scratch buffer smaller than the decoded rows"}
-
-
 def library_path() -> str:
     """Path of the compiled `_kernels` library; a clear error when the package was not built."""
     spec = importlib.util.find_spec("torchstrap_runtime.data._kernels")

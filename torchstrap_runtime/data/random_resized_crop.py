@@ -8,7 +8,7 @@ from ffcv.fields.rgb_image import IMAGE_MODES, ResizedCropRGBImageDecoder
 from ffcv.pipeline.compiler import Compiler
 
 from ._ffcv_import import os_cache_read
-from .base import Seeded, check_range, check_seed
+from .base import Seeded, check_scale_ratio, check_seed
 from .native import jpeg_crop_resize, resize_area
 from .rng import randint, sample_key, uniform_range
 
@@ -63,12 +63,7 @@ class RandomResizedCrop(Seeded, ResizedCropRGBImageDecoder):
         if len(size) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in size):
             raise ValueError(f"RandomResizedCrop: output_size must be (height, width) > 0, got {output_size!r}")
         super().__init__((int(size[0]), int(size[1])))
-        self.scale = check_range(scale, "RandomResizedCrop", "scale")
-        if self.scale[0] <= 0 or self.scale[1] > 1:
-            raise ValueError(f"RandomResizedCrop: scale must satisfy 0 < min <= max <= 1, got {scale!r}")
-        self.ratio = check_range(ratio, "RandomResizedCrop", "ratio")
-        if self.ratio[0] <= 0:
-            raise ValueError(f"RandomResizedCrop: ratio must satisfy 0 < min <= max, got {ratio!r}")
+        self.scale, self.ratio = check_scale_ratio(scale, ratio, "RandomResizedCrop")
         self.seed = check_seed(seed, "RandomResizedCrop")
 
     def __repr__(self) -> str:
@@ -118,11 +113,12 @@ def crop_resize(data, field, k, params, scratch, out):
 
 @njit(cache=True, nogil=True)
 def check_status(status, batch_indices):
-    """Raise for the first sample whose decode failed (statuses: native.JPEG_ERRORS)."""
+    """Raise for the first sample whose decode failed (the status codes of _kernels.cpp)."""
     for i in range(len(status)):
         if status[i] != 0:
             raise ValueError("RandomResizedCrop: sample could not be decoded (status -1: corrupt JPEG data; "
-                             "-2: crop outside the image); sample index, status:", batch_indices[i], status[i])
+                             "-2: crop outside the image; -3: scratch buffer too small); sample index, status:",
+                             batch_indices[i], status[i])
 
 
 @njit(cache=True, parallel=True, nogil=True)

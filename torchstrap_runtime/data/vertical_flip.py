@@ -2,18 +2,8 @@
 from typing import Optional
 
 import numpy as np
-from numba import njit, prange
 
-from .base import SeededTransform, check_probability, flip_image
-from .rng import sample_key, uniform
-
-
-@njit(cache=True, parallel=True, nogil=True)
-def vertical_flip_kernel(images, dst, indices, key, params):
-    p = params[0]
-    for i in prange(images.shape[0]):
-        flip_image(images[i], dst[i], 2 if uniform(sample_key(key, indices[i]), 0) < p else 0)
-    return dst
+from .base import SeededTransform, check_probability, random_flip_kernel
 
 
 class RandomVerticalFlip(SeededTransform):
@@ -24,11 +14,11 @@ class RandomVerticalFlip(SeededTransform):
         seed: None (fresh entropy each time a Loader is built) or an int.
     """
 
-    kernel = staticmethod(vertical_flip_kernel)
+    kernel = staticmethod(random_flip_kernel)
 
     def __init__(self, p: float = 0.5, seed: Optional[int] = None):
         super().__init__(seed)
         self.p = check_probability(p, "RandomVerticalFlip")
 
     def params(self) -> np.ndarray:
-        return np.array([self.p])
+        return np.array([self.p, 2.0])  # flip 2: upside down
