@@ -168,3 +168,22 @@ class SeededInPlaceTransform(SeededTransform):
     def declare_state_and_memory(self, previous_state: State) -> Tuple[State, Optional[AllocationQuery]]:
         state, _ = super().declare_state_and_memory(previous_state)
         return state, None
+
+
+class SeededFlip(SeededTransform):
+    """Flip each image with probability `p` (draw 0 < p); a subclass sets `flip` (1 left-right, 2 upside down).
+
+    Args:
+        p: probability of flipping a sample, in [0, 1]; 0 never flips, 1 always flips.
+        seed: None (fresh entropy each time a Loader is built) or an int.
+    """
+
+    flip: int = 0
+    kernel = staticmethod(random_flip_kernel)
+
+    def __init__(self, p: float = 0.5, seed: Optional[int] = None):
+        super().__init__(seed)
+        self.p = check_probability(p, type(self).__name__)
+
+    def params(self) -> np.ndarray:
+        return np.array([self.p, float(self.flip)])

@@ -1,24 +1,8 @@
 """RandomVerticalFlip: mirror top-bottom with probability p."""
-from typing import Optional
-
-import numpy as np
-
-from .base import SeededTransform, check_probability, random_flip_kernel
+from .base import SeededFlip
 
 
-class RandomVerticalFlip(SeededTransform):
-    """Flip each image upside down with probability `p` (draw 0 < p).
+class RandomVerticalFlip(SeededFlip):
+    """Flip each image upside down with probability `p` (draw 0 < p); arguments: see `SeededFlip`."""
 
-    Args:
-        p: probability of flipping a sample, in [0, 1]; 0 never flips, 1 always flips.
-        seed: None (fresh entropy each time a Loader is built) or an int.
-    """
-
-    kernel = staticmethod(random_flip_kernel)
-
-    def __init__(self, p: float = 0.5, seed: Optional[int] = None):
-        super().__init__(seed)
-        self.p = check_probability(p, "RandomVerticalFlip")
-
-    def params(self) -> np.ndarray:
-        return np.array([self.p, 2.0])  # flip 2: upside down
+    flip = 2
