@@ -40,8 +40,8 @@ from . import sections as _sections  # noqa: F401  (declares the standard config
 from .config import config_as_dict, param
 from .distributed import any_rank, convert_sync_batchnorm, has_batchnorm, setup_distributed
 from .loggers import HDF5_FILE, LOG_FILE, HDF5Logger, JSONLogger
+from .optim import PER_EPOCH_SCHEDULERS, build_optimizer, build_scheduler, parameter_groups
 
-PER_EPOCH_SCHEDULERS = (torch.optim.lr_scheduler.StepLR, torch.optim.lr_scheduler.MultiStepLR)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -135,13 +135,8 @@ class Trainer:
     @param("optimizer.nesterov")
     def initialize_optimizer(self, name: str, lr: float, momentum: float, weight_decay: float, nesterov: bool) -> None:
         """Set `self.optimizer`: SGD, Adam or AdamW over the model's parameters (and the criterion's, if any)."""
-        params = list(self.raw_model.parameters())
-        if name == "sgd":
-            self.optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
-        elif name == "adam":
-            self.optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-        else:
-            self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        self.optimizer = build_optimizer(name, parameter_groups(self.raw_model, weight_decay), lr=lr,
+                                         momentum=momentum, nesterov=nesterov)
 
     @param("scheduler.name")
     @param("scheduler.warmup_epochs")
@@ -152,20 +147,9 @@ class Trainer:
     def initialize_scheduler(self, name: str, warmup_epochs: float, step_size: int, milestones: list[int],
                              gamma: float, epochs: int) -> None:
         """Set `self.scheduler` (or None). Cosine and one-cycle step per batch; step/multistep per epoch."""
-        sched = torch.optim.lr_scheduler
-        steps = max(1, epochs * len(self.train_loader))
-        if name == "none":
-            self.scheduler = None
-        elif name == "step":
-            self.scheduler = sched.StepLR(self.optimizer, step_size=step_size, gamma=gamma)
-        elif name == "multistep":
-            self.scheduler = sched.MultiStepLR(self.optimizer, milestones=list(milestones), gamma=gamma)
-        elif name == "onecycle":
-            self.scheduler = sched.OneCycleLR(self.optimizer, max_lr=[g["lr"] for g in self.optimizer.param_groups],
-                                              total_steps=steps)
-        else:
-            warmup = int(warmup_epochs * len(self.train_loader))
-            self.scheduler = sched.LambdaLR(self.optimizer, lambda s: cosine_with_warmup(s, warmup, steps))
+        self.scheduler = build_scheduler(name, self.optimizer, steps_per_epoch=len(self.train_loader), epochs=epochs,
+                                         warmup_epochs=warmup_epochs, step_size=step_size, milestones=milestones,
+                                         gamma=gamma)
 
     @param("model.load_from")
     @param("model.load_optimizer")
@@ -583,14 +567,6 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------- module helpers
-def cosine_with_warmup(step: int, warmup: int, total: int) -> float:
-    """LR factor: linear warm-up over `warmup` steps, then cosine decay to 0 at `total`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.5 * (1.0 + float(np.cos(np.pi * progress)))
-
-
 def accumulate_confusion(confusion: torch.Tensor | None, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Add a batch to a (classes x classes) confusion matrix of counts (rows: target, columns: prediction)."""
     classes = outputs.shape[1]
