@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from torchstrap_runtime.config import Float, Int, ListOfInt, Param, Section, get_config
-from torchstrap_runtime.trainer import Trainer
+from torchstrap_runtime.trainer import MEASURED_KEYS, Trainer
 
 TESTS = Path(__file__).resolve().parent
 TRAINER = "test_cluster_toy:ToyTrainer"
@@ -137,7 +137,7 @@ def log_rows(run_dir: Path) -> list[dict]:
     import json
 
     rows = [json.loads(line) for line in (Path(run_dir) / "log.jsonl").read_text().splitlines() if line.strip()]
-    return [{k: v for k, v in row.items() if k not in ("time", "wall_time")} for row in rows]
+    return [{k: v for k, v in row.items() if k not in MEASURED_KEYS} for row in rows]
 
 
 def assert_same_run(a: Path, b: Path) -> None:

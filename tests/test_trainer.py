@@ -18,7 +18,7 @@ import torch
 
 from torchstrap_runtime.config import reset_config, set_values
 from torchstrap_runtime.loggers import read_hdf5, read_log
-from torchstrap_runtime.trainer import Trainer, load_torch
+from torchstrap_runtime.trainer import MEASURED_KEYS, Trainer, load_torch
 
 SPEC_INIT = ["initialize_model", "initialize_train_loader", "initialize_val_loader", "initialize_optimizer",
              "initialize_scheduler", "load_checkpoint", "initialize_metrics", "initialize_criterion",
@@ -209,7 +209,7 @@ def test_interrupted_run_resumes_exactly(tmp_path):
     resumed.run()
     for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "time"} for r in rows]
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in MEASURED_KEYS} for r in rows]
     assert strip(read_log(resumed.run_dir)) == strip(read_log(straight.run_dir))
 
 

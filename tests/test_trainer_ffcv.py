@@ -13,7 +13,7 @@ from ffcv.transforms import ToTensor, ToTorchImage
 from torchstrap_runtime.config import reset_config, set_values
 from torchstrap_runtime.data import Loader, OrderOption, RandomResizedCrop, RandomTranslation, SimpleRGBImageDecoder, write_digits
 from torchstrap_runtime.loggers import read_log
-from torchstrap_runtime.trainer import Trainer
+from torchstrap_runtime.trainer import MEASURED_KEYS, Trainer
 
 SEEDS: dict = {"order": None, "crop": None, "translate": None}
 
@@ -77,5 +77,5 @@ def test_none_seeds_resume_exactly_and_are_recorded(digits, tmp_path):
     replayed.run()
     for a, b in zip(resumed.model.state_dict().values(), replayed.model.state_dict().values()):
         assert torch.equal(a, b)
-    strip = lambda run: [{k: v for k, v in r.items() if k != "time"} for r in read_log(tmp_path / run)]
+    strip = lambda run: [{k: v for k, v in r.items() if k not in MEASURED_KEYS} for r in read_log(tmp_path / run)]
     assert strip("interrupted") == strip("replayed")

@@ -167,3 +167,61 @@ def _convert_cpu(module: nn.Module) -> nn.Module:
 
 def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+# ---------------------------------------------------------------------- collectives (no-ops on one process)
+
+def is_distributed() -> bool:
+    """True when a process group of more than one process is running."""
+    return is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum `t` over ranks in place and return it (`t` itself on one process)."""
+    if is_distributed():
+        dist.all_reduce(t)
+    return t
+
+
+def all_reduce_sums(sums: dict[str, float], device: torch.device | str = "cpu") -> dict[str, float]:
+    """A dict of numbers summed over ranks (a copy of it on one process)."""
+    if not is_distributed():
+        return dict(sums)
+    keys = sorted(sums)
+    values = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(values)
+    return dict(zip(keys, values.tolist()))
+
+
+def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """`t` concatenated over ranks along dim 0 (sizes may differ between ranks), on `t`'s device."""
+    if not is_distributed():
+        return t
+    world = dist.get_world_size()
+    size = torch.tensor([t.shape[0]], device=t.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    longest = int(max(s.item() for s in sizes))
+    padded = torch.zeros((longest, *t.shape[1:]), dtype=t.dtype, device=t.device)
+    padded[: t.shape[0]] = t
+    parts = [torch.zeros_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
+
+
+def gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """A CPU tensor's rows concatenated over ranks in rank order (sizes may differ), via pickling."""
+    if not is_distributed():
+        return t
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, t)
+    return torch.cat(parts)
+
+
+def broadcast_object(obj):
+    """Rank 0's `obj` on every rank (`obj` itself on one process)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -19,13 +19,11 @@ import itertools
 import json
 import os
 import re
-import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,7 @@ import yaml
 from . import config as cfg
 from . import distributed
 from .config import Dict, Int, Param, Section, Str
+from .provenance import new_run_id
 
 
 def declare_slurm_section() -> None:
@@ -202,11 +201,6 @@ def parse_sweeps(specs: list[str], config: dict[str, dict[str, Any]]) -> list[tu
     return sweeps
 
 
-def new_run_id() -> str:
-    """A fresh, sortable run id: date-time plus 4 random hex digits."""
-    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
-
-
 def _slug(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "_", str(value))
 
@@ -356,20 +350,14 @@ def run_training(config: dict[str, dict[str, Any]], trainer_path: str, job: Trai
     finally:
         signal.signal(signal.SIGUSR2, previous)
         if job._trainer_obj is not None:
-            _close_loggers(job._trainer_obj)
+            job._trainer_obj.close()
         job._trainer_obj = None
-
-
-def _close_loggers(trainer: Any) -> None:
-    for name in ("json_logger", "hdf5_logger", "logger"):
-        close = getattr(getattr(trainer, name, None), "close", None)
-        if callable(close):
-            close()
 
 
 def _is_finished(trainer: Any) -> bool:
     training = cfg.config_as_dict()["training"]
-    return bool(training.get("eval_only")) or int(trainer.epoch) >= int(training["epochs"])
+    return (bool(training.get("eval_only")) or getattr(trainer, "finished", False)
+            or int(trainer.epoch) >= int(training["epochs"]))
 
 
 # --------------------------------------------------------------------------- submission

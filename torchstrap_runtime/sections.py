@@ -18,6 +18,14 @@ def declare_standard_sections() -> None:
         dtype=Param(OneOf(["float32", "bfloat16", "float16"]), "compute dtype; bfloat16/float16 use AMP", default="float32"),
         channels_last=Param(Bool(), "channels_last memory format for conv models", default=False),
         grad_clip=Param(Float(), "clip the gradient norm to this value (0 = off)", default=0.0),
+        accumulate=Param(Int(), "gradient accumulation: batches per optimizer step", default=1),
+        ema_decay=Param(Float(), "EMA of the weights with this decay, evaluated instead of them (0 = off)", default=0.0),
+        compile=Param(Bool(), "torch.compile the model", default=False),
+        limit_train_batches=Param(Int(), "train on at most this many batches per epoch (0 = all)", default=0),
+        limit_val_batches=Param(Int(), "evaluate on at most this many batches (0 = all)", default=0),
+        fast_dev_run=Param(Bool(), "one train and one val batch, no logs or checkpoints written", default=False),
+        patience=Param(Int(), "stop after this many epochs without a better logging.monitor (0 = off)", default=0),
+        stop_on_nan=Param(Bool(), "stop the run when the training loss is not finite", default=True),
     )
     Section("model", "the network").params(
         name=Param(Str(), "model name (see the experiment's models.py)", default="mlp"),
@@ -29,11 +37,12 @@ def declare_standard_sections() -> None:
         sync_bn=Param(Bool(), "convert BatchNorm to SyncBatchNorm when world size > 1", default=True),
     )
     Section("optimizer", "the optimizer").params(
-        name=Param(OneOf(["sgd", "adamw", "adam"]), "optimizer", default="sgd"),
+        name=Param(OneOf(["sgd", "adamw", "adam", "lars"]), "optimizer", default="sgd"),
         lr=Param(Float(), "learning rate", default=0.1),
         momentum=Param(Float(), "SGD momentum", default=0.9),
         weight_decay=Param(Float(), "weight decay", default=5e-4),
         nesterov=Param(Bool(), "SGD Nesterov momentum", default=False),
+        exclude_norm_bias=Param(Bool(), "no weight decay on norm layers and biases", default=False),
     )
     Section("scheduler", "the learning-rate schedule").params(
         name=Param(OneOf(["none", "cosine", "step", "multistep", "onecycle"]),
@@ -42,6 +51,7 @@ def declare_standard_sections() -> None:
         step_size=Param(Int(), "StepLR: epochs between decays", default=30),
         milestones=Param(ListOfInt(), "MultiStepLR: epochs where the lr decays, e.g. [30, 60] or 30,60", default=[30, 60]),
         gamma=Param(Float(), "StepLR/MultiStepLR decay factor", default=0.1),
+        min_lr=Param(Float(), "lowest learning rate the schedule decays to", default=0.0),
     )
     Section("criterion", "the loss (any torch.nn or pytorch-metric-learning loss, or CoKe)").params(
         name=Param(Str(), "loss name, e.g. CrossEntropyLoss, TripletMarginLoss, coke_multi_view", default="CrossEntropyLoss"),
@@ -56,6 +66,10 @@ def declare_standard_sections() -> None:
         log_every=Param(Int(), "log the training loss every N steps (0 = only per epoch)", default=10),
         checkpoint_every=Param(Int(), "also checkpoint every N steps (0 = only at epoch ends)", default=0),
         progress=Param(Bool(), "show progress bars", default=True),
+        eval_every=Param(Int(), "with eval_each_epoch: evaluate every N epochs (and after the last)", default=1),
+        monitor=Param(Str(), "epoch value that ranks checkpoints, e.g. val_top1 ('' = none)", default=""),
+        monitor_mode=Param(OneOf(["max", "min"]), "whether a higher (max) or lower (min) monitor is better", default="max"),
+        save_top_k=Param(Int(), "with monitor: keep checkpoints/best.pt, and epoch_<E>.pt of the k best when k > 1", default=1),
     )
 
 

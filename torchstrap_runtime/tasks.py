@@ -19,7 +19,7 @@ The number of voting neighbours is `evaluation.knn_k`, a section the experiment'
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,8 @@ from torch import nn
 
 from .config import param
 from .criteria import knn_accuracy, precision_at_1
-from .trainer import PER_EPOCH_SCHEDULERS, Trainer, all_reduce_sums
+from .distributed import all_reduce_sums, gather_rows
+from .trainer import Trainer
 
 
 class EmbeddingNet(nn.Module):
@@ -95,7 +96,7 @@ class EmbeddingTrainer(Trainer):
     def eval_step(self) -> None:
         """Keep the batch's evaluation embeddings (`test_time_augmentation`) and labels."""
         inputs, targets = self.to_device(self.data)
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.use_amp):
+        with self.autocast():
             embeddings = self.test_time_augmentation(inputs)
         self.val_embeddings.append(embeddings.float().cpu())
         self.val_labels.append(targets.cpu())
@@ -105,7 +106,7 @@ class EmbeddingTrainer(Trainer):
         """kNN accuracy of the validation embeddings against the training set's: `val_knn_top1` and `val_top1`."""
         val_emb, val_labels = gather_rows(torch.cat(self.val_embeddings)), gather_rows(torch.cat(self.val_labels))
         bank_emb, bank_labels = self.bank_embeddings()
-        sums = all_reduce_sums(self.val_sums, self.device) if self.world_size > 1 else self.val_sums
+        sums = all_reduce_sums(self.val_sums, self.device)
         if sums["count"]:
             self.epoch_record["val_loss"] = sums["loss"] / sums["count"]
         knn = knn_accuracy(bank_emb, bank_labels, val_emb, val_labels, k=min(knn_k, bank_emb.shape[0]))
@@ -122,7 +123,7 @@ class EmbeddingTrainer(Trainer):
         embeddings, labels = [], []
         for batch in bank:
             inputs, targets = self.to_device(batch)
-            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.use_amp):
+            with self.autocast():
                 embeddings.append(self.test_time_augmentation(inputs).float().cpu())
             labels.append(targets.cpu())
         return gather_rows(torch.cat(embeddings)), gather_rows(torch.cat(labels))
@@ -175,20 +176,13 @@ class SSLMultiViewTrainer(EmbeddingTrainer):
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         return views
 
-    def train_step(self) -> None:
-        """One forward over all views together, the criterion on the list of view embeddings, a step."""
+    def train_step(self) -> torch.Tensor:
+        """One forward over all views together; returns the criterion on the list of view embeddings."""
         views = self.views()
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.use_amp):
+        with self.autocast():
             embeddings = self.model(torch.cat(views)).chunk(len(views))
             loss = self.criterion(list(embeddings))
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.clip_gradients()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        if self.scheduler is not None and not isinstance(self.scheduler, PER_EPOCH_SCHEDULERS):
-            self.scheduler.step()
-        self.loss = loss.detach()
+        return loss
 
     def after_train_epoch(self) -> None:
         """Mean training loss and lr, then the criterion's end of epoch (CoKe: new centers) and its stats."""
@@ -202,13 +196,3 @@ class SSLMultiViewTrainer(EmbeddingTrainer):
         backbone = getattr(self.raw_model, "backbone", None)
         return backbone(inputs) if backbone is not None else self.model(inputs)
 
-
-def gather_rows(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate a CPU tensor's rows over ranks (sizes may differ); the tensor itself on one process."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return t
-    parts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, t)
-    return torch.cat(parts)

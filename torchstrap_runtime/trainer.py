@@ -1,6 +1,6 @@
 """The Trainer base class: the whole training workflow of a torchstrap experiment, top to bottom.
 
-An experiment subclasses `Trainer` and overrides hooks. The order is fixed:
+An experiment subclasses `Trainer` and overrides hooks. The order is fixed (docs/workflow.txt):
 
     __init__:  initialize_model (then device, dtype, distributed, sync_BN)
                if not training.eval_only: initialize_train_loader
@@ -9,40 +9,49 @@ An experiment subclasses `Trainer` and overrides hooks. The order is fixed:
                load_checkpoint, initialize_metrics, initialize_criterion, initialize_logger
     train_all_epochs: per epoch: modules.train(); before_train_epoch
                per batch: self.data = batch, self.step = step; before_train_step; train_step; after_train_step
-               scheduler.step() per epoch for StepLR/MultiStepLR (other schedulers step inside train_step)
+               step the scheduler per epoch if MultiStepLR/StepLR (else per optimizer step)
                after_train_epoch
                if logging.eval_each_epoch: evaluate():
                    modules.eval(); before_eval_epoch; per batch: before_eval_step; eval_step; after_eval_step
                    after_eval_epoch
 
-Hyper-parameters come from the config with `@param("section.key")` (see `torchstrap_runtime.config`).
+`train_step` returns the loss. The loop does the rest in one place (`backward`, `optimizer_step`): backward
+(through the float16 GradScaler), gradient accumulation (`training.accumulate`, DDP `no_sync` on the inner
+batches), clipping, the optimizer step, the per-step scheduler, the weights' EMA. Hyper-parameters come from
+the config with `@param("section.key")` (see `torchstrap_runtime.config`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
-import json
-import os
-import random
-import secrets
-import subprocess
+import itertools
+import math
+import resource
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
-import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
 from . import sections as _sections  # noqa: F401  (declares the standard config sections)
-from .config import config_as_dict, param
-from .distributed import any_rank, convert_sync_batchnorm, has_batchnorm, setup_distributed
+from .checkpoint import (BestCheckpoints, load_torch, rng_state, save_torch_atomic, seed_everything,  # noqa: F401
+                         set_rng_state, truncate_run_logs)
+from .config import param
+from .distributed import (all_reduce_sum, all_reduce_sums, any_rank, broadcast_object, convert_sync_batchnorm,
+                          has_batchnorm, setup_distributed)
 from .loggers import HDF5_FILE, LOG_FILE, HDF5Logger, JSONLogger
 from .optim import PER_EPOCH_SCHEDULERS, build_optimizer, build_scheduler, parameter_groups
+from .provenance import new_run_id, run_record, write_json_atomic
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# epoch-record values measured with a clock: they differ between two runs of the same seeds
+MEASURED_KEYS = ("time", "images_per_s", "data_wait_share", "peak_memory_mb")
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss was NaN or infinite (`training.stop_on_nan`)."""
 
 
 class Trainer:
@@ -61,13 +70,19 @@ class Trainer:
         self.batch_index = 0      # index of the current batch within its epoch
         self.start_batch = 0      # first batch of self.epoch to run (non-zero when resuming mid-epoch)
         self.data: Any = None     # the current batch, for the hooks
+        self.loss: torch.Tensor | None = None  # what train_step returned for the current batch (detached)
         self.stop_requested = False
+        self.finished = False     # set when train_all_epochs ran to its end (or stopped early on patience)
         self.train_loader: Iterable | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.json_logger: JSONLogger | None = None
+        self.hdf5_logger: HDF5Logger | None = None
+        self.progress_bar = None
 
         self.rank, self.local_rank, self.world_size = setup_distributed()
         self.is_main = self.rank == 0
+        self.read_loop_settings()
         self.initialize_model()
         self.prepare_model()
         if not self.eval_only:
@@ -77,11 +92,31 @@ class Trainer:
             self.initialize_optimizer()
             self.initialize_scheduler()
         self.run_dir = self.make_run_dir()
+        self.best = self.make_best_checkpoints()
         self.load_checkpoint()
         self.initialize_metrics()
         self.initialize_criterion()
         self.attach_criterion()
         self.initialize_logger()
+
+    @param("training.accumulate")
+    @param("training.ema_decay")
+    @param("training.limit_train_batches")
+    @param("training.limit_val_batches")
+    @param("training.fast_dev_run")
+    @param("training.stop_on_nan")
+    @param("training.patience")
+    def read_loop_settings(self, accumulate: int, ema_decay: float, limit_train_batches: int,
+                           limit_val_batches: int, fast_dev_run: bool, stop_on_nan: bool, patience: int) -> None:
+        """The `training` values the loop itself reads."""
+        if accumulate < 1:
+            raise ValueError(f"training.accumulate must be an integer >= 1, got {accumulate}")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"training.ema_decay must be in [0, 1) (0 = off), got {ema_decay}")
+        self.accumulate, self.ema_decay = accumulate, ema_decay
+        self.fast_dev_run, self.stop_on_nan, self.patience = fast_dev_run, stop_on_nan, patience
+        self.limit_train_batches = 1 if fast_dev_run else limit_train_batches
+        self.limit_val_batches = 1 if fast_dev_run else limit_val_batches
 
     # ------------------------------------------------------------------ hooks: construction
     @param("model.name")
@@ -96,9 +131,12 @@ class Trainer:
     @param("training.dtype")
     @param("training.channels_last")
     @param("training.grad_clip")
+    @param("training.compile")
     @param("model.sync_bn")
-    def prepare_model(self, device: str, dtype: str, channels_last: bool, grad_clip: float, sync_bn: bool) -> None:
-        """Device (CUDA when present), dtype (AMP for bfloat16/float16), DDP and SyncBN for `self.model`."""
+    def prepare_model(self, device: str, dtype: str, channels_last: bool, grad_clip: float, compile: bool,
+                      sync_bn: bool) -> None:
+        """Device (CUDA when present), dtype (AMP for bfloat16/float16), DDP and SyncBN, the EMA copy of the
+        weights (`training.ema_decay`) and `torch.compile` (`training.compile`) for `self.model`."""
         self.grad_clip = grad_clip
         if device == "auto":
             device = f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu"
@@ -119,6 +157,11 @@ class Trainer:
                 self.model = convert_sync_batchnorm(self.model, self.device)
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        self.ema: dict[str, torch.Tensor] | None = None
+        if self.ema_decay > 0:
+            self.ema = {k: v.detach().clone() for k, v in self.raw_model.state_dict().items()}
+        if compile:
+            self.model = torch.compile(self.model)
 
     def initialize_train_loader(self) -> None:
         """Set `self.train_loader` (any iterable of batches; FFCV loaders get `set_epoch` for exact resume)."""
@@ -133,23 +176,26 @@ class Trainer:
     @param("optimizer.momentum")
     @param("optimizer.weight_decay")
     @param("optimizer.nesterov")
-    def initialize_optimizer(self, name: str, lr: float, momentum: float, weight_decay: float, nesterov: bool) -> None:
-        """Set `self.optimizer`: SGD, Adam or AdamW over the model's parameters (and the criterion's, if any)."""
-        self.optimizer = build_optimizer(name, parameter_groups(self.raw_model, weight_decay), lr=lr,
-                                         momentum=momentum, nesterov=nesterov)
+    @param("optimizer.exclude_norm_bias")
+    def initialize_optimizer(self, name: str, lr: float, momentum: float, weight_decay: float, nesterov: bool,
+                             exclude_norm_bias: bool) -> None:
+        """Set `self.optimizer` over the model's parameters (the criterion's, if any, join in attach_criterion)."""
+        groups = parameter_groups(self.raw_model, weight_decay, exclude_norm_bias)
+        self.optimizer = build_optimizer(name, groups, lr=lr, momentum=momentum, nesterov=nesterov)
 
     @param("scheduler.name")
     @param("scheduler.warmup_epochs")
     @param("scheduler.step_size")
     @param("scheduler.milestones")
     @param("scheduler.gamma")
+    @param("scheduler.min_lr")
     @param("training.epochs")
     def initialize_scheduler(self, name: str, warmup_epochs: float, step_size: int, milestones: list[int],
-                             gamma: float, epochs: int) -> None:
-        """Set `self.scheduler` (or None). Cosine and one-cycle step per batch; step/multistep per epoch."""
-        self.scheduler = build_scheduler(name, self.optimizer, steps_per_epoch=len(self.train_loader), epochs=epochs,
+                             gamma: float, min_lr: float, epochs: int) -> None:
+        """Set `self.scheduler` (or None). The loop steps StepLR/MultiStepLR per epoch, others per optimizer step."""
+        self.scheduler = build_scheduler(name, self.optimizer, steps_per_epoch=self.steps_per_epoch, epochs=epochs,
                                          warmup_epochs=warmup_epochs, step_size=step_size, milestones=milestones,
-                                         gamma=gamma)
+                                         gamma=gamma, min_lr=min_lr)
 
     @param("model.load_from")
     @param("model.load_optimizer")
@@ -166,6 +212,8 @@ class Trainer:
         elif load_from:
             state = load_torch(Path(load_from))
             self.raw_model.load_state_dict(state["model"])
+            if self.ema is not None:
+                self.ema = {k: v.detach().clone() for k, v in self.raw_model.state_dict().items()}
             self.pending_state = {"optimizer": state.get("optimizer") if load_optimizer else None,
                                   "scheduler": state.get("scheduler") if load_scheduler else None}
             if load_epoch:
@@ -189,12 +237,15 @@ class Trainer:
     @param("logging.log_every")
     @param("logging.progress")
     def initialize_logger(self, log_every: int, progress: bool) -> None:
-        """Open `log.jsonl` and `arrays.h5` in the run folder (rank 0 only) and write `config.json`."""
+        """Open `log.jsonl` and `arrays.h5` in the run folder (rank 0 only) and write `config.json`.
+        With `training.fast_dev_run` nothing is written."""
         self.log_every, self.show_progress = log_every, progress
-        self.json_logger = JSONLogger(self.run_dir / LOG_FILE) if self.is_main else None
-        self.hdf5_logger = HDF5Logger(self.run_dir / HDF5_FILE) if self.is_main else None
-        if self.is_main and not (self.run_dir / "config.json").exists():
-            write_json_atomic(self.run_dir / "config.json", self.run_record())
+        if not self.is_main or self.fast_dev_run:
+            return
+        self.json_logger = JSONLogger(self.run_dir / LOG_FILE)
+        self.hdf5_logger = HDF5Logger(self.run_dir / HDF5_FILE)
+        if not (self.run_dir / "config.json").exists():
+            write_json_atomic(self.run_dir / "config.json", run_record(type(self), self.train_loader, self.world_size))
 
     # ------------------------------------------------------------------ hooks: training
     def before_train_epoch(self) -> None:
@@ -205,20 +256,16 @@ class Trainer:
     def before_train_step(self) -> None:
         """Called with `self.data` and `self.step` set, before `train_step`."""
 
-    def train_step(self) -> None:
-        """Forward, criterion, backward, optimizer step, and per-step scheduler step."""
+    def train_step(self) -> torch.Tensor:
+        """Forward and criterion of the batch `self.data`; returns the loss (the loop does backward and step)."""
         inputs, targets = self.to_device(self.data)
         with self.autocast():
             outputs = self.model(inputs)
             loss = self.criterion(outputs, targets)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.backward_and_step(loss)
-        if self.scheduler is not None and not isinstance(self.scheduler, PER_EPOCH_SCHEDULERS):
-            self.scheduler.step()
-        self.loss = loss.detach()
+        return loss
 
     def after_train_step(self) -> None:
-        """Accumulate the epoch's training loss; log it every `logging.log_every` steps."""
+        """Accumulate the epoch's training loss (`self.loss`); log it every `logging.log_every` steps."""
         loss = float(self.loss)
         self.train_sums["loss"] += loss
         self.train_sums["count"] += 1
@@ -231,7 +278,7 @@ class Trainer:
 
     def after_train_epoch(self) -> None:
         """Store the epoch's mean training loss (over all ranks) in `self.epoch_record` (logged after evaluation)."""
-        sums = all_reduce_sums(self.train_sums, self.device) if self.world_size > 1 else self.train_sums
+        sums = all_reduce_sums(self.train_sums, self.device)
         self.epoch_record["train_loss"] = sums["loss"] / max(1, sums["count"])
         self.epoch_record["lr"] = self.optimizer.param_groups[0]["lr"]
 
@@ -267,40 +314,49 @@ class Trainer:
 
     def after_eval_epoch(self) -> None:
         """Reduce the validation sums across ranks and store them in `self.epoch_record`."""
-        sums = all_reduce_sums(self.val_sums, self.device) if self.world_size > 1 else self.val_sums
+        sums = all_reduce_sums(self.val_sums, self.device)
         n = max(1, sums["count"])
         self.epoch_record.update(val_loss=sums["loss"] / n, val_top1=sums["top1"] / n, val_top5=sums["top5"] / n)
         if self.val_confusion is not None:  # rows: true class, columns: predicted class
-            if self.world_size > 1:
-                import torch.distributed as dist
-
-                dist.all_reduce(self.val_confusion)
-            self.log_hdf5({"val_confusion": self.val_confusion})
+            self.log_hdf5({"val_confusion": all_reduce_sum(self.val_confusion)})
 
     # ------------------------------------------------------------------ the loops
     def run(self) -> dict[str, Any]:
-        """Train for `training.epochs` (or only evaluate with `training.eval_only`); returns the last epoch record."""
-        if self.eval_only:
-            self.epoch_record = {"kind": "eval"}
-            self.evaluate()
-            self.log(self.epoch_record)
-            record = self.epoch_record
-        else:
-            record = self.train_all_epochs()
-        if self.hdf5_logger is not None:
-            self.hdf5_logger.drain()  # every array logged so far is in arrays.h5 when run() returns
-        if self.is_main and not self.stop_requested and not self.eval_only:
-            from .plots import plot_curves
+        """Train for `training.epochs` (or only evaluate with `training.eval_only`); returns the last epoch record.
+        Closes the loggers at the end (`close()`), also when training raised."""
+        try:
+            if self.eval_only:
+                self.epoch_record = {"kind": "eval"}
+                self.evaluate()
+                self.log(self.epoch_record)
+                record = self.epoch_record
+            else:
+                record = self.train_all_epochs()
+            if self.hdf5_logger is not None:
+                self.hdf5_logger.drain()  # every array logged so far is in arrays.h5 when run() returns
+            if self.is_main and not self.stop_requested and not self.eval_only and not self.fast_dev_run:
+                from .plots import plot_curves
 
-            plot_curves(self.run_dir)
-        return record
+                plot_curves(self.run_dir)
+            return record
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the progress bar and the loggers (flushing arrays.h5). Safe to call more than once."""
+        self.close_progress_bar()
+        for name in ("json_logger", "hdf5_logger"):
+            logger = getattr(self, name, None)
+            if logger is not None:
+                logger.close()
+            setattr(self, name, None)
 
     def print_epoch(self, epochs: int) -> None:
-        """One line per epoch under the progress bars: losses, accuracies, learning rate."""
+        """One line per epoch under the progress bars: losses, accuracies, learning rate, speed, memory."""
         if not (self.is_main and self.show_progress):
             return
-        parts = [f"{k} {100 * v:.2f}%" if "top" in k else f"{k} {v:.4g}" for k, v in self.epoch_record.items()
-                 if isinstance(v, float)]
+        parts = [f"{k} {100 * v:.2f}%" if "top" in k or "share" in k else f"{k} {v:.4g}"
+                 for k, v in self.epoch_record.items() if isinstance(v, float)]
         from tqdm.auto import tqdm
 
         tqdm.write(f"epoch {self.epoch + 1}/{epochs}: " + ", ".join(parts))
@@ -311,62 +367,187 @@ class Trainer:
         print(f"epoch {self.epoch}: {metrics}")
         if "val_top1" in record:
             print(f"final validation top-1 accuracy: {100 * record['val_top1']:.2f}%")
+        if self.best is not None and self.best.entries:
+            value, epoch = self.best.entries[0]
+            print(f"best {self.monitor}: {value:.4f} at epoch {int(epoch)} ({self.run_dir / 'checkpoints' / 'best.pt'})")
         print(f"run folder: {self.run_dir}")
 
     @param("training.epochs")
     @param("logging.eval_each_epoch")
-    @param("logging.checkpoint_every")
-    def train_all_epochs(self, epochs: int, eval_each_epoch: bool, checkpoint_every: int) -> dict[str, Any]:
-        """The training loop. Returns the last epoch's record (stops early, checkpointed, on `request_stop()`)."""
+    @param("logging.eval_every")
+    def train_all_epochs(self, epochs: int, eval_each_epoch: bool, eval_every: int) -> dict[str, Any]:
+        """The training loop. Returns the last epoch's record (stops early, checkpointed, on `request_stop()`;
+        on `training.patience` epochs without a better `logging.monitor`)."""
+        if self.fast_dev_run:
+            epochs = self.epoch + 1
         self.epoch_record: dict[str, Any] = {}
-        while self.epoch < epochs:
+        while self.epoch < epochs and not self.out_of_patience():
             self.epoch_record = {"kind": "epoch"}
             self.modules.train()
             self.before_train_epoch()
-            self.progress_bar = self.make_progress_bar(f"epoch {self.epoch + 1}/{epochs}")
-            batches = iter(self.epoch_batches(self.train_loader))
-            for self.batch_index, self.data in enumerate(batches, start=self.start_batch):
-                self.before_train_step()
-                self.train_step()
-                self.after_train_step()
-                self.step += 1
-                if self.progress_bar is not None:
-                    self.progress_bar.update()
-                if self.should_stop() or (checkpoint_every and self.step % checkpoint_every == 0):
-                    self.save_checkpoint(batch_done=self.batch_index + 1)
-                    if self.stop_requested:
-                        close_iterator(batches)  # FFCV's loading thread would otherwise stay blocked
-                        self.close_progress_bar()
-                        return self.epoch_record
-            self.close_progress_bar()
+            if not self.train_one_epoch(f"epoch {self.epoch + 1}/{epochs}"):
+                return self.epoch_record  # stopped on request, checkpointed
             self.start_batch = 0
             if isinstance(self.scheduler, PER_EPOCH_SCHEDULERS):
                 self.scheduler.step()
             self.after_train_epoch()
-            if eval_each_epoch:
+            if eval_each_epoch and ((self.epoch + 1) % max(1, eval_every) == 0 or self.epoch + 1 == epochs):
                 self.evaluate()
             self.log(self.epoch_record)
             self.print_epoch(epochs)
             self.epoch += 1
+            kept = self.track_best()
             self.save_checkpoint()
+            if kept:
+                self.best.keep(self.checkpoint_path, self.epoch - 1)
             if self.should_stop():
-                break
+                return self.epoch_record
+        self.finished = True
         return self.epoch_record
+
+    @param("logging.checkpoint_every")
+    def train_one_epoch(self, description: str, checkpoint_every: int) -> bool:
+        """The batches of `self.epoch` through the step hooks, `backward` and `optimizer_step`; measures speed.
+        False when a stop was requested (the checkpoint is saved)."""
+        limit = self.train_batches_per_epoch()
+        self.progress_bar = self.make_progress_bar(description, total=limit)
+        batches = iter(self.epoch_batches(self.train_loader))
+        reset_peak_memory(self.device)
+        waited, samples, started = 0.0, 0, time.perf_counter()
+        self.batch_index = self.start_batch
+        while True:
+            if limit is not None and self.batch_index >= limit:
+                close_iterator(batches)  # batches left over (training.limit_train_batches)
+                break
+            tick = time.perf_counter()
+            self.data = next(batches, None)
+            if self.data is None:
+                break
+            waited += time.perf_counter() - tick
+            self.before_train_step()
+            boundary = self.at_step_boundary(limit)
+            with self.no_sync(not boundary):
+                loss = self.train_step()
+                self.loss = loss.detach()
+                self.check_finite(self.loss)
+                self.backward(loss)
+            if boundary:
+                self.optimizer_step()
+            self.after_train_step()
+            samples += batch_size(self.data)
+            self.step += 1
+            self.batch_index += 1
+            if self.progress_bar is not None:
+                self.progress_bar.update()
+            if boundary and (self.should_stop() or (checkpoint_every and self.step % checkpoint_every == 0)):
+                self.save_checkpoint(batch_done=self.batch_index)
+                if self.stop_requested:
+                    close_iterator(batches)  # FFCV's loading thread would otherwise stay blocked
+                    self.close_progress_bar()
+                    return False
+        self.close_progress_bar()
+        elapsed = time.perf_counter() - started
+        self.epoch_record.update(images_per_s=samples * self.world_size / max(elapsed, 1e-9),
+                                 data_wait_share=waited / max(elapsed, 1e-9), peak_memory_mb=peak_memory_mb(self.device))
+        return True
+
+    def at_step_boundary(self, limit: int | None) -> bool:
+        """Whether the current batch ends a group of `training.accumulate` (or the epoch): the optimizer steps."""
+        done = self.batch_index + 1
+        return done % self.accumulate == 0 or done == limit
+
+    def no_sync(self, inner: bool) -> contextlib.AbstractContextManager:
+        """DDP's `no_sync()` on the inner batches of an accumulation (no gradient all-reduce), else nothing."""
+        model = getattr(self.model, "_orig_mod", self.model)
+        if inner and isinstance(model, nn.parallel.DistributedDataParallel):
+            return model.no_sync()
+        return contextlib.nullcontext()
+
+    def check_finite(self, loss: torch.Tensor) -> None:
+        """With `training.stop_on_nan`: a NaN/inf loss (on any rank) stops the run before it reaches the weights."""
+        if not self.stop_on_nan:
+            return
+        bad = not math.isfinite(float(loss))
+        if self.world_size > 1:
+            bad = any_rank(bad, self.device)
+        if bad:
+            self.close_progress_bar()
+            kept = f"{self.checkpoint_path} holds the last good checkpoint" if self.checkpoint_path.exists() \
+                else "no checkpoint was written yet"
+            raise NonFiniteLoss(f"the training loss is {float(loss)} at epoch {self.epoch}, step {self.step}: "
+                                f"the run stopped and {kept} (lower optimizer.lr, set training.grad_clip, or "
+                                f"set training.stop_on_nan false to go on)")
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward of `loss / training.accumulate` (scaled by the float16 GradScaler; a no-op scaler otherwise)."""
+        if self.accumulate > 1:
+            loss = loss / self.accumulate
+        self.scaler.scale(loss).backward()
+
+    def optimizer_step(self) -> None:
+        """Clip (`training.grad_clip`), step the optimizer, zero the gradients, step a per-step scheduler,
+        update the EMA of the weights."""
+        if self.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scheduler is not None and not isinstance(self.scheduler, PER_EPOCH_SCHEDULERS):
+            self.scheduler.step()
+        if self.ema is not None:
+            self.update_ema()
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """`ema = decay * ema + (1 - decay) * weights` for floating tensors; other buffers are copied."""
+        live = self.raw_model.state_dict()
+        floats = [k for k, v in self.ema.items() if v.is_floating_point()]
+        torch._foreach_lerp_([self.ema[k] for k in floats], [live[k] for k in floats], 1.0 - self.ema_decay)
+        for k, v in self.ema.items():
+            if not v.is_floating_point():
+                v.copy_(live[k])
+
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """Inside: the model holds the EMA weights (when `training.ema_decay` is set); restored bitwise after."""
+        if self.ema is None:
+            yield
+            return
+        live = self.raw_model.state_dict()
+        saved = {k: v.detach().clone() for k, v in live.items()}
+        with torch.no_grad():
+            for k, v in live.items():
+                v.copy_(self.ema[k])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for k, v in live.items():
+                    v.copy_(saved[k])
 
     @torch.no_grad()
     def evaluate(self) -> None:
-        """One pass over `self.val_loader` with the eval hooks; results land in `self.epoch_record`."""
-        self.modules.eval()
-        self.before_eval_epoch()
-        self.progress_bar = self.make_progress_bar("eval", total=safe_len(self.val_loader))
-        for self.data in self.val_loader:
-            self.before_eval_step()
-            self.eval_step()
-            self.after_eval_step()
-            if self.progress_bar is not None:
-                self.progress_bar.update()
-        self.close_progress_bar()
-        self.after_eval_epoch()
+        """One pass over `self.val_loader` (at most `training.limit_val_batches`) with the eval hooks, on the EMA
+        weights when there are; results land in `self.epoch_record`."""
+        with self.ema_weights():
+            self.modules.eval()
+            self.before_eval_epoch()
+            total, limit = safe_len(self.val_loader), self.limit_val_batches
+            if limit and total is not None:
+                total = min(total, limit)
+            self.progress_bar = self.make_progress_bar("eval", total=total)
+            batches = iter(self.val_loader)
+            for self.data in itertools.islice(batches, limit or None):
+                self.before_eval_step()
+                self.eval_step()
+                self.after_eval_step()
+                if self.progress_bar is not None:
+                    self.progress_bar.update()
+            if limit:
+                close_iterator(batches)
+            self.close_progress_bar()
+            self.after_eval_epoch()
 
     def epoch_batches(self, loader: Iterable) -> Iterable:
         """The batches of `self.epoch` from `self.start_batch` on (seeded loaders replay exactly on resume)."""
@@ -374,13 +555,23 @@ class Trainer:
             loader.set_epoch(self.epoch, self.start_batch)
             return loader
         if self.start_batch:
-            import itertools
-
             return itertools.islice(iter(loader), self.start_batch, None)
         return loader
 
+    def train_batches_per_epoch(self) -> int | None:
+        """Batches per training epoch: the loader's length capped by `training.limit_train_batches` (None: unknown)."""
+        total = safe_len(self.train_loader)
+        if self.limit_train_batches:
+            return self.limit_train_batches if total is None else min(total, self.limit_train_batches)
+        return total
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch: training batches / `training.accumulate`, rounded up."""
+        return -(-(self.train_batches_per_epoch() or 1) // self.accumulate)
+
     def request_stop(self) -> None:
-        """Ask the loop to checkpoint after the current step and return (SLURM requeue, preemption)."""
+        """Ask the loop to checkpoint after the current optimizer step and return (SLURM requeue, preemption)."""
         self.stop_requested = True
 
     def should_stop(self) -> bool:
@@ -388,6 +579,36 @@ class Trainer:
         if self.world_size > 1:
             self.stop_requested = any_rank(self.stop_requested, self.device)
         return self.stop_requested
+
+    # ------------------------------------------------------------------ best checkpoints, early stopping
+    @param("logging.monitor")
+    @param("logging.monitor_mode")
+    @param("logging.save_top_k")
+    def make_best_checkpoints(self, monitor: str, monitor_mode: str, save_top_k: int) -> BestCheckpoints | None:
+        """A `BestCheckpoints` ranking epochs by `logging.monitor` (None when it is '')."""
+        self.monitor = monitor
+        if self.patience and not monitor:
+            raise ValueError(f"training.patience is {self.patience} but logging.monitor is empty: "
+                             f"name the value to watch, e.g. --logging.monitor val_top1")
+        return BestCheckpoints(self.run_dir / "checkpoints", monitor_mode, save_top_k) if monitor else None
+
+    def track_best(self) -> bool:
+        """Rank the finished epoch by its monitored value; True when its checkpoint is among the best."""
+        if self.best is None or self.fast_dev_run or self.monitor not in self.epoch_record:
+            return False
+        return self.best.add(float(self.epoch_record[self.monitor]), self.epoch - 1)
+
+    def out_of_patience(self) -> bool:
+        """`training.patience` epochs ran since the best monitored value (early stopping)."""
+        if not self.patience or self.best is None:
+            return False
+        since = self.best.epochs_since_best(self.epoch - 1)
+        if since is None or since < self.patience:
+            return False
+        if self.is_main and self.show_progress:
+            print(f"early stop: no better {self.monitor} for {since} epochs (training.patience {self.patience})",
+                  file=sys.stderr)
+        return True
 
     # ------------------------------------------------------------------ logging
     def log(self, values: dict[str, Any]) -> None:
@@ -406,8 +627,6 @@ class Trainer:
             return None
         from tqdm.auto import tqdm
 
-        if total is None:
-            total = safe_len(self.train_loader)
         return tqdm(total=total, initial=self.start_batch if description != "eval" else 0,
                     desc=description, leave=False, dynamic_ncols=True, mininterval=0.5)
 
@@ -422,11 +641,13 @@ class Trainer:
         return self.run_dir / "checkpoints" / "last.pt"
 
     def state_dict(self, batch: int = 0) -> dict[str, Any]:
-        """Everything an exact resume needs: weights, optimizer, scheduler, scaler, position, RNGs, criterion,
-        and how far the logs had got (so a resumed run neither repeats nor loses rows)."""
+        """Everything an exact resume needs: weights (and their EMA), optimizer, scheduler, scaler, position, RNGs,
+        criterion, the best epochs so far, and how far the logs had got (so a resumed run neither repeats nor
+        loses rows)."""
         criterion = getattr(self, "criterion", None)
         return {
             "model": self.raw_model.state_dict(),
+            "ema": self.ema,
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict(),
@@ -435,16 +656,20 @@ class Trainer:
             "step": self.step,
             "batch": batch,
             "train_sums": dict(self.train_sums) if hasattr(self, "train_sums") else {},
+            "best": list(self.best.entries) if self.best is not None else [],
             "rng": rng_state(),
             "loader_seeds": self.train_loader.seed_state() if hasattr(self.train_loader, "seed_state") else None,
-            "log_bytes": self.json_logger.tell() if getattr(self, "json_logger", None) else 0,
-            "hdf5_rows": self.hdf5_logger.row_counts() if getattr(self, "hdf5_logger", None) else {},
+            "log_bytes": self.json_logger.tell() if self.json_logger is not None else 0,
+            "hdf5_rows": self.hdf5_logger.row_counts() if self.hdf5_logger is not None else {},
         }
 
     def load_state_dict(self, state: dict[str, Any], resume: bool = True) -> None:
         """Restore a checkpoint. The optimizer, scheduler and criterion states wait in `self.pending_state`
         until `attach_criterion()` (the criterion is built after `load_checkpoint` in the workflow)."""
         self.raw_model.load_state_dict(state["model"])
+        if self.ema is not None:  # a checkpoint without one starts the EMA from its weights
+            ema = state.get("ema") or self.raw_model.state_dict()
+            self.ema = {k: v.detach().to(self.device, copy=True) for k, v in ema.items()}
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.pending_state = {key: state.get(key) for key in ("optimizer", "scheduler", "criterion")}
@@ -452,6 +677,8 @@ class Trainer:
             self.epoch, self.step, self.start_batch = int(state["epoch"]), int(state["step"]), int(state["batch"])
             sums = dict(state.get("train_sums") or {})   # global sums: rank 0 holds them, the others restart at 0
             self.train_sums = sums if self.is_main else {key: 0.0 * value for key, value in sums.items()}
+            if self.best is not None:
+                self.best.entries = [list(entry) for entry in state.get("best") or []]
             set_rng_state(state["rng"])
             if state.get("loader_seeds") and hasattr(self.train_loader, "load_seed_state"):
                 self.train_loader.load_seed_state(state["loader_seeds"])  # seeds drawn when they were None
@@ -460,10 +687,13 @@ class Trainer:
 
     def save_checkpoint(self, batch_done: int = 0) -> None:
         """Write `run_dir/checkpoints/last.pt` atomically (rank 0). `batch_done` > 0 marks a mid-epoch checkpoint.
+        Nothing with `training.fast_dev_run`.
 
         Called on every rank: with several, the epoch's running sums are summed over ranks into the checkpoint."""
+        if self.fast_dev_run:
+            return
         sums = getattr(self, "train_sums", {})
-        if self.world_size > 1 and sums:
+        if sums:
             sums = all_reduce_sums(sums, self.device)
         if self.is_main:
             state = self.state_dict(batch=batch_done)
@@ -490,8 +720,9 @@ class Trainer:
     # ------------------------------------------------------------------ helpers
     @property
     def raw_model(self) -> nn.Module:
-        """`self.model` without its DistributedDataParallel wrapper."""
-        return self.model.module if isinstance(self.model, nn.parallel.DistributedDataParallel) else self.model
+        """`self.model` without its `torch.compile` and DistributedDataParallel wrappers."""
+        model = getattr(self.model, "_orig_mod", self.model)
+        return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
     @property
     def modules(self) -> nn.ModuleDict:
@@ -515,32 +746,12 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=self.dtype)
         return contextlib.nullcontext()
 
-    def backward_and_step(self, loss: torch.Tensor) -> None:
-        """Backward pass, gradient clipping and optimizer step (through the AMP grad scaler for float16)."""
-        if self.scaler.is_enabled():
-            self.scaler.scale(loss).backward()
-            self.clip_gradients()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.clip_gradients()
-            self.optimizer.step()
-
-    def clip_gradients(self) -> None:
-        """Clip the gradient norm to `training.grad_clip` (when > 0)."""
-        if self.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.grad_clip)
-
     @param("logging.folder")
     @param("logging.run_id")
     def make_run_dir(self, folder: str, run_id: str) -> Path:
         """`<logging.folder>/<logging.run_id>/` (a fresh id is generated when none is given)."""
         if not run_id:
-            run_id = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
-            if self.world_size > 1:  # every rank must agree on the generated id
-                run_id = broadcast_object(run_id)
+            run_id = broadcast_object(new_run_id())  # every rank must agree on the generated id
         run_dir = Path(folder) / run_id
         if self.is_main:
             try:
@@ -548,22 +759,6 @@ class Trainer:
             except OSError as error:
                 raise SystemExit(f"cannot create the run folder {run_dir}: {error.strerror}") from None
         return run_dir
-
-    def run_record(self) -> dict[str, Any]:
-        """What `config.json` holds: every resolved hyper-parameter, versions and the experiment's git state."""
-        repo, config = find_experiment_root(type(self)), config_as_dict()
-        seeds = {f"{section}.{key}": value for section, params in config.items() for key, value in params.items()
-                 if "seed" in key}
-        return {
-            "config": config,
-            "seeds": {**seeds, "train_loader_resolved": resolved_loader_seeds(self.train_loader)},
-            "versions": {"python": sys.version.split()[0], "torch": torch.__version__,
-                         "torchstrap_runtime": __version__, "template": template_version(repo)},
-            "git": git_state(repo),
-            "world_size": self.world_size,
-            "started": datetime.datetime.now().isoformat(timespec="seconds"),
-            "command": sys.argv,
-        }
 
 
 # ---------------------------------------------------------------------- module helpers
@@ -597,126 +792,19 @@ def safe_len(loader: Any) -> int | None:
         return None
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+def batch_size(batch: Any) -> int:
+    """Samples in a batch: the length of its first element (0 when it has none)."""
+    first = batch[0] if isinstance(batch, (list, tuple)) and batch else batch
+    return len(first) if hasattr(first, "__len__") else 0
 
 
-def rng_state() -> dict[str, Any]:
-    """python/numpy/torch (and CUDA) RNG states in types that `torch.load(weights_only=True)` accepts."""
-    np_state = np.random.get_state()
-    state = {"python": random.getstate(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-             "numpy_pos": int(np_state[2]), "numpy_gauss": (int(np_state[3]), float(np_state[4])),
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    python = state["python"]
-    random.setstate((python[0], tuple(python[1]), python[2]))
-    has_gauss, gauss = state["numpy_gauss"]
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_torch_atomic(obj: Any, path: Path) -> None:
-    """`torch.save` to a temporary file in the same folder, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def load_torch(path: Path) -> dict[str, Any]:
-    """Load a checkpoint with `weights_only=True`; a missing or unreadable file is a clear error."""
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise RuntimeError(f"cannot load checkpoint {path}: {error}") from error
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def truncate_run_logs(run_dir: Path, log_bytes: int, hdf5_rows: dict[str, int]) -> None:
-    """Cut `log.jsonl` and `arrays.h5` back to where they were at the checkpoint (no duplicated rows)."""
-    log = run_dir / LOG_FILE
-    if log.exists() and log.stat().st_size > log_bytes:
-        with open(log, "r+b") as f:
-            f.truncate(log_bytes)
-    if (run_dir / HDF5_FILE).exists():
-        HDF5Logger(run_dir / HDF5_FILE).truncate_rows(hdf5_rows)
-
-
-def all_reduce_sums(sums: dict[str, float], device: torch.device) -> dict[str, float]:
-    import torch.distributed as dist
-
-    keys = sorted(sums)
-    values = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(values)
-    return dict(zip(keys, values.tolist()))
-
-
-def broadcast_object(obj: Any) -> Any:
-    import torch.distributed as dist
-
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def resolved_loader_seeds(loader: Any) -> dict[str, Any] | None:
-    """The seeds a seeded loader actually uses (None seeds drawn at build time), to replay the run."""
-    if not hasattr(loader, "augmentation_seeds"):
-        return None
-    return {"order": loader.seed, "augmentations": loader.augmentation_seeds}
-
-
-def find_experiment_root(cls: type) -> Path | None:
-    """The folder holding `.copier-answers.yml` above the module that defines `cls` (or the cwd)."""
-    import inspect
-
-    try:
-        start = Path(inspect.getfile(cls)).resolve().parent
-    except (TypeError, OSError):
-        start = Path.cwd()
-    for folder in (start, *start.parents, Path.cwd(), *Path.cwd().parents):
-        if (folder / ".copier-answers.yml").exists():
-            return folder
-    return None
-
-
-def template_version(repo: Path | None) -> str | None:
-    if repo is None:
-        return None
-    for line in (repo / ".copier-answers.yml").read_text().splitlines():
-        if line.startswith("_commit:"):
-            return line.split(":", 1)[1].strip()
-    return None
-
-
-def git_state(repo: Path | None) -> dict[str, Any]:
-    """`{"commit": sha, "dirty": bool}` of the experiment's git repository (None when it is not one)."""
-    if repo is None:
-        return {"commit": None, "dirty": None}
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
-        status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return {"commit": None, "dirty": None}
-    if commit.returncode != 0:
-        return {"commit": None, "dirty": None}
-    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory in MiB: CUDA memory allocated on `device` since the last reset, else the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux

@@ -1,0 +1,91 @@
+"""What a run folder records about where it came from: run ids, `config.json` (every resolved value,
+seeds, versions, the experiment's git state, the command)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .config import config_as_dict
+
+
+def new_run_id() -> str:
+    """A fresh, sortable run id: date-time plus 4 random hex digits."""
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def run_record(trainer_class: type, train_loader: Any, world_size: int) -> dict[str, Any]:
+    """What `config.json` holds: every resolved hyper-parameter, versions and the experiment's git state."""
+    repo, config = find_experiment_root(trainer_class), config_as_dict()
+    seeds = {f"{section}.{key}": value for section, params in config.items() for key, value in params.items()
+             if "seed" in key}
+    return {
+        "config": config,
+        "seeds": {**seeds, "train_loader_resolved": resolved_loader_seeds(train_loader)},
+        "versions": {"python": sys.version.split()[0], "torch": torch.__version__,
+                     "torchstrap_runtime": __version__, "template": template_version(repo)},
+        "git": git_state(repo),
+        "world_size": world_size,
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": sys.argv,
+    }
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def resolved_loader_seeds(loader: Any) -> dict[str, Any] | None:
+    """The seeds a seeded loader actually uses (None seeds drawn at build time), to replay the run."""
+    if not hasattr(loader, "augmentation_seeds"):
+        return None
+    return {"order": loader.seed, "augmentations": loader.augmentation_seeds}
+
+
+def find_experiment_root(cls: type) -> Path | None:
+    """The folder holding `.copier-answers.yml` above the module that defines `cls` (or the cwd)."""
+    import inspect
+
+    try:
+        start = Path(inspect.getfile(cls)).resolve().parent
+    except (TypeError, OSError):
+        start = Path.cwd()
+    for folder in (start, *start.parents, Path.cwd(), *Path.cwd().parents):
+        if (folder / ".copier-answers.yml").exists():
+            return folder
+    return None
+
+
+def template_version(repo: Path | None) -> str | None:
+    if repo is None:
+        return None
+    for line in (repo / ".copier-answers.yml").read_text().splitlines():
+        if line.startswith("_commit:"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def git_state(repo: Path | None) -> dict[str, Any]:
+    """`{"commit": sha, "dirty": bool}` of the experiment's git repository (None when it is not one)."""
+    if repo is None:
+        return {"commit": None, "dirty": None}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": None}
+    if commit.returncode != 0:
+        return {"commit": None, "dirty": None}
+    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
