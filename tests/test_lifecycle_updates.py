@@ -170,7 +170,7 @@ def test_template_rewrites_docstrings_researcher_replaced_every_body(tpl, tmp_pa
 def test_template_changes_imports(tpl, tmp_path, capsys):
     exp = generate(tpl, tmp_path)
     insert_after(exp / TRAINER, "from .models import build_model\n", "import numpy as np  # mine\n")
-    sub(exp / TRAINER, r"^(        super\(\).train_step\(\))$", "        np.random.seed(self.step)  # mine\n\\1")
+    sub(exp / TRAINER, r"^(        return loss)$", "        np.random.seed(self.step)  # mine\n\\1")
     commit(exp, "my imports")
 
     insert_after(tpl / T_TRAINER, "from __future__ import annotations\n\n", "import math\n\n")
@@ -243,18 +243,18 @@ def test_touched_config_value_changed_by_template_is_a_conflict(tpl, tmp_path, c
 def test_same_line_edited_conflict_reported_until_resolved(tpl, tmp_path, capsys):
     exp = generate(tpl, tmp_path)
     added = edit_every_hook(exp)
-    sub(exp / TRAINER, r"^        super\(\)\.train_step\(\)$", "        self.my_train_step()  # mine")
+    sub(exp / TRAINER, r"^        return loss$", "        return self.my_loss(loss)  # mine")
     commit(exp, "my train_step")
 
-    sub(tpl / T_TRAINER, r"^        super\(\)\.train_step\(\)$", "        super().train_step()  # v2: now with AMP", count=0)
+    sub(tpl / T_TRAINER, r"^        return loss$", "        return loss  # v2: now with AMP", count=0)
     tag(tpl, "v2.0.0", "v2")
 
     code, out = cli(capsys, "update", str(exp))
     assert code == 1 and f"{TRAINER}  (conflict markers)" in out and "1 file(s) need your attention" in out
     text = (exp / TRAINER).read_text()
     mine, theirs = text.split("<<<<<<< before updating\n")[1].split(">>>>>>> after updating")[0].split("=======\n")
-    assert mine.startswith("        self.my_train_step()  # mine\n")  # with the adjacent edit of the same hook
-    assert theirs == "        super().train_step()  # v2: now with AMP\n"
+    assert mine.startswith("        return self.my_loss(loss)  # mine\n")  # with the adjacent edit of the same hook
+    assert theirs == "        return loss  # v2: now with AMP\n"
     assert all(line in text for line in added)
     code, out = cli(capsys, "check", str(exp))
     assert code == 1 and f"Conflict markers left in {TRAINER}" in out
@@ -451,5 +451,68 @@ def test_changing_the_task_answer_keeps_every_hook_edit(tpl, tmp_path, capsys):
     assert all(line in text for line in added) and "MetricLearningTrainer" in text
     assert yaml.safe_load((exp / YAML).read_text())["training"]["epochs"] == 3
     assert yaml.safe_load((exp / ".copier-answers.yml").read_text())["task"] == "metric-learning"
+    assert_python(exp, TRAINER)
+    committed_and_checked(capsys, exp)
+
+
+# ------------------------------------------------------------------ edits inside the real hook bodies
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_edits_inside_real_bodies_merge_with_template_changes(tpl, tmp_path, capsys, task):
+    """The researcher changes the loss, the optimizer's groups and the metrics inside the real bodies; the
+    template reworks other lines of the same hooks: both arrive, without a conflict."""
+    exp = generate(tpl, tmp_path, task=task)
+    path = exp / TRAINER
+    mine = ["        return loss + 1e-4 * sum(p.pow(2).sum() for p in self.model.parameters())  # mine\n",
+            "        groups = parameter_groups(self.raw_model, 0.0, exclude_norm_bias)  # mine: no decay\n",
+            "        metrics[\"val_mine\"] = 1.0  # mine\n"]
+    sub(path, r"^        return loss\n", mine[0])
+    sub(path, r"^        groups = parameter_groups\(.*\n", mine[1])
+    insert_before(path, "        self.epoch_record.update(metrics)\n", mine[2])
+    commit(exp, "my loss, optimizer groups and metric")
+
+    theirs = ["        # self.data: the batch (v2 wording)\n", "        inputs, labels = self.to_device(self.data)  # v2\n"]
+    sub(tpl / T_TRAINER, r"^        # self\.data: the batch.*\n", theirs[0], count=0)
+    sub(tpl / T_TRAINER, r"^        inputs, labels = self\.to_device\(self\.data\)\n(?=\{%- if task == 'supervised' %\}\n        with)",
+        theirs[1], count=1)  # eval_step's first line
+    sub(tpl / T_TRAINER, r'"""Set self\.optimizer \(', '"""Set self.optimizer (v2 docstring; ', count=0)
+    tag(tpl, "v2.0.0", "v2: comments in the real bodies")
+
+    assert_clean_update(capsys, exp)
+    text = path.read_text()
+    assert all(line in text for line in mine), "an edit inside a real body was lost"
+    assert all(line in text for line in theirs) and "(v2 docstring; " in text
+    assert_python(exp, TRAINER)
+    committed_and_checked(capsys, exp)
+
+
+def test_researcher_line_next_to_a_changed_template_line_is_merged(tpl, tmp_path, capsys):
+    """The researcher changes the loss line, v2 changes the forward line right above it: git (and so plain
+    copier) sees one conflict; our line-by-line merge takes each line from the side that changed it."""
+    exp = generate(tpl, tmp_path)
+    path = exp / TRAINER
+    base = path.read_text()
+    mine = "            loss = self.criterion(outputs, labels) + 0.1 * outputs.pow(2).mean()  # mine\n"
+    sub(path, r"^            loss = self\.criterion\(outputs, labels\)\n(?=        return loss)", mine)
+    ours = path.read_text()
+    commit(exp, "my loss")
+
+    theirs_line = "            outputs = self.model(inputs)  # v2: logits\n"
+    sub(tpl / T_TRAINER, r"^            outputs = self\.model\(inputs\)\n", theirs_line, count=1)
+    tag(tpl, "v2.0.0", "v2: a comment on the forward")
+    theirs = (new_experiment(tmp_path / "fresh_v2", {}, template=str(tpl)) / TRAINER).read_text()
+    assert theirs_line in theirs
+
+    files = []
+    for name, content in (("ours", ours), ("base", base), ("theirs", theirs)):
+        files.append(tmp_path / name)
+        files[-1].write_text(content)
+    plain = git("merge-file", "-p", "--diff3", *map(str, files), cwd=tmp_path, check=False)
+    assert plain.returncode == 1 and "<<<<<<<" in plain.stdout, "git alone should see a conflict here"
+
+    assert_clean_update(capsys, exp)
+    text = path.read_text()
+    assert theirs_line + mine in text and "<<<<<<<" not in text
     assert_python(exp, TRAINER)
     committed_and_checked(capsys, exp)

@@ -15,6 +15,8 @@ Both need the kNN reference set: the validation loader is a `KNNValLoader(val, b
 a plain (non-augmented) loader over the training .beton. Embeddings used for evaluation are
 `self.test_time_augmentation(inputs)` (metric learning: the model's output; SSL: the backbone's features).
 The number of voting neighbours is `evaluation.knn_k`, a section the experiment's config.py declares.
+These are the defaults a plain subclass runs; a generated experiment's `trainer.py` carries the same
+`train_step`, `eval_step` and `after_eval_epoch` bodies, to edit there.
 """
 
 from __future__ import annotations
@@ -82,7 +84,11 @@ class EmbeddingTrainer(Trainer):
     def initialize_criterion(self, name: str, params: dict, miner: str, miner_params: dict) -> None:
         """The criterion section's loss; it must take this task's inputs (see `criteria.INPUT_KINDS`)."""
         super().initialize_criterion(name, params, miner, miner_params)
-        kind = getattr(self.criterion, "input_kind", None)
+        self.check_criterion(self.criterion, name)
+
+    def check_criterion(self, criterion: nn.Module, name: str) -> None:
+        """Raise a clear error when `criterion` (criterion.name `name`) does not take this task's inputs."""
+        kind = getattr(criterion, "input_kind", None)
         if kind != self.expected_input_kind:
             raise ValueError(f"criterion.name '{name}' takes {kind!r} inputs but {type(self).__name__} calls it "
                              f"with {self.expected_input_kind!r} (e.g. {self.example_criterion})")
@@ -95,23 +101,26 @@ class EmbeddingTrainer(Trainer):
 
     def eval_step(self) -> None:
         """Keep the batch's evaluation embeddings (`test_time_augmentation`) and labels."""
-        inputs, targets = self.to_device(self.data)
+        inputs, labels = self.to_device(self.data)
         with self.autocast():
-            embeddings = self.test_time_augmentation(inputs)
-        self.val_embeddings.append(embeddings.float().cpu())
-        self.val_labels.append(targets.cpu())
+            embeddings = self.test_time_augmentation(inputs).float()
+        self.val_embeddings.append(embeddings.cpu())
+        self.val_labels.append(labels.cpu())
+        n = labels.shape[0]
+        self.val_sums["count"] += n
 
     @param("evaluation.knn_k")
     def after_eval_epoch(self, knn_k: int) -> None:
         """kNN accuracy of the validation embeddings against the training set's: `val_knn_top1` and `val_top1`."""
-        val_emb, val_labels = gather_rows(torch.cat(self.val_embeddings)), gather_rows(torch.cat(self.val_labels))
-        bank_emb, bank_labels = self.bank_embeddings()
-        sums = all_reduce_sums(self.val_sums, self.device)
-        if sums["count"]:
-            self.epoch_record["val_loss"] = sums["loss"] / sums["count"]
-        knn = knn_accuracy(bank_emb, bank_labels, val_emb, val_labels, k=min(knn_k, bank_emb.shape[0]))
-        self.epoch_record.update(val_knn_top1=knn, val_top1=knn)
-        self.val_embeddings_all = (val_emb, val_labels)  # every rank's, for subclasses' metrics
+        embeddings, labels = self.validation_embeddings()
+        bank_embeddings, bank_labels = self.bank_embeddings()
+        knn = knn_accuracy(bank_embeddings, bank_labels, embeddings, labels, k=min(knn_k, len(bank_labels)))
+        metrics = {"val_knn_top1": knn, "val_top1": knn}
+        self.epoch_record.update(metrics)
+
+    def validation_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The embeddings and labels `eval_step` kept, from all ranks."""
+        return gather_rows(torch.cat(self.val_embeddings)), gather_rows(torch.cat(self.val_labels))
 
     @torch.no_grad()
     def bank_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,16 +146,26 @@ class MetricLearningTrainer(EmbeddingTrainer):
 
     def eval_step(self) -> None:
         """Keep the batch's embeddings and labels; accumulate the criterion's loss on the batch."""
-        super().eval_step()
-        inputs, targets = self.val_embeddings[-1].to(self.device), self.val_labels[-1].to(self.device)
-        self.val_sums["loss"] += float(self.criterion(inputs, targets)) * targets.shape[0]
-        self.val_sums["count"] += targets.shape[0]
+        inputs, labels = self.to_device(self.data)
+        with self.autocast():
+            embeddings = self.test_time_augmentation(inputs).float()
+            loss = self.criterion(embeddings, labels)
+        self.val_embeddings.append(embeddings.cpu())
+        self.val_labels.append(labels.cpu())
+        n = labels.shape[0]
+        self.val_sums["loss"] += float(loss) * n
+        self.val_sums["count"] += n
 
-    def after_eval_epoch(self) -> None:
-        """kNN accuracy (see EmbeddingTrainer) and leave-one-out precision@1 on the validation set."""
-        super().after_eval_epoch()
-        val_emb, val_labels = self.val_embeddings_all
-        self.epoch_record["val_precision_at_1"] = precision_at_1(val_emb, val_labels)
+    @param("evaluation.knn_k")
+    def after_eval_epoch(self, knn_k: int) -> None:
+        """val_loss, kNN accuracy (`val_knn_top1`, `val_top1`) and leave-one-out `val_precision_at_1`."""
+        embeddings, labels = self.validation_embeddings()
+        bank_embeddings, bank_labels = self.bank_embeddings()
+        knn = knn_accuracy(bank_embeddings, bank_labels, embeddings, labels, k=min(knn_k, len(bank_labels)))
+        sums = all_reduce_sums(self.val_sums, self.device)
+        metrics = {"val_loss": sums["loss"] / max(1, sums["count"]), "val_knn_top1": knn, "val_top1": knn,
+                   "val_precision_at_1": precision_at_1(embeddings, labels)}
+        self.epoch_record.update(metrics)
 
 
 class SSLMultiViewTrainer(EmbeddingTrainer):
@@ -156,10 +175,10 @@ class SSLMultiViewTrainer(EmbeddingTrainer):
     expected_input_kind = "views"
     example_criterion = "coke_multi_view, SelfSupervisedLoss, VICRegLoss"
 
-    def initialize_criterion(self) -> None:
-        """The criterion section's loss on views; CoKe's `embedding_size` must be the model's output size."""
-        super().initialize_criterion()
-        size, out = getattr(self.criterion, "embedding_size", None), getattr(self.raw_model, "embedding_dim", None)
+    def check_criterion(self, criterion: nn.Module, name: str) -> None:
+        """A loss on views; CoKe's `embedding_size` must be the model's output size."""
+        super().check_criterion(criterion, name)
+        size, out = getattr(criterion, "embedding_size", None), getattr(self.raw_model, "embedding_dim", None)
         if size is not None and out is not None and size != out:
             raise ValueError(f"criterion.params.embedding_size is {size} but the model outputs {out} numbers "
                              f"(model.embedding_dim): make them equal")

@@ -755,7 +755,7 @@ class Trainer:
         run_dir = Path(folder) / run_id
         if self.is_main:
             try:
-                (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+                run_dir.mkdir(parents=True, exist_ok=True)
             except OSError as error:
                 raise SystemExit(f"cannot create the run folder {run_dir}: {error.strerror}") from None
         return run_dir
