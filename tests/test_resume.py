@@ -175,3 +175,23 @@ def test_cuda_amp_resume_is_exact(tmp_path, dtype, monkeypatch):
         assert bool(scaler) == (dtype == "float16")   # the scaler's scale and growth tracker were saved
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_accumulation_ema_and_best_checkpoints_resume_exactly(tmp_path):
+    """accumulate 2 + EMA + best/top-k tracking: stopped mid-accumulation (step 12 stops after 13), at an
+    accumulation boundary (step 30) and in the last epoch, the run ends bitwise equal to an uninterrupted one."""
+    over = dict(training={"accumulate": 2, "ema_decay": 0.9},
+                logging={"monitor": "val_top1", "save_top_k": 2, "checkpoint_every": 6})
+    assert launcher.run_training(toy_config(tmp_path, "ref", **over), toy.TRAINER)["finished"]
+    results = run_until_finished(toy_config(tmp_path, "cut", **over, toy={"signal_at_steps": [12, 30, 50]}))
+    assert [r["step"] for r in results[:-1]] == [14, 31, 52]  # each stop waits for the end of its accumulation
+    toy.assert_same_run(tmp_path / "ref", tmp_path / "cut")
+    ref, cut = (load_torch(tmp_path / run / "checkpoints" / "last.pt") for run in ("ref", "cut"))
+    assert ref["best"] == cut["best"] and len(ref["best"]) == 2
+    for key in ref["ema"]:
+        assert torch.equal(ref["ema"][key], cut["ema"][key]), key
+    names = sorted(p.name for p in (tmp_path / "ref" / "checkpoints").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir()) and "best.pt" in names
+    best_ref, best_cut = (load_torch(tmp_path / run / "checkpoints" / "best.pt") for run in ("ref", "cut"))
+    for key in best_ref["model"]:
+        assert torch.equal(best_ref["model"][key], best_cut["model"][key]), key
