@@ -286,3 +286,10 @@ def test_hdf5_writer_thread_keeps_rows_in_order_and_reports_errors(tmp_path):
     with pytest.raises(RuntimeError, match="'w' rows have shape"):
         logger.drain()
     logger.close()
+
+
+def test_readme_shows_the_workflow_of_the_spec():
+    root = Path(__file__).resolve().parents[1]
+    spec = (root / "docs" / "workflow.txt").read_text()
+    readme = (root / "README.md").read_text()
+    assert readme.split("## The workflow\n\n```\n")[1].split("```")[0] == spec

@@ -8,20 +8,11 @@ import copy
 import pytest
 import torch
 
-from torchstrap_runtime.config import reset_config, set_values
+from torchstrap_runtime.config import set_values
 from torchstrap_runtime.loggers import read_log
 from torchstrap_runtime.trainer import NonFiniteLoss, Trainer, load_torch
 
-from test_trainer import TinyTrainer, make_batches, recording
-
-
-@pytest.fixture(autouse=True)
-def config(tmp_path):
-    reset_config(keep_sections=True)
-    set_values({"logging.folder": str(tmp_path), "logging.progress": False, "model.num_classes": 2,
-                "training.epochs": 2, "optimizer.lr": 0.05, "logging.log_every": 1})
-    yield
-    reset_config(keep_sections=True)
+from test_trainer import TinyTrainer, config, make_batches, recording  # noqa: F401  (config: autouse fixture)
 
 
 def epochs_of(trainer: Trainer) -> list[dict]:

@@ -145,16 +145,10 @@ class MetricLearningTrainer(EmbeddingTrainer):
     example_criterion = "TripletMarginLoss, ContrastiveLoss, MultiSimilarityLoss"
 
     def eval_step(self) -> None:
-        """Keep the batch's embeddings and labels; accumulate the criterion's loss on the batch."""
-        inputs, labels = self.to_device(self.data)
-        with self.autocast():
-            embeddings = self.test_time_augmentation(inputs).float()
-            loss = self.criterion(embeddings, labels)
-        self.val_embeddings.append(embeddings.cpu())
-        self.val_labels.append(labels.cpu())
-        n = labels.shape[0]
-        self.val_sums["loss"] += float(loss) * n
-        self.val_sums["count"] += n
+        """Keep the batch's embeddings and labels; add the criterion's loss on the batch to `self.val_sums`."""
+        super().eval_step()
+        embeddings, labels = self.val_embeddings[-1].to(self.device), self.val_labels[-1].to(self.device)
+        self.val_sums["loss"] += float(self.criterion(embeddings, labels)) * labels.shape[0]
 
     @param("evaluation.knn_k")
     def after_eval_epoch(self, knn_k: int) -> None:

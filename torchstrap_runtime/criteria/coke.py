@@ -43,35 +43,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import all_gather_cat, all_reduce_sum, is_distributed
+
 CENTER_UPDATES = ("epoch", "online")
 
 
 # ----------------------------------------------------------------------------- distributed helpers
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _all_reduce(t: torch.Tensor) -> torch.Tensor:
-    if _distributed():
-        dist.all_reduce(t)
-    return t
-
-
-def _all_gather_cat(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate a tensor over ranks along dim 0 (sizes may differ between ranks)."""
-    if not _distributed():
-        return t
-    world = dist.get_world_size()
-    size = torch.tensor([t.shape[0]], device=t.device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    longest = int(max(s.item() for s in sizes))
-    padded = torch.zeros((longest, *t.shape[1:]), dtype=t.dtype, device=t.device)
-    padded[: t.shape[0]] = t
-    parts = [torch.zeros_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
+# the collectives of torchstrap_runtime.distributed (no-ops on one process)
+_distributed, _all_reduce, _all_gather_cat = is_distributed, all_reduce_sum, all_gather_cat
 
 
 # ----------------------------------------------------------------------------- shared machinery

@@ -300,9 +300,9 @@ def resolve_order_seed(seed: Optional[int], world_size: int, distributed: bool, 
     if world_size == 1 or not shuffled:
         return seed
     if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
-        box = [seed]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
+        from ..distributed import broadcast_object
+
+        return broadcast_object(seed)
     raise ValueError("Loader: sharding without torch.distributed needs an explicit order seed "
                      "(ranks must agree on the order)")
 
