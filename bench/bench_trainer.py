@@ -4,7 +4,8 @@ Tiny MLP 784-256-10, batch 256, SGD (momentum 0.9, weight decay 5e-4), cross-ent
 tensors in memory, one JSON log line per step ({"train_loss", "lr"} with epoch, step, time), one epoch per
 round and a checkpoint (model + optimizer) at the end of it, in both contenders:
   raw loop                        a plain for loop writing the JSON line itself, torch.save at the end
-  Trainer, log() each step        Trainer subclass, logging.log_every=1 (its after_train_step calls self.log)
+  Trainer, log() each step        Trainer subclass, logging.log_every=1 (its after_train_step calls self.log);
+                                  its train_step returns the loss, the loop does backward and the step
   Trainer, + progress bar         the same with the default tqdm progress bar on (to stderr)
 
     python bench/bench_trainer.py [--quick] [--rounds N] [--steps N]
@@ -118,12 +119,10 @@ def trainer_run(cls, batches: list, name: str = "Trainer") -> float:
     trainer = cls()
     t0, c0 = time.perf_counter(), time.process_time()
     trainer.train_all_epochs()
-    if trainer.hdf5_logger is not None:
-        trainer.hdf5_logger.drain()  # rows still queued count too
+    trainer.close()  # drains arrays.h5 (rows still queued count too) and closes log.jsonl
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     record_cpu(name, len(batches), cpu)
     rate = len(batches) / wall
-    trainer.json_logger.close()
     lines = (trainer.run_dir / "log.jsonl").read_text().count("\n")
     if lines < len(batches):
         raise RuntimeError(f"Trainer wrote {lines} log lines for {len(batches)} steps: log() is not called each step")
