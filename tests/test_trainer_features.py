@@ -171,3 +171,13 @@ def test_close_is_idempotent():
     trainer.close()
     trainer.close()
     assert trainer.json_logger is None and trainer.hdf5_logger is None
+
+
+def test_a_train_step_that_returns_nothing_is_explained():
+    class OldStyle(TinyTrainer):
+        def train_step(self) -> None:  # a trainer.py generated before Trainer v2
+            super().train_step()
+
+    set_values({"logging.run_id": "old"})
+    with pytest.raises(TypeError, match=r"OldStyle.train_step returned NoneType, not the loss.*return super\(\)"):
+        OldStyle().run()

@@ -428,6 +428,10 @@ class Trainer:
             boundary = self.at_step_boundary(limit)
             with self.no_sync(not boundary):
                 loss = self.train_step()
+                if not isinstance(loss, torch.Tensor):
+                    raise TypeError(f"{type(self).__name__}.train_step returned {type(loss).__name__}, not the loss: it "
+                                    f"must end with `return loss` (the loop does backward and the optimizer step; "
+                                    f"a trainer.py generated before Trainer v2 needs `return super().train_step()`)")
                 self.loss = loss.detach()
                 self.check_finite(self.loss)
                 self.backward(loss)
