@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -23,7 +22,6 @@ TASKS = yaml.safe_load((CHECKOUT / "copier.yml").read_text())["task"]["choices"]
 # trains 2 steps with the generated trainer.py, edits its loss line, reloads the module, trains 2 steps again
 _SCRIPT = """
 import importlib, json, re, sys
-from pathlib import Path
 sys.path.insert(0, "src")
 from torchstrap_runtime.config import load_config, set_values
 from torchstrap_runtime.loggers import read_log
