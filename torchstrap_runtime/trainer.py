@@ -133,23 +133,26 @@ class Trainer:
     @param("optimizer.momentum")
     @param("optimizer.weight_decay")
     @param("optimizer.nesterov")
-    def initialize_optimizer(self, name: str, lr: float, momentum: float, weight_decay: float, nesterov: bool) -> None:
-        """Set `self.optimizer`: SGD, Adam or AdamW over the model's parameters (and the criterion's, if any)."""
-        self.optimizer = build_optimizer(name, parameter_groups(self.raw_model, weight_decay), lr=lr,
-                                         momentum=momentum, nesterov=nesterov)
+    @param("optimizer.exclude_norm_bias")
+    def initialize_optimizer(self, name: str, lr: float, momentum: float, weight_decay: float, nesterov: bool,
+                             exclude_norm_bias: bool) -> None:
+        """Set `self.optimizer`: SGD, Adam, AdamW or LARS over the model's parameters (and the criterion's, if any)."""
+        self.optimizer = build_optimizer(name, parameter_groups(self.raw_model, weight_decay, exclude_norm_bias),
+                                         lr=lr, momentum=momentum, nesterov=nesterov)
 
     @param("scheduler.name")
     @param("scheduler.warmup_epochs")
     @param("scheduler.step_size")
     @param("scheduler.milestones")
     @param("scheduler.gamma")
+    @param("scheduler.min_lr")
     @param("training.epochs")
     def initialize_scheduler(self, name: str, warmup_epochs: float, step_size: int, milestones: list[int],
-                             gamma: float, epochs: int) -> None:
-        """Set `self.scheduler` (or None). Cosine and one-cycle step per batch; step/multistep per epoch."""
+                             gamma: float, min_lr: float, epochs: int) -> None:
+        """Set `self.scheduler` (or None). StepLR/MultiStepLR step per epoch, the others per batch (optim.py)."""
         self.scheduler = build_scheduler(name, self.optimizer, steps_per_epoch=len(self.train_loader), epochs=epochs,
                                          warmup_epochs=warmup_epochs, step_size=step_size, milestones=milestones,
-                                         gamma=gamma)
+                                         gamma=gamma, min_lr=min_lr)
 
     @param("model.load_from")
     @param("model.load_optimizer")
