@@ -209,6 +209,19 @@ def test_onecycle_warm_up_length_and_final_lr():
     assert lrs[:4] == sorted(lrs[:4]) and lrs[-1] == pytest.approx(1e-4)
 
 
+@pytest.mark.parametrize("name", ["onecycle", "cosine"])
+def test_rebuilding_after_a_new_group_keeps_the_peak_lr(name):
+    """Trainer.attach_criterion adds the criterion's group, then builds the schedule again."""
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=LR)
+    build_scheduler(name, optimizer, steps_per_epoch=SPE, epochs=EPOCHS, warmup_epochs=1.0)
+    optimizer.add_param_group({"params": [nn.Parameter(torch.zeros(1))]})
+    scheduler = build_scheduler(name, optimizer, steps_per_epoch=SPE, epochs=EPOCHS, warmup_epochs=1.0)
+    for _ in range(3):
+        optimizer.step()
+        scheduler.step()
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([LR, LR])   # the end of the warm-up
+
+
 def test_min_lr_above_the_lr_is_refused():
     with pytest.raises(ValueError, match="scheduler.min_lr"):
         lr_curve("cosine", min_lr=0.5)
