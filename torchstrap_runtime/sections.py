@@ -38,7 +38,7 @@ def declare_standard_sections() -> None:
     )
     Section("scheduler", "the learning-rate schedule").params(
         name=Param(OneOf(["none", "cosine", "step", "multistep", "onecycle"]),
-                   "none | cosine (per step) | step, multistep (per epoch) | onecycle (per step)", default="cosine"),
+                   "none | cosine | step, multistep (the lr changes at epoch ends) | onecycle", default="cosine"),
         warmup_epochs=Param(Float(), "linear warm-up epochs (every schedule)", default=0.0),
         min_lr=Param(Float(), "lowest lr: end of cosine, floor of step/multistep, end of onecycle", default=0.0),
         step_size=Param(Int(), "StepLR: epochs between decays", default=30),
