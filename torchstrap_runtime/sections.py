@@ -37,17 +37,18 @@ def declare_standard_sections() -> None:
         sync_bn=Param(Bool(), "convert BatchNorm to SyncBatchNorm when world size > 1", default=True),
     )
     Section("optimizer", "the optimizer").params(
-        name=Param(OneOf(["sgd", "adamw", "adam", "lars"]), "optimizer", default="sgd"),
+        name=Param(OneOf(["sgd", "adamw", "adam", "lars"]), "optimizer (lars: SGD with a layer-wise trust ratio, SSL recipes)", default="sgd"),
         lr=Param(Float(), "learning rate", default=0.1),
         momentum=Param(Float(), "SGD momentum", default=0.9),
         weight_decay=Param(Float(), "weight decay", default=5e-4),
         nesterov=Param(Bool(), "SGD Nesterov momentum", default=False),
-        exclude_norm_bias=Param(Bool(), "no weight decay on norm layers and biases", default=False),
+        exclude_norm_bias=Param(Bool(), "no weight decay (and no LARS adaptation) on norm-layer parameters and biases", default=False),
     )
     Section("scheduler", "the learning-rate schedule").params(
         name=Param(OneOf(["none", "cosine", "step", "multistep", "onecycle"]),
-                   "none | cosine (per step) | step, multistep (per epoch) | onecycle (per step)", default="cosine"),
-        warmup_epochs=Param(Float(), "linear warm-up epochs (cosine)", default=0.0),
+                   "none | cosine | step, multistep (the lr changes at epoch ends) | onecycle", default="cosine"),
+        warmup_epochs=Param(Float(), "linear warm-up epochs (every schedule)", default=0.0),
+        min_lr=Param(Float(), "lowest lr: end of cosine, floor of step/multistep, end of onecycle", default=0.0),
         step_size=Param(Int(), "StepLR: epochs between decays", default=30),
         milestones=Param(ListOfInt(), "MultiStepLR: epochs where the lr decays, e.g. [30, 60] or 30,60", default=[30, 60]),
         gamma=Param(Float(), "StepLR/MultiStepLR decay factor", default=0.1),
