@@ -39,8 +39,10 @@ from . import __version__
 from . import sections as _sections  # noqa: F401  (declares the standard config sections)
 from .config import config_as_dict, param
 from .distributed import any_rank, convert_sync_batchnorm, has_batchnorm, setup_distributed
+from .errors import BadFileError, MissingFileError, UserError
 from .loggers import HDF5_FILE, LOG_FILE, HDF5Logger, JSONLogger
 from .optim import PER_EPOCH_SCHEDULERS, build_optimizer, build_scheduler, parameter_groups
+from .run_lock import RunLock
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -546,7 +548,8 @@ class Trainer:
             try:
                 (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
             except OSError as error:
-                raise SystemExit(f"cannot create the run folder {run_dir}: {error.strerror}") from None
+                raise UserError(f"cannot create the run folder {run_dir}: {error.strerror} (logging.folder)") from None
+            self.run_lock = RunLock(run_dir).acquire()  # a second process on this run is refused (run_lock.py)
         return run_dir
 
     def run_record(self) -> dict[str, Any]:
@@ -638,11 +641,12 @@ def save_torch_atomic(obj: Any, path: Path) -> None:
 def load_torch(path: Path) -> dict[str, Any]:
     """Load a checkpoint with `weights_only=True`; a missing or unreadable file is a clear error."""
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint {path} does not exist (expected a .pt file saved by a torchstrap run)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise RuntimeError(f"cannot load checkpoint {path}: {error}") from error
+        raise BadFileError(f"checkpoint {path} cannot be loaded: corrupt, truncated or not a torch checkpoint "
+                           f"({type(error).__name__})") from error
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
