@@ -98,7 +98,7 @@ def _print_check(report: CheckReport) -> int:
 
 def use_ram_tempdir(min_free: int = 512 * 2**20) -> None:
     """Put copier's temporary clones and renders (3-5 per command) in /dev/shm when the user has not set
-    TMPDIR and enough memory is free there: an update is ~40% faster than on a slow disk."""
+    TMPDIR and enough memory is free there (faster than a slow disk)."""
     shm = Path("/dev/shm")
     if "TMPDIR" in os.environ or not shm.is_dir() or not os.access(shm, os.W_OK):
         return
