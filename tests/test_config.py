@@ -368,7 +368,7 @@ def test_set_values_validates_and_is_atomic():
 def test_redeclare_and_reset():
     Section("optimizer", "again").params(lr=Param(Float(), "learning rate", default=0.2))
     assert get_value("optimizer.lr") == 0.2  # last declaration wins
-    assert get_config().sections_to_entries[("optimizer",)].count(("optimizer", "lr")) == 1
+    assert list(get_config().entries).count(("optimizer", "lr")) == 1
     set_values({"optimizer.lr": 0.4})
     reset_config(keep_sections=True)
     assert get_value("optimizer.lr") == 0.2
@@ -379,14 +379,10 @@ def test_redeclare_and_reset():
     assert get_value("optimizer.lr") == 0.1
 
 
-def test_anything_decodes_json_from_cli():
-    Section("extra").params(kwargs=Param(C.Anything(), "keyword arguments", default={}),
-                            word=Param(C.Anything(), "any string", default="x"))
-    load_config(["--extra.kwargs", '{"margin": 0.1, "p": [1, 2]}', "--extra.word", "hello"])
-    assert get_value("extra.kwargs") == {"margin": 0.1, "p": [1, 2]} and get_value("extra.word") == "hello"
+def test_dict_defaults_are_copied_never_shared():
     default = get_value("criterion.params")
     default["mutated"] = True
-    assert get_value("criterion.params") == {}  # defaults are copied, never shared
+    assert get_value("criterion.params") == {}
 
 
 def test_unparsable_file_names_the_file(tmp_path, capsys):
@@ -418,3 +414,56 @@ def test_config_object_pickles():
     load_config(["--optimizer.lr", "0.5"])
     again = pickle.loads(pickle.dumps(get_config()))
     assert again["optimizer.lr"] == 0.5 and again.as_dict() == config_as_dict()
+
+
+# ------------------------------------------------------------------------------------------------ ranges
+
+@pytest.mark.parametrize("checker, good, bad, expected", [
+    (Int(min=1), ["1", 5, "1e3", 7.0], ["0", -3, "2.5", True, "nan"], "an int >= 1"),
+    (Float(min=0, min_exclusive=True), ["1e-3", 2, "0.5"], ["0", "-1", "nan", False], "a float > 0"),
+    (Float(min=0, max=1, max_exclusive=True), ["0", 0.9], ["1", "1.5", "-0.1"], "a float in [0, 1)"),
+    (Float(min=0, max=1, min_exclusive=True), ["1", 0.1], ["0"], "a float in (0, 1]"),
+    (OptionalInt(min=0), ["0", "None", "NULL", None], ["-1"], "an int >= 0 or none"),
+    (ListOfInt(min=1), ["30,60", "[1]", [2, 3], ""], ["0,1", "[1, -1]"], "a list of (an int >= 1)"),
+])
+def test_ranges(checker, good, bad, expected):
+    assert checker.help() == expected
+    for value in good:
+        checker.check(value)
+    for value in bad:
+        with pytest.raises(ValueError):
+            checker.check(value)
+
+
+def test_every_bad_value_is_one_sentence_with_key_value_and_range(capsys):
+    Section("loop", "ranges").params(epochs=Param(Int(min=1), "epochs", default=1),
+                                     lr=Param(Float(min=0, min_exclusive=True), "learning rate", default=0.1))
+    with pytest.raises(SystemExit) as e:
+        load_config(["--loop.epochs", "-3", "--loop.lr", "0"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "config error: loop.epochs: got '-3', expected an int >= 1 (on the command line)",
+        "config error: loop.lr: got '0', expected a float > 0 (on the command line)"]
+    with pytest.raises(ConfigError, match=r"loop.epochs: got 0, expected an int >= 1 \(set_values\)"):
+        set_values({"loop.epochs": 0})
+
+
+def test_standard_sections_defaults_are_in_range():
+    from torchstrap_runtime.sections import declare_standard_sections
+
+    declare_standard_sections()
+    load_config([])
+    assert get_config().errors() == []
+    assert get_config().entries[("optimizer", "momentum")].checker.help() == "a float in [0, 1)"
+
+
+def test_print_config_prints_yaml_and_exits_0(capsys):
+    import yaml
+
+    with pytest.raises(SystemExit) as e:
+        load_config(["--optimizer.lr", "0.5", "--print-config"])
+    assert e.value.code == 0
+    assert yaml.safe_load(capsys.readouterr().out) == {
+        "optimizer": {"lr": 0.5, "momentum": 0.9, "name": "sgd"},
+        "training": {"epochs": 10, "eval_only": False, "seed": 0, "milestones": [30, 60]},
+        "criterion": {"params": {}}}

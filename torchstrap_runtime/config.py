@@ -1,6 +1,6 @@
 """Configuration: fastargs 1.2.0's `Section`, with strict checkers and a state of our own.
 
-    Section("optimizer", "the optimizer").params(lr=Param(Float(min=0, min_exclusive=True), "learning rate", default=0.1))
+    Section("optimizer", "the optimizer").params(lr=Param(Float(min=0, min_exclusive=True), "learning rate", 0.1))
 
     @param("optimizer.lr")     # on functions and methods; a value given by hand wins
     def make_optimizer(params, lr): ...
@@ -18,7 +18,7 @@ Checkers convert and check a value; `help()`, what they expect, ends up in the e
                         Float(min=0, max=1, max_exclusive=True) "a float in [0, 1)"
     OptionalInt(...)    the same range as Int, or None (also the strings in NONE_WORDS, any case)
     ListOfInt(...)      a list of such ints: "[30, 60]" or "30,60" on the command line
-    Str(), OneOf([...]), Dict(), Anything(); a type works too: Param(float, ...)
+    Str(), OneOf([...]), Dict() (a copy: defaults are never shared); a type works too: Param(float, ...)
 
 fastargs's traps fixed here: `Bool` reads "false"/"0"/"no"/"off" as False (fastargs: `bool("false")` is
 True; its own Param(bool) is made strict too) and Int refuses 3.5; a flag set in a config file is not reset
@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 
 import fastargs.validation as fv
 import yaml
-from fastargs import Section
+from fastargs import Param, Section  # Param(checker, desc, default=None, required=False, is_flag=False)
 from fastargs.state import get_current_config, set_current_config
 
 from .errors import DEBUG_FLAG, UserError, fail
@@ -81,18 +81,6 @@ class Checker(fv.Checker):
 
     def help(self) -> str:
         return self.expected
-
-
-class Anything(Checker):
-    """Any value (copied); a string that looks like a mapping or a list (`{...}`, `[...]`) is decoded."""
-
-    def check(self, value: Any) -> Any:
-        if isinstance(value, str) and value.strip()[:1] in ("{", "["):
-            try:
-                return parse_text(value)
-            except ValueError:
-                return value
-        return copy.deepcopy(value)
 
 
 class Bool(Checker):
@@ -136,11 +124,11 @@ class Int(Checker):
         return number
 
     def help(self) -> str:
-        low = f"{'>' if self.min_exclusive else '>='} {self.min}" if self.min is not None else ""
-        high = f"{'<' if self.max_exclusive else '<='} {self.max}" if self.max is not None else ""
+        low = "" if self.min is None else f" {'>' if self.min_exclusive else '>='} {self.min}"
+        high = "" if self.max is None else f" {'<' if self.max_exclusive else '<='} {self.max}"
         if low and high:
-            low, high = f"in {'(' if self.min_exclusive else '['}{self.min}, {self.max}{')' if self.max_exclusive else ']'}", ""
-        return " ".join(part for part in (self.expected, low, high) if part)
+            low, high = f" in {'(['[not self.min_exclusive]}{self.min}, ", f"{self.max}{')]'[not self.max_exclusive]}"
+        return self.expected + low + high
 
 
 class Float(Int):
@@ -217,25 +205,16 @@ class ListOfInt(Checker):
         return [self.item.check(item) for item in value]
 
 
-FASTARGS_LENIENT = {fv.Bool: Bool, fv.Int: Int, fv.Float: Float, fv.Str: Str, fv.Anything: Anything}
+FASTARGS_LENIENT = {fv.Bool: Bool, fv.Int: Int, fv.Float: Float, fv.Str: Str}
 
 
 def as_checker(checker: Any) -> fv.Checker:
-    """A checker for `checker`: one of ours, a type (int, float, bool, str), or a fastargs checker made strict."""
+    """A checker for `checker`: one of ours, a type (int, float, bool, str), or a fastargs checker made strict
+    (applied to every declared Param)."""
     checker = fv.get_checker(checker)
     if type(checker) is fv.OneOf:
         return OneOf(sorted(checker.possible_values, key=str))
     return FASTARGS_LENIENT[type(checker)]() if type(checker) in FASTARGS_LENIENT else checker
-
-
-class Param:
-    """A config parameter: `Param(checker, desc, default=None, required=False, is_flag=False)`; with
-    `default=None` and `required=False` its value may be None."""
-
-    def __init__(self, checker: Any, desc: str = "", default: Any = None, required: bool = False,
-                 is_flag: bool = False):
-        self.checker, self.desc, self.default = as_checker(checker), desc, default
-        self.required, self.is_flag, self.section = required, is_flag, None
 
 
 # ------------------------------------------------------------------------------------------------- state
@@ -245,8 +224,7 @@ class Config:
 
     def __init__(self) -> None:
         self.sections: dict[Key, Section] = {}
-        self.sections_to_entries: dict[Key, list[Key]] = {}
-        self.entries: dict[Key, Any] = {}
+        self.entries: dict[Key, Any] = {}  # in declaration order
         self.content: dict[Key, Any] = {}
         self.sources: dict[Key, str] = {}
 
@@ -255,11 +233,8 @@ class Config:
 
     def add_entry(self, ns: Key, name: str, entry: Any) -> None:
         """Declare a param (called by `Section.params`); declaring it again replaces it."""
-        path = ns + tuple(name.split("."))
         entry.checker = as_checker(entry.checker)  # fastargs's own Param(bool) too
-        paths = self.sections_to_entries.setdefault(ns, [])
-        paths += [] if path in paths else [path]
-        self.entries[path] = entry
+        self.entries[ns + tuple(name.split("."))] = entry
 
     def unknown(self, path: Key, where: str = "") -> ConfigError:
         close = difflib.get_close_matches(".".join(path), [".".join(k) for k in self.entries], n=1, cutoff=0.6)
@@ -328,7 +303,10 @@ class Config:
                  description, "-C/--config-file: a YAML or JSON file {section: {param: value}}, repeatable (later "
                  "files win); --section.param VALUE wins over files (a bare --flag means true); --print-config: "
                  f"print the resolved config (YAML) and exit; {DEBUG_FLAG} (or TORCHSTRAP_DEBUG=1): tracebacks"]
-        for ns, paths in self.sections_to_entries.items():
+        sections: dict[Key, list[Key]] = {}
+        for path in self.entries:
+            sections.setdefault(path[:-1], []).append(path)
+        for ns, paths in sections.items():
             lines += ["", f"{'.'.join(ns)}: {getattr(self.sections.get(ns), 'desc', None) or ''}"]
             for path in paths:
                 entry = self.entries[path]
@@ -436,15 +414,10 @@ def load_config(argv: list[str] | None = None, description: str = "", config: Ma
         print(cfg.help_text(os.path.basename(sys.argv[0]) or "python", description))
         raise SystemExit(0)
     files, values, errors = _parse_argv(cfg, [a for a in argv if a not in ("--print-config", DEBUG_FLAG)])
-    trees = [(config, "from load_config(config=...)")] if config is not None else []
-    for fname in files:
+    sources = [(config or {}, "from load_config(config=...)"), *((f, f"in {f}") for f in files)]
+    for tree, source in [*sources, (values, "on the command line")]:  # in order of precedence
         try:
-            trees.append((read_config_file(fname), f"in {fname}"))
-        except ConfigError as e:
-            errors.append(str(e))
-    for tree, source in [*trees, (values, "on the command line")]:
-        try:
-            cfg.collect(tree, source)
+            cfg.collect(read_config_file(tree) if isinstance(tree, str) else tree, source)
         except ConfigError as e:
             errors.append(str(e))
     errors += cfg.errors()
@@ -472,7 +445,7 @@ def param(key: str, alias: str | None = None) -> Callable[[F], F]:
         if hasattr(fn, "__config_params__"):  # stacked: wrap the undecorated function once
             fn = fn.__wrapped__
         signature = inspect.signature(fn)
-        if alias not in signature.parameters and not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+        if alias not in signature.parameters and all(p.kind != p.VAR_KEYWORD for p in signature.parameters.values()):
             raise TypeError(f"@param('{key}'): {fn.__qualname__}() has no argument '{alias}'")
 
         @functools.wraps(fn)

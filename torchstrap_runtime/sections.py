@@ -6,7 +6,7 @@ Importing this module declares them; `declare_standard_sections()` declares them
 
 from __future__ import annotations
 
-from .config import Anything, Bool, Float, Int, ListOfInt, OneOf, OptionalInt, Param, Section, Str
+from .config import Bool, Dict, Float, Int, ListOfInt, OneOf, OptionalInt, Param, Section, Str
 
 
 def declare_standard_sections() -> None:
@@ -45,9 +45,9 @@ def declare_standard_sections() -> None:
     )
     Section("criterion", "the loss (any torch.nn or pytorch-metric-learning loss, or CoKe)").params(
         name=Param(Str(), "loss name, e.g. CrossEntropyLoss, TripletMarginLoss, coke_multi_view", default="CrossEntropyLoss"),
-        params=Param(Anything(), "keyword arguments of the loss, e.g. {label_smoothing: 0.1}", default={}),
+        params=Param(Dict(), "keyword arguments of the loss, e.g. {label_smoothing: 0.1}", default={}),
         miner=Param(Str(), "pytorch-metric-learning miner ('' = none)", default=""),
-        miner_params=Param(Anything(), "keyword arguments of the miner", default={}),
+        miner_params=Param(Dict(), "keyword arguments of the miner", default={}),
     )
     Section("logging", "run folder, logs and checkpoints").params(
         folder=Param(Str(), "parent folder of the run folders", default="runs"),
