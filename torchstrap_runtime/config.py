@@ -300,9 +300,10 @@ class Config:
 
     def help_text(self, prog: str, description: str) -> str:
         lines = [f"usage: {prog} [-h] [--print-config] [{DEBUG_FLAG}] [-C CONFIG_FILE ...] [--section.param VALUE ...]",
-                 description, "-C/--config-file: a YAML or JSON file {section: {param: value}}, repeatable (later "
-                 "files win); --section.param VALUE wins over files (a bare --flag means true); --print-config: "
-                 f"print the resolved config (YAML) and exit; {DEBUG_FLAG} (or TORCHSTRAP_DEBUG=1): tracebacks"]
+                 description, "  -C, --config-file FILE  YAML or JSON {section: {param: value}}; repeatable, later wins",
+                 "  --section.param VALUE   wins over files; a bare --flag means true",
+                 "  --print-config          print the resolved config (YAML) and exit",
+                 f"  {DEBUG_FLAG:<24}show the traceback of errors (or TORCHSTRAP_DEBUG=1)"]
         sections: dict[Key, list[Key]] = {}
         for path in self.entries:
             sections.setdefault(path[:-1], []).append(path)
