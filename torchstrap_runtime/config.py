@@ -300,7 +300,7 @@ class Config:
 
     def help_text(self, prog: str, description: str) -> str:
         lines = [f"usage: {prog} [-h] [--print-config] [{DEBUG_FLAG}] [-C CONFIG_FILE ...] [--section.param VALUE ...]",
-                 description, "  -C, --config-file FILE  YAML or JSON {section: {param: value}}; repeatable, later wins",
+                 description, "  -C, --config-file FILE  YAML or JSON {section: {param: value}}; later files win",
                  "  --section.param VALUE   wins over files; a bare --flag means true",
                  "  --print-config          print the resolved config (YAML) and exit",
                  f"  {DEBUG_FLAG:<24}show the traceback of errors (or TORCHSTRAP_DEBUG=1)"]
