@@ -5,7 +5,7 @@
     torchstrap check [PATH] [--template SRC]
 
 Exit codes: 0 ok; 1 the experiment needs attention (conflicts left, behind its template); 2 usage or
-environment error (message printed, no traceback).
+environment error (message printed, no traceback; `--debug` or TORCHSTRAP_DEBUG=1 shows it).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from generator.lifecycle import (
     read_answers,
     update_experiment,
 )
-from generator.template_source import ENV_VAR, TemplateError
+from generator.template_source import ENV_VAR
+from torchstrap_runtime.errors import DEBUG_FLAG, UserError, report
 
 __all__ = ["main", "new_experiment", "update_experiment", "check_experiment"]
 
@@ -97,7 +98,7 @@ def _print_check(report: CheckReport) -> int:
 
 def use_ram_tempdir(min_free: int = 512 * 2**20) -> None:
     """Put copier's temporary clones and renders (3-5 per command) in /dev/shm when the user has not set
-    TMPDIR and enough memory is free there: an update is ~40% faster than on a slow disk."""
+    TMPDIR and enough memory is free there (faster than a slow disk)."""
     shm = Path("/dev/shm")
     if "TMPDIR" in os.environ or not shm.is_dir() or not os.access(shm, os.W_OK):
         return
@@ -106,10 +107,21 @@ def use_ram_tempdir(min_free: int = 512 * 2**20) -> None:
         tempfile.tempdir = str(shm)
 
 
+def _sentence(err: Exception) -> str:
+    """The one-sentence message of an error `main` reports."""
+    if isinstance(err, subprocess.CalledProcessError):  # a git command of ours failed
+        detail = (err.stderr or "").strip().splitlines()[-1:] or [f"exit code {err.returncode}"]
+        return f"`{' '.join(map(str, err.cmd))}` failed: {detail[0]}"
+    if isinstance(err, OSError) and not isinstance(err, UserError):
+        return f"{err.strerror or err}: {err.filename or ''}".rstrip(": ")
+    return str(err)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="torchstrap", description="Generate and update torchstrap experiments (see docs/LIFECYCLE.md).",
-        epilog="exit codes: 0 ok; 1 needs attention (conflicts left, behind the template); 2 error")
+        epilog=f"exit codes: 0 ok; 1 needs attention (conflicts left, behind the template); 2 error "
+               f"({DEBUG_FLAG} or TORCHSTRAP_DEBUG=1 shows its traceback)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     new = sub.add_parser("new", help="generate an experiment (a git repository) from the template")
@@ -135,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args([arg for arg in argv if arg != DEBUG_FLAG])
     previous = tempfile.tempdir
     if args.command != "demo":
         use_ram_tempdir()
@@ -154,16 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             from generator import demo  # written by the lead
 
             return int(demo.main([str(args.path)]) or 0)
-    except TemplateError as err:
-        print(f"torchstrap {args.command}: {err}", file=sys.stderr)
-        return 2
-    except subprocess.CalledProcessError as err:  # a git command of ours failed
-        detail = (err.stderr or "").strip().splitlines()[-1:] or [f"exit code {err.returncode}"]
-        print(f"torchstrap {args.command}: `{' '.join(map(str, err.cmd))}` failed: {detail[0]}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"torchstrap {args.command}: {err.strerror or err}: {err.filename or ''}".rstrip(": "), file=sys.stderr)
-        return 2
+    except (UserError, subprocess.CalledProcessError, OSError) as err:  # TemplateError, a git command, a file
+        return report(err, f"torchstrap {args.command}", argv, _sentence(err))
     except KeyboardInterrupt:
         print(f"torchstrap {args.command}: interrupted.", file=sys.stderr)
         return 130

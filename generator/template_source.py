@@ -16,12 +16,14 @@ from pathlib import Path
 from copier._vcs import get_repo
 from packaging.version import InvalidVersion, Version
 
+from torchstrap_runtime.errors import UserError
+
 ENV_VAR = "TORCHSTRAP_TEMPLATE"
 CHECKOUT = Path(__file__).resolve().parents[1]  # the torchstrap checkout this module runs from
 _DESCRIBE = re.compile(r"^(?P<tag>.+)-(?P<count>\d+)-g(?P<sha>[0-9a-f]+)$")
 
 
-class TemplateError(Exception):
+class TemplateError(UserError):
     """A problem the user can fix; the message is a full sentence."""
 
 

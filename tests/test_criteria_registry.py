@@ -137,6 +137,47 @@ def test_list_criteria_names_all_build():
         assert name in names
 
 
+def test_adaptive_log_softmax_trains_in_the_supervised_trainer(sections, tmp_path):
+    """AdaptiveLogSoftmaxWithLoss is an output layer returning (output, loss): built as a loss on the model's
+    features, its weights trained by the Trainer's optimizer, its log_prob scoring the classes."""
+    from torchstrap_runtime.loggers import read_log
+    from torchstrap_runtime.trainer import Trainer
+
+    with pytest.raises(ValueError, match="needs parameter\\(s\\) 'in_features', 'n_classes', and 'cutoffs'"):
+        build_criterion("AdaptiveLogSoftmaxWithLoss")
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(6).repeat(64)
+    inputs = 3 * torch.randn(6, 12, generator=g)[labels] + torch.randn(len(labels), 12, generator=g)
+    batches = [(inputs[i:i + 32], labels[i:i + 32]) for i in range(0, len(labels), 32)]
+
+    class Features(Trainer):
+        def initialize_model(self):
+            self.model = nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 16))  # 16 features, not 6 logits
+
+        def initialize_train_loader(self):
+            self.train_loader = batches
+
+        def initialize_val_loader(self):
+            self.val_loader = batches
+
+    load_config(["--criterion.name", "AdaptiveLogSoftmaxWithLoss", "--criterion.params",
+                 "{in_features: 16, n_classes: 6, cutoffs: [2, 4], div_value: 2.0}", "--training.epochs", "6", "--scheduler.name",
+                 "none", "--logging.folder", str(tmp_path), "--logging.run_id", "adaptive", "--logging.progress",
+                 "false", "--logging.eval_each_epoch", "false"])
+    trainer = Features()
+    assert trainer.criterion.input_kind == "logits_targets"
+    head = trainer.criterion.adaptive.head.weight.detach().clone()
+    trainer.run()
+    assert not torch.equal(head, trainer.criterion.adaptive.head.weight)  # the optimizer trains the layer
+    losses = [row["train_loss"] for row in read_log(tmp_path / "adaptive") if row.get("kind") == "epoch"]
+    assert len(losses) == 6 and losses[-1] < 0.5 * losses[0], losses
+    with torch.no_grad():
+        features = trainer.model(inputs)
+        assert trainer.criterion.log_prob(features).shape == (len(labels), 6)
+        accuracy = (trainer.criterion.predict(features) == labels).float().mean()
+        assert accuracy > 0.9, (accuracy, losses)
+
+
 # ----------------------------------------------------------------------------- evaluation helpers
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import BadFileError, MissingFileError
 from .loggers import HDF5_FILE, LOG_FILE, HDF5Logger
 
 
@@ -69,11 +70,12 @@ def copy_atomic(source: Path, path: Path) -> None:
 def load_torch(path: Path) -> dict[str, Any]:
     """Load a checkpoint with `weights_only=True`; a missing or unreadable file is a clear error."""
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint {path} does not exist (expected a .pt file saved by a torchstrap run)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise RuntimeError(f"cannot load checkpoint {path}: {error}") from error
+        raise BadFileError(f"checkpoint {path} cannot be loaded: corrupt, truncated or not a torch checkpoint "
+                           f"({type(error).__name__})") from error
 
 
 def truncate_run_logs(run_dir: Path, log_bytes: int, hdf5_rows: dict[str, int]) -> None:

@@ -33,6 +33,7 @@ from . import config as cfg
 from . import distributed
 from .config import Dict, Int, Param, Section, Str
 from .provenance import new_run_id
+from .errors import UserError, exit_on_user_error, fail
 
 
 def declare_slurm_section() -> None:
@@ -44,15 +45,15 @@ def declare_slurm_section() -> None:
         pass
     Section("slurm", "SLURM submission (scripts/submit.py)").params(
         partition=Param(Str(), "partition to submit to (required for SLURM; not for --local)", default=""),
-        nodes=Param(Int(), "number of nodes", default=1),
-        tasks_per_node=Param(Int(), "processes per node (one per GPU); >1 runs DDP", default=1),
-        gpus_per_node=Param(Int(), "GPUs per node", default=0),
-        cpus_per_task=Param(Int(), "CPU cores per process (data loading workers)", default=4),
-        timeout_min=Param(Int(), "time limit per job in minutes; the job requeues itself when it hits it", default=60),
-        mem_gb=Param(Int(), "memory per node in GB (0 = the cluster's default)", default=0),
-        signal_delay_s=Param(Int(), "USR2 arrives this many seconds before the time limit", default=120),
-        max_requeues=Param(Int(), "give up after this many time-limit requeues (preemptions do not count)", default=20),
-        array_parallelism=Param(Int(), "at most this many sweep jobs run at once", default=64),
+        nodes=Param(Int(min=1), "number of nodes", default=1),
+        tasks_per_node=Param(Int(min=1), "processes per node (one per GPU); >1 runs DDP", default=1),
+        gpus_per_node=Param(Int(min=0), "GPUs per node", default=0),
+        cpus_per_task=Param(Int(min=1), "CPU cores per process (data loading workers)", default=4),
+        timeout_min=Param(Int(min=1), "time limit per job in minutes; the job requeues itself when it hits it", default=60),
+        mem_gb=Param(Int(min=0), "memory per node in GB (0 = the cluster's default)", default=0),
+        signal_delay_s=Param(Int(min=0), "USR2 arrives this many seconds before the time limit", default=120),
+        max_requeues=Param(Int(min=0), "give up after this many time-limit requeues (preemptions do not count)", default=20),
+        array_parallelism=Param(Int(min=1), "at most this many sweep jobs run at once", default=64),
         job_name=Param(Str(), "job name ('' = the trainer's module)", default=""),
         extra=Param(Dict(), "more sbatch options as a dict, e.g. {account: abc, qos: high, constraint: a100}",
                     default={}),
@@ -64,7 +65,7 @@ def declare_slurm_section() -> None:
 declare_slurm_section()
 
 
-class LaunchError(ValueError):
+class LaunchError(UserError, ValueError):
     """Bad launcher input, found before anything is submitted."""
 
 
@@ -440,9 +441,8 @@ def main(trainer: str, argv: list[str] | None = None, imports: tuple[str, ...] =
         cfg.load_config(rest, description=f"Submit {trainer} to SLURM (or --local) with submitit. Launcher "
                         "options: --sweep SECTION.KEY=V1,V2 (repeatable), --local, --wait.")
         jobs = submit(cfg.config_as_dict(), trainer, sweeps, local, tuple(imports))
-    except LaunchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except UserError as e:
+        fail(e, argv=argv)
     where = "locally (submitit LocalExecutor)" if local else "to SLURM"
     print(f"submitted {len(jobs)} job(s) {where}")
     for job, run_dir in jobs:
@@ -491,11 +491,7 @@ def cli(argv: list[str]) -> None:
             imports.append(next(it, ""))
         else:
             rest.append(arg)
-    try:
-        run_here(trainer, rest, tuple(imports))
-    except LaunchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    exit_on_user_error(lambda args: run_here(trainer, args, tuple(imports)), rest)
 
 
 if __name__ == "__main__":

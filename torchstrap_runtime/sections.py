@@ -6,30 +6,30 @@ Importing this module declares them; `declare_standard_sections()` declares them
 
 from __future__ import annotations
 
-from .config import Anything, Bool, Float, Int, ListOfInt, OneOf, OptionalInt, Param, Section, Str
+from .config import Bool, Dict, Float, Int, ListOfInt, OneOf, OptionalInt, Param, Section, Str
 
 
 def declare_standard_sections() -> None:
     Section("training", "the training loop").params(
-        epochs=Param(Int(), "number of epochs", default=10),
+        epochs=Param(Int(min=1), "number of epochs", default=10),
         eval_only=Param(Bool(), "only evaluate (no train loader, optimizer or scheduler)", default=False),
-        seed=Param(OptionalInt(), "seed of python/numpy/torch RNGs (model init, dropout); null = fresh", default=0),
+        seed=Param(OptionalInt(min=0), "seed of python/numpy/torch RNGs (model init, dropout); null = fresh", default=0),
         device=Param(Str(), "'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...", default="auto"),
         dtype=Param(OneOf(["float32", "bfloat16", "float16"]), "compute dtype; bfloat16/float16 use AMP", default="float32"),
         channels_last=Param(Bool(), "channels_last memory format for conv models", default=False),
-        grad_clip=Param(Float(), "clip the gradient norm to this value (0 = off)", default=0.0),
-        accumulate=Param(Int(), "gradient accumulation: batches per optimizer step", default=1),
-        ema_decay=Param(Float(), "EMA of the weights with this decay, evaluated instead of them (0 = off)", default=0.0),
+        grad_clip=Param(Float(min=0), "clip the gradient norm to this value (0 = off)", default=0.0),
+        accumulate=Param(Int(min=1), "gradient accumulation: batches per optimizer step", default=1),
+        ema_decay=Param(Float(min=0, max=1, max_exclusive=True), "EMA of the weights with this decay, evaluated instead of them (0 = off)", default=0.0),
         compile=Param(Bool(), "torch.compile the model", default=False),
-        limit_train_batches=Param(Int(), "train on at most this many batches per epoch (0 = all)", default=0),
-        limit_val_batches=Param(Int(), "evaluate on at most this many batches (0 = all)", default=0),
+        limit_train_batches=Param(Int(min=0), "train on at most this many batches per epoch (0 = all)", default=0),
+        limit_val_batches=Param(Int(min=0), "evaluate on at most this many batches (0 = all)", default=0),
         fast_dev_run=Param(Bool(), "one train and one val batch, no logs or checkpoints written", default=False),
-        patience=Param(Int(), "stop after this many epochs without a better logging.monitor (0 = off)", default=0),
+        patience=Param(Int(min=0), "stop after this many epochs without a better logging.monitor (0 = off)", default=0),
         stop_on_nan=Param(Bool(), "stop the run when the training loss is not finite", default=True),
     )
     Section("model", "the network").params(
         name=Param(Str(), "model name (see the experiment's models.py)", default="mlp"),
-        num_classes=Param(Int(), "number of outputs of the classifier head", default=10),
+        num_classes=Param(Int(min=1), "number of outputs of the classifier head", default=10),
         load_from=Param(Str(), "checkpoint to start from ('' = none)", default=""),
         load_optimizer=Param(Bool(), "with load_from: also restore the optimizer state", default=False),
         load_scheduler=Param(Bool(), "with load_from: also restore the scheduler state", default=False),
@@ -38,39 +38,38 @@ def declare_standard_sections() -> None:
     )
     Section("optimizer", "the optimizer").params(
         name=Param(OneOf(["sgd", "adamw", "adam", "lars"]), "optimizer (lars: SGD with a layer-wise trust ratio, SSL recipes)", default="sgd"),
-        lr=Param(Float(), "learning rate", default=0.1),
-        momentum=Param(Float(), "SGD momentum", default=0.9),
-        weight_decay=Param(Float(), "weight decay", default=5e-4),
+        lr=Param(Float(min=0, min_exclusive=True), "learning rate", default=0.1),
+        momentum=Param(Float(min=0, max=1, max_exclusive=True), "SGD momentum", default=0.9),
+        weight_decay=Param(Float(min=0), "weight decay", default=5e-4),
         nesterov=Param(Bool(), "SGD Nesterov momentum", default=False),
         exclude_norm_bias=Param(Bool(), "no weight decay (and no LARS adaptation) on norm-layer parameters and biases", default=False),
     )
     Section("scheduler", "the learning-rate schedule").params(
         name=Param(OneOf(["none", "cosine", "step", "multistep", "onecycle"]),
                    "none | cosine | step, multistep (the lr changes at epoch ends) | onecycle", default="cosine"),
-        warmup_epochs=Param(Float(), "linear warm-up epochs (every schedule)", default=0.0),
-        min_lr=Param(Float(), "lowest lr: end of cosine, floor of step/multistep, end of onecycle", default=0.0),
-        step_size=Param(Int(), "StepLR: epochs between decays", default=30),
-        milestones=Param(ListOfInt(), "MultiStepLR: epochs where the lr decays, e.g. [30, 60] or 30,60", default=[30, 60]),
-        gamma=Param(Float(), "StepLR/MultiStepLR decay factor", default=0.1),
-        min_lr=Param(Float(), "lowest learning rate the schedule decays to", default=0.0),
+        warmup_epochs=Param(Float(min=0), "linear warm-up epochs (every schedule)", default=0.0),
+        min_lr=Param(Float(min=0), "lowest lr: end of cosine, floor of step/multistep, end of onecycle", default=0.0),
+        step_size=Param(Int(min=1), "StepLR: epochs between decays", default=30),
+        milestones=Param(ListOfInt(min=1), "MultiStepLR: epochs where the lr decays, e.g. [30, 60] or 30,60", default=[30, 60]),
+        gamma=Param(Float(min=0, max=1, min_exclusive=True), "StepLR/MultiStepLR decay factor", default=0.1),
     )
     Section("criterion", "the loss (any torch.nn or pytorch-metric-learning loss, or CoKe)").params(
         name=Param(Str(), "loss name, e.g. CrossEntropyLoss, TripletMarginLoss, coke_multi_view", default="CrossEntropyLoss"),
-        params=Param(Anything(), "keyword arguments of the loss, e.g. {label_smoothing: 0.1}", default={}),
+        params=Param(Dict(), "keyword arguments of the loss, e.g. {label_smoothing: 0.1}", default={}),
         miner=Param(Str(), "pytorch-metric-learning miner ('' = none)", default=""),
-        miner_params=Param(Anything(), "keyword arguments of the miner", default={}),
+        miner_params=Param(Dict(), "keyword arguments of the miner", default={}),
     )
     Section("logging", "run folder, logs and checkpoints").params(
         folder=Param(Str(), "parent folder of the run folders", default="runs"),
         run_id=Param(Str(), "run folder name ('' = generated); an existing run resumes", default=""),
         eval_each_epoch=Param(Bool(), "evaluate on the validation set after each epoch", default=True),
-        log_every=Param(Int(), "log the training loss every N steps (0 = only per epoch)", default=10),
-        checkpoint_every=Param(Int(), "also checkpoint every N steps (0 = only at epoch ends)", default=0),
+        log_every=Param(Int(min=0), "log the training loss every N steps (0 = only per epoch)", default=10),
+        checkpoint_every=Param(Int(min=0), "also checkpoint every N steps (0 = only at epoch ends)", default=0),
         progress=Param(Bool(), "show progress bars", default=True),
-        eval_every=Param(Int(), "with eval_each_epoch: evaluate every N epochs (and after the last)", default=1),
+        eval_every=Param(Int(min=1), "with eval_each_epoch: evaluate every N epochs (and after the last)", default=1),
         monitor=Param(Str(), "epoch value that ranks checkpoints, e.g. val_top1 ('' = none)", default=""),
         monitor_mode=Param(OneOf(["max", "min"]), "whether a higher (max) or lower (min) monitor is better", default="max"),
-        save_top_k=Param(Int(), "with monitor: keep checkpoints/best.pt, and epoch_<E>.pt of the k best when k > 1", default=1),
+        save_top_k=Param(Int(min=1), "with monitor: keep checkpoints/best.pt, and epoch_<E>.pt of the k best when k > 1", default=1),
     )
 
 

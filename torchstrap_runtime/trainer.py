@@ -41,9 +41,11 @@ from .checkpoint import (BestCheckpoints, load_torch, rng_state, save_torch_atom
 from .config import param
 from .distributed import (all_reduce_sum, all_reduce_sums, any_rank, broadcast_object, convert_sync_batchnorm,
                           has_batchnorm, setup_distributed)
+from .errors import UserError
 from .loggers import HDF5_FILE, LOG_FILE, HDF5Logger, JSONLogger
 from .optim import PER_EPOCH_SCHEDULERS, build_optimizer, build_scheduler, parameter_groups
 from .provenance import new_run_id, run_record, write_json_atomic
+from .run_lock import RunLock
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # epoch-record values measured with a clock: they differ between two runs of the same seeds
@@ -343,13 +345,16 @@ class Trainer:
             self.close()
 
     def close(self) -> None:
-        """Close the progress bar and the loggers (flushing arrays.h5). Safe to call more than once."""
+        """Close the progress bar and the loggers (flushing arrays.h5), release the run folder's lock.
+        Safe to call more than once."""
         self.close_progress_bar()
         for name in ("json_logger", "hdf5_logger"):
             logger = getattr(self, name, None)
             if logger is not None:
                 logger.close()
             setattr(self, name, None)
+        if getattr(self, "run_lock", None) is not None:
+            self.run_lock.release()
 
     def print_epoch(self, epochs: int) -> None:
         """One line per epoch under the progress bars: losses, accuracies, learning rate, speed, memory."""
@@ -761,7 +766,8 @@ class Trainer:
             try:
                 run_dir.mkdir(parents=True, exist_ok=True)
             except OSError as error:
-                raise SystemExit(f"cannot create the run folder {run_dir}: {error.strerror}") from None
+                raise UserError(f"cannot create the run folder {run_dir}: {error.strerror} (logging.folder)") from None
+            self.run_lock = RunLock(run_dir).acquire()  # a second process on this run is refused (run_lock.py)
         return run_dir
 
 

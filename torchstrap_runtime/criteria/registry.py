@@ -6,7 +6,8 @@
 
 Name resolution: a bare name found in only one library means that class; the only name found in both,
 `TripletMarginLoss`, means the pytorch-metric-learning loss (the metric-learning use of the config);
-`nn.<Name>` and `pml.<Name>` always pick the library explicitly.
+`nn.<Name>` and `pml.<Name>` always pick the library explicitly. `AdaptiveLogSoftmaxWithLoss` (an output
+layer with its own weights that returns (output, loss)) is built as `wrappers.AdaptiveSoftmaxLoss`.
 
 Parameters are keyword arguments of the class. For pytorch-metric-learning, parameters that are objects
 (`distance`, `reducer`, `embedding_regularizer`, `weight_regularizer`, `loss`, `losses`, `miner`,
@@ -22,12 +23,12 @@ import inspect
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 from torch.nn.modules.loss import _Loss
 
+from ..config import NONE_WORDS, parse_text
 from .coke import CoKeMultiView, CoKeSingleView
-from .wrappers import MetricLoss, ViewsLoss
+from .wrappers import AdaptiveSoftmaxLoss, MetricLoss, ViewsLoss
 
 COKE_CRITERIA: dict[str, type[nn.Module]] = {
     "coke_single_view": CoKeSingleView,
@@ -43,15 +44,17 @@ PML_BASE_CLASSES = {
 PML_VIEWS_LOSSES = {"SelfSupervisedLoss", "VICRegLoss"}
 # pml losses that cannot take an external miner's indices_tuple; the miner goes into the constructor.
 PML_MINER_IN_CONSTRUCTOR = {"CrossBatchMemory"}
-NONE_STRINGS = {"", "none", "null"}
+# torch.nn layers that compute a loss but are no _Loss: built through a wrapper that returns the loss.
+TORCH_LOSS_LAYERS: dict[str, type[nn.Module]] = {"AdaptiveLogSoftmaxWithLoss": AdaptiveSoftmaxLoss}
 
 
 # ----------------------------------------------------------------------------- name tables
 
 def torch_losses() -> dict[str, type[nn.Module]]:
-    """Every public torch.nn loss class (subclasses of torch.nn.modules.loss._Loss)."""
-    return {name: cls for name, cls in vars(nn).items()
-            if inspect.isclass(cls) and issubclass(cls, _Loss) and not name.startswith("_")}
+    """Every public torch.nn loss class (subclasses of torch.nn.modules.loss._Loss), and the loss layers of
+    TORCH_LOSS_LAYERS as their wrappers."""
+    return {**{name: cls for name, cls in vars(nn).items()
+               if inspect.isclass(cls) and issubclass(cls, _Loss) and not name.startswith("_")}, **TORCH_LOSS_LAYERS}
 
 
 def _pml_module(kind: str):
@@ -126,12 +129,12 @@ def resolve(name: str) -> tuple[str, type[nn.Module]]:
 
 def parse_params(params: Any, what: str = "criterion.params") -> dict[str, Any]:
     """Parameters as a dict: accepts None, a dict, or a YAML/JSON mapping string."""
-    if params is None or (isinstance(params, str) and params.strip().lower() in NONE_STRINGS):
+    if params is None or (isinstance(params, str) and params.strip().lower() in ("", *NONE_WORDS)):
         return {}
     if isinstance(params, str):
         try:
-            params = yaml.safe_load(params)
-        except yaml.YAMLError as e:
+            params = parse_text(params)
+        except ValueError as e:
             raise ValueError(f"{what} is not valid YAML/JSON: {params!r} ({e})") from None
     if not isinstance(params, dict):
         raise ValueError(f"{what} must be a mapping of keyword arguments, got {params!r}")
@@ -248,7 +251,7 @@ def build_criterion(name: str, params: dict[str, Any] | str | None = None,
     library, cls = resolve(name)
     params = parse_params(params)
     miner_params = parse_params(miner_params, "criterion.miner_params")
-    if isinstance(miner, str) and miner.strip().lower() in NONE_STRINGS:
+    if isinstance(miner, str) and miner.strip().lower() in ("", *NONE_WORDS):
         miner = None
     if miner is None and miner_params:
         raise ValueError(f"criterion.miner_params {miner_params!r} given without criterion.miner")

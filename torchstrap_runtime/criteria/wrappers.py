@@ -1,4 +1,4 @@
-"""Uniform call conventions around pytorch-metric-learning losses.
+"""Uniform call conventions around pytorch-metric-learning losses and torch.nn loss layers.
 
 Every criterion that `build_criterion` returns carries `input_kind`, telling a Trainer how to call it:
 
@@ -62,3 +62,29 @@ def _describe(views) -> str:
     if isinstance(views, torch.Tensor):
         return f"a single tensor of shape {tuple(views.shape)}"
     return f"{len(views)} view(s)"
+
+
+class AdaptiveSoftmaxLoss(nn.Module):
+    """torch.nn.AdaptiveLogSoftmaxWithLoss as a loss: criterion(features, targets) is the mean negative
+    log-likelihood of the targets.
+
+    It is an output layer with its own weights (the Trainer gives them to the optimizer): the model outputs
+    `in_features` features, not logits, and `n_classes` may be large (frequent classes first, split at
+    `cutoffs`). `log_prob(features)` gives the (N, n_classes) log-probabilities to score predictions with
+    (top-1 of the model's raw outputs means nothing here); `predict(features)` the most likely classes.
+    """
+
+    def __init__(self, in_features: int, n_classes: int, cutoffs: list[int], div_value: float = 4.0,
+                 head_bias: bool = False):
+        super().__init__()
+        self.adaptive = nn.AdaptiveLogSoftmaxWithLoss(in_features, n_classes, list(cutoffs), div_value=div_value,
+                                                      head_bias=head_bias)
+
+    def forward(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.adaptive(features.float(), targets).loss
+
+    def log_prob(self, features: torch.Tensor) -> torch.Tensor:
+        return self.adaptive.log_prob(features.float())
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        return self.adaptive.predict(features.float())

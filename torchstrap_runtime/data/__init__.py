@@ -1,5 +1,5 @@
 """Seeded, reproducible FFCV data: ops, Loader, dataset writers (see docs/data.md)."""
-from . import _ffcv_import  # noqa: F401  (first: imports FFCV without its ~5 s typed-dict compile)
+from . import _ffcv_import  # noqa: F401  (first: imports FFCV without its typed-dict compile)
 from ffcv.loader import OrderOption
 
 from . import ffcv_fixes

@@ -1,12 +1,12 @@
-"""Import FFCV without the ~5 s it spends compiling at import, and build Loaders without a reader compile.
+"""Import FFCV without the numba compile it runs at import, and build Loaders without a reader compile.
 
 1. `ffcv/fields/rgb_image.py` runs `IMAGE_MODES = numba.typed.Dict()` at module level, which makes numba
-   compile its typed-dict machinery in every fresh process: about 5 s of the 8 s of `import ffcv` on a
-   2-core machine, and numba's disk cache does not cover it. FFCV (and this package) only read IMAGE_MODES
+   compile its typed-dict machinery in every fresh process (most of the time `import ffcv` takes), and
+   numba's disk cache does not cover it. FFCV (and this package) only read IMAGE_MODES
    from Python (`IMAGE_MODES['jpg']`), so a plain dict behaves the same: `import_ffcv()` imports FFCV once
    with `numba.typed.Dict` standing for `dict` during that import only (no-op when FFCV is already imported).
 2. FFCV's OS-cache memory manager compiles its sample reader eagerly and uncached each time a Loader is
-   built (about 1.5 s). `cache_os_reader()` makes it return `os_cache_read`, the same two lines compiled
+   built. `cache_os_reader()` makes it return `os_cache_read`, the same two lines compiled
    lazily with `cache=True` (no explicit signature: typed from the read-only memory map, and no interned
    numba type is mutated; see ffcv_fixes.py), so a second launch loads it from NUMBA_CACHE_DIR.
 Same batches either way. Measured by bench/bench_startup.py.

@@ -56,7 +56,7 @@ def check_range(values, owner: str, name: str, low: float = 0.0) -> Tuple[float,
 def flip_image(image, out, flip):
     """out = one HxWx3 uint8 image as is (flip 0), mirrored left-right (1) or upside down (2).
 
-    OpenCV's copy/flip when pixels are packed (numba's own array copy is 10-40x slower here, bench/NOTES.md),
+    OpenCV's copy/flip when pixels are packed (faster than numba's own array copy, bench/NOTES.md),
     plain loops for any other layout.
     """
     height, width = image.shape[0], image.shape[1]
@@ -100,7 +100,7 @@ def solarize_image(image: np.ndarray, threshold: int) -> None:
 
 @overload(solarize_image)
 def _solarize_image(image, threshold):
-    """A flat loop over a C-contiguous image (SIMD: about 20x faster than indexing HxWx3), else any layout."""
+    """A flat loop over a C-contiguous image (which LLVM vectorizes), else any layout."""
     if isinstance(image, types.Array) and image.layout == "C":
         def flat(image, threshold):
             if threshold > 255:

@@ -12,6 +12,8 @@ import numpy as np
 from ffcv.fields import FloatField, IntField, NDArrayField, RGBImageField
 from ffcv.fields.base import Field
 
+from ..errors import BadFileError, MissingFileError
+
 PathLike = Union[str, Path]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 MAX_FIELD_NAME = 16  # bytes, FFCV's limit
@@ -19,33 +21,33 @@ MAX_FIELD_NAME = 16  # bytes, FFCV's limit
 
 # ---------------------------------------------------------------------- validation
 def check_beton(path: PathLike) -> Path:
-    """Return `path` if it is a readable FFCV .beton; raise FileNotFoundError / ValueError naming it otherwise."""
+    """Return `path` if it is a readable FFCV .beton; raise MissingFileError / BadFileError naming it otherwise."""
     from ffcv.reader import Reader
     from ffcv.types import ALLOC_TABLE_TYPE, CURRENT_VERSION, HeaderType
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"FFCV dataset {path} does not exist")
+        raise MissingFileError(f"FFCV dataset {path} does not exist")
     if not path.is_file():
-        raise ValueError(f"FFCV dataset {path} is not a file")
+        raise BadFileError(f"FFCV dataset {path} is not a file")
     size = path.stat().st_size
     if size < HeaderType.itemsize:
-        raise ValueError(f"{path} is not a valid FFCV .beton file: only {size} bytes (empty or truncated)")
+        raise BadFileError(f"{path} is not a valid FFCV .beton file: only {size} bytes (empty or truncated)")
     header = np.fromfile(path, dtype=HeaderType, count=1)[0]
     if header["version"] != CURRENT_VERSION:
-        raise ValueError(f"{path} is not a valid FFCV .beton file: format version {header['version']}, "
+        raise BadFileError(f"{path} is not a valid FFCV .beton file: format version {header['version']}, "
                          f"expected {CURRENT_VERSION} (corrupt, or not a .beton)")
     table_ptr = int(header["alloc_table_ptr"])
     if table_ptr == 0 or table_ptr > size or (size - table_ptr) % ALLOC_TABLE_TYPE.itemsize:
-        raise ValueError(f"{path} is not a valid FFCV .beton file: bad allocation table "
+        raise BadFileError(f"{path} is not a valid FFCV .beton file: bad allocation table "
                          f"(truncated or unfinished write)")
     try:
         reader = Reader(str(path))
     except Exception as error:
-        raise ValueError(f"{path} is not a valid FFCV .beton file: {error}") from error
+        raise BadFileError(f"{path} is not a valid FFCV .beton file: {error}") from error
     table = reader.alloc_table
     if len(reader.metadata) != reader.num_samples or np.any(table["ptr"] + table["size"] > size):
-        raise ValueError(f"{path} is not a valid FFCV .beton file: metadata or data region truncated")
+        raise BadFileError(f"{path} is not a valid FFCV .beton file: metadata or data region truncated")
     return path
 
 

@@ -1,0 +1,64 @@
+"""User errors: a problem the user caused and can fix, told in one sentence, exit code 2, no traceback.
+
+Raise a `UserError` (or one of its kinds below) wherever a user's input is found wrong: a value out of
+range, a missing or corrupt file, a busy run folder. Entry points run their `main` through
+`exit_on_user_error`, the one place that turns it into `error: <sentence>` on stderr and exit code 2.
+`--debug` on the command line, or `TORCHSTRAP_DEBUG=1`, shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+USER_ERROR_EXIT = 2
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "TORCHSTRAP_DEBUG"
+
+
+class UserError(Exception):
+    """A problem in what the user gave (value, file, run folder); the message is one sentence saying what
+    was given and what is expected."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file the user named (dataset, checkpoint, config file) does not exist."""
+
+
+class BadFileError(UserError, ValueError):
+    """A file the user named exists but is corrupt, truncated or of another kind."""
+
+
+def debug_requested(argv: Sequence[str] | None = None) -> bool:
+    """Whether tracebacks were asked for: `--debug` in `argv` (default: the command line) or TORCHSTRAP_DEBUG=1."""
+    argv = sys.argv[1:] if argv is None else argv
+    return DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def report(error: BaseException, prefix: str = "error", argv: Sequence[str] | None = None,
+           message: str | None = None) -> int:
+    """Print `prefix: sentence` (a line per sentence of `message`, default the error's) to stderr and return
+    the exit code 2; re-raise the error instead when debugging."""
+    if debug_requested(argv):
+        raise error
+    print("\n".join(f"{prefix}: {line}" for line in (message or str(error)).splitlines()), file=sys.stderr)
+    return USER_ERROR_EXIT
+
+
+def fail(error: UserError, prefix: str = "error", argv: Sequence[str] | None = None) -> NoReturn:
+    """`report` the error, then exit 2."""
+    raise SystemExit(report(error, prefix, argv)) from None
+
+
+def exit_on_user_error(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> Any:
+    """Run `main(argv)` (default: the command line); a UserError exits 2 with its sentence. `--debug` is taken
+    out of argv and becomes TORCHSTRAP_DEBUG=1 (for this process and the ones it starts)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if DEBUG_FLAG in argv:
+        os.environ[DEBUG_ENV] = "1"
+    try:
+        return main([arg for arg in argv if arg != DEBUG_FLAG])
+    except UserError as error:
+        fail(error, argv=argv)
