@@ -39,6 +39,7 @@ from . import __version__
 from . import sections as _sections  # noqa: F401  (declares the standard config sections)
 from .config import config_as_dict, param
 from .distributed import any_rank, convert_sync_batchnorm, has_batchnorm, setup_distributed
+from .distributed import drop_padding  # loader-compat: distributed val padding counts once
 from .loggers import HDF5_FILE, LOG_FILE, HDF5Logger, JSONLogger
 from .optim import PER_EPOCH_SCHEDULERS, build_optimizer, build_scheduler, parameter_groups
 
@@ -253,6 +254,10 @@ class Trainer:
         inputs, targets = self.to_device(self.data)
         with self.autocast():
             outputs = self.test_time_augmentation(inputs)
+            # loader-compat: a distributed val loader's padding (drop_last=False) must count once
+            outputs, targets = drop_padding(self.val_loader, outputs, targets)
+            if targets.shape[0] == 0:
+                return
             loss = self.criterion(outputs, targets)
         top1, top5 = topk_correct(outputs.float(), targets, (1, 5))
         n = targets.shape[0]

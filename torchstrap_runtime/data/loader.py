@@ -10,7 +10,7 @@ What differs from FFCV's loader:
   augmentation therefore depends only on (op seed, epoch, dataset index).
 - `start_epoch`, `start_batch`, `set_epoch(epoch, start_batch)` resume exactly inside an epoch.
 - `distributed=True` splits each epoch's order into per-rank shards order[rank::world_size] (padded like
-  FFCV's when `drop_last=False`; `drop_padding` keeps padding out of evaluation sums).
+  FFCV's when `drop_last=False`; `distributed.drop_padding` keeps padding out of evaluation sums).
 - `custom_field_mapper={'view2': 'image'}` decodes a stored field again under another output name.
 - the batch buffers are allocated once and reused by the following epochs (FFCV allocates, and the
   kernel zero-fills, them again every epoch); an epoch starts in the slot after the previous epoch's last
@@ -364,17 +364,6 @@ def check_quasi_random_seed(seed: Optional[int]) -> int:
         raise ValueError(f"Loader: with order=QUASI_RANDOM the seed must be below {QUASI_RANDOM_SEED_LIMIT} "
                          f"(FFCV's quasi-random order overflows int64 above it), got {seed}")
     return seed
-
-
-def drop_padding(loader, *tensors):
-    """`tensors` (outputs of the batch `loader` yielded last, or values computed from it) without the padding
-    a distributed `Loader` with `drop_last=False` adds, so evaluation sums count each sample once.
-    Any other loader's batches come back as they are."""
-    iterator = getattr(loader, "last_iterator", None)
-    if not isinstance(loader, Loader) or iterator is None or iterator.batch is None:
-        return tensors
-    keep = loader.real_samples(iterator.batch)
-    return tuple(t[:keep] for t in tensors)
 
 
 def resolve_order_seed(seed: Optional[int], world_size: int, distributed: bool, shuffled: bool = True) -> int:
