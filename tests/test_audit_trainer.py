@@ -140,8 +140,11 @@ def check_rows(folder: Path) -> bool:
     assert [r["step"] for r in rows] == list(range(len(rows)))
     for row in rows:
         assert row["loss"] == 1.0 / (row["step"] + 1) and row["text"] == "x" * LINE
-    with h5py.File(folder / "arrays.h5", "r") as f:
-        values, steps = f["a"][:], f["a__step"][:]
+    values, steps = np.zeros((0, 8, 8)), np.zeros(0, dtype=int)
+    if (folder / "arrays.h5").exists():  # absent when killed before the writer thread opened it
+        with h5py.File(folder / "arrays.h5", "r") as f:  # must open: never a half-created file
+            if "a" in f:
+                values, steps = f["a"][:], f["a__step"][:]
     assert len(values) == len(steps) and list(steps) == list(range(len(steps)))
     by_step = {r["step"]: r for r in rows}
     for value, step in zip(values, steps):

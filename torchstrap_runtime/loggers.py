@@ -92,6 +92,7 @@ class HDF5Logger:
 
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = h5py.File(self.path, "a")
+            self._file.flush()  # loader-compat: a kill before the first row's flush left an unopenable file
         return self._file
 
     def _dataset(self, name: str, row: np.ndarray) -> tuple[Any, tuple, bool]:
