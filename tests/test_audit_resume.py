@@ -40,6 +40,7 @@ def segment(experiment: Path, run_id: str, stops: list[int], args: list[str]) ->
     return json.loads(done.stdout.split("RESULT ", 1)[1])
 
 
+@pytest.mark.slow  # three training processes of the generated experiment (about 3 min on 2 idle cores)
 def test_generated_experiment_with_null_seeds_resumes_bitwise(experiment):  # noqa: F811
     cut = segment(experiment, "cut", [7], NULL_SEEDS)
     assert not cut[-1]["finished"]

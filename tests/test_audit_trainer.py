@@ -4,7 +4,6 @@ state, `eval_only` reproduces the trained run's figures, and a killed writer lea
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -19,21 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from torchstrap_runtime.config import reset_config, set_values
+from torchstrap_runtime.config import set_values
 from torchstrap_runtime.loggers import read_log
 
-from test_trainer import TinyTrainer
+from test_trainer import TinyTrainer, config  # noqa: F401  (its autouse config fixture applies here too)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def config(tmp_path):
-    reset_config(keep_sections=True)
-    set_values({"logging.folder": str(tmp_path), "logging.progress": False, "model.num_classes": 2,
-                "training.epochs": 2, "optimizer.lr": 0.05, "logging.log_every": 1})
-    yield
-    reset_config(keep_sections=True)
 
 
 class DtypeRecordingMLP(torch.nn.Module):

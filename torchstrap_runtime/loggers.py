@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import json
 import math
+import os
 import queue
 import threading
 import time
@@ -91,8 +92,11 @@ class HDF5Logger:
             import h5py
 
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.exists():  # created under another name, then renamed: a kill while h5py creates
+                part = self.path.with_name(self.path.name + ".part")  # a file left it unopenable (issue 16)
+                h5py.File(part, "w").close()
+                os.replace(part, self.path)
             self._file = h5py.File(self.path, "a")
-            self._file.flush()  # loader-compat: a kill before the first row's flush left an unopenable file
         return self._file
 
     def _dataset(self, name: str, row: np.ndarray) -> tuple[Any, tuple, bool]:
