@@ -5,6 +5,7 @@ in the first process travelling in the checkpoint and recorded in config.json.""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,8 @@ import test_cluster_toy as toy
 from test_resume import launcher, run_until_finished, toy_config
 from test_resume_ffcv import SCRIPT, _env, experiment  # noqa: F401  (the module-scoped generated experiment)
 from torchstrap_runtime.trainer import load_torch
+
+ROOT = Path(__file__).resolve().parents[1]
 
 NULL_SEEDS = ["--data.loader_seed", "null", "--augmentation.crop_seed", "null", "--augmentation.translate_seed",
               "null", "--augmentation.flip_seed", "null"]
@@ -33,9 +36,12 @@ def test_cpu_bfloat16_usr2_resume_is_bitwise(tmp_path):
 
 
 def segment(experiment: Path, run_id: str, stops: list[int], args: list[str]) -> list[dict]:
-    """One process training (or resuming) `run_id`, stopping on USR2 after a step in `stops`."""
+    """One process training (or resuming) `run_id`, stopping on USR2 after a step in `stops`; it imports this
+    checkout's torchstrap_runtime (PYTHONPATH), not whichever one is installed."""
+    env = _env()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     done = subprocess.run([sys.executable, "-c", SCRIPT_WITH_ARGS, str(experiment), run_id, json.dumps(stops),
-                           json.dumps(args)], env=_env(), capture_output=True, text=True, timeout=300)
+                           json.dumps(args)], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.split("RESULT ", 1)[1])
 
