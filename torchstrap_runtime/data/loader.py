@@ -65,8 +65,9 @@ class Loader(FFCVLoader):
         - `order=QUASI_RANDOM` is refused with more than one rank (FFCV raises NotImplementedError too),
           and its seed must stay below `QUASI_RANDOM_SEED_LIMIT` (FFCV overflows int64 above it).
         - a custom `TraversalOrder` class for `order` is refused (resume and sharding need our order).
-        - `filter()` keeps the loader's resolved seeds; the condition sees each sample of the field as
-          its pipeline outputs it (like FFCV), and the result keeps dataset indices even when `indices` was given.
+        - `filter()` keeps the loader's resolved order seed (ops whose seed is None draw anew, as in any new
+          Loader); the condition sees each sample of the field as its pipeline outputs it (like FFCV), and the
+          selection is by dataset index even when `indices` was given (FFCV's is by position).
     """
 
     def __init__(self, fname: Union[str, Path], batch_size: int, num_workers: int = -1,
