@@ -16,10 +16,17 @@ import torch
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
+try:
+    import common
+    import datasets
+    import run_all
+finally:
+    sys.path.remove(str(BENCH))  # each test that imports more of bench/ adds it back (fixture below)
 
-import common  # noqa: E402
-import datasets  # noqa: E402
-import run_all  # noqa: E402
+
+@pytest.fixture(autouse=True)
+def bench_on_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
 
 
 def test_interleave_alternates_order_and_keeps_every_value():

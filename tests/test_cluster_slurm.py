@@ -268,3 +268,43 @@ def test_unknown_partition_is_rejected_before_submission(slurm_cluster, tmp_path
         launcher.main(toy.TRAINER, argv)
     err = capsys.readouterr().err
     assert "slurm.partition 'nosuch' does not exist on this cluster (known: debug, high)" in err
+
+
+def test_start_and_stop_remove_what_they_add(slurm_cluster):
+    """Last in the file (it restarts the cluster): stop.sh removes the sacct stand-in and the /etc/hosts line
+    start.sh added; start.sh adds at most one such line however often it runs, and never overwrites a sacct
+    that is not its own. /etc/hosts is restored exactly afterwards."""
+    shim, hosts = Path("/usr/local/bin/sacct"), Path("/etc/hosts")
+    mark = "added by torchstrap scripts/local_slurm/start.sh"
+    node = subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
+    env = dict(os.environ, LOCAL_SLURM_CPUS=str(CPUS), LOCAL_SLURM_RESTART="1")
+
+    def run(script: str) -> None:
+        out = subprocess.run(["bash", str(SCRIPTS / script)], capture_output=True, text=True, timeout=300, env=env)
+        assert out.returncode == 0, f"{script} failed:\n{out.stdout}\n{out.stderr}"
+
+    original = hosts.read_text()
+    try:
+        # without a line for this node, start.sh must add one (marked) so that the node name resolves
+        hosts.write_text("".join(line + "\n" for line in original.splitlines()
+                                 if not (line.split()[1:2] == [node] and mark not in line)))
+        unresolved = hosts.read_text()
+        run("stop.sh")
+        run("start.sh")
+        run("start.sh")
+        assert hosts.read_text().count(mark) == 1, "one /etc/hosts line however often start.sh runs"
+        assert mark in shim.read_text(), "the sacct stand-in is installed while the cluster runs"
+        run("stop.sh")
+        assert hosts.read_text() == unresolved and not shim.exists(), "stop.sh removes what start.sh added"
+        foreign = "#!/bin/sh\necho a sacct that is not torchstrap's\n"
+        shim.write_text(foreign)
+        try:
+            run("start.sh")
+            assert shim.read_text() == foreign, "start.sh must not overwrite a sacct it did not write"
+            run("stop.sh")
+            assert shim.read_text() == foreign, "stop.sh must not remove a sacct it did not write"
+        finally:
+            shim.unlink()
+    finally:
+        hosts.write_text(original)
+    run("start.sh")  # up again for the session fixture, which stops it

@@ -40,6 +40,7 @@ def pipelines(aug_seed, crop=True):
 
 def make(beton, seed=0, aug_seed=1, batch_size=64, **kwargs) -> Loader:
     kwargs.setdefault("num_workers", 1)
+    kwargs.setdefault("order", OrderOption.RANDOM)
     return Loader(beton, batch_size=batch_size, seed=seed, pipelines=pipelines(aug_seed), **kwargs)
 
 
@@ -185,7 +186,8 @@ def test_exact_resume_from_epoch_and_batch(beton, reference):
 
 def test_sharding_is_disjoint_and_covers_the_dataset(beton):
     def shard(rank, drop_last):
-        loader = Loader(beton, batch_size=32, num_workers=1, seed=3, rank=rank, world_size=3, drop_last=drop_last,
+        loader = Loader(beton, batch_size=32, num_workers=1, order=OrderOption.RANDOM, seed=3, rank=rank, world_size=3,
+                        drop_last=drop_last,
                         pipelines={"image": None, "label": None, "index": [IntDecoder()]})
         return [np.concatenate([b[0].ravel().copy() for b in loader]) for _ in range(2)], len(loader)
 
@@ -208,7 +210,7 @@ def test_multiview_with_shared_grayscale_seed(beton):
         "view2": [RandomResizedCrop((32, 32), seed=20), RandomGrayscale(p=0.5, seed=7)],
         "view3": [RandomResizedCrop((32, 32), seed=30), RandomGrayscale(p=0.5, seed=8)],
     }
-    loader = Loader(beton, batch_size=100, num_workers=2, seed=0, pipelines=pipes,
+    loader = Loader(beton, batch_size=100, num_workers=2, order=OrderOption.RANDOM, seed=0, pipelines=pipes,
                     custom_field_mapper={"view2": "image", "view3": "image"})
     view1, index, view2, view3 = (np.concatenate(x) for x in zip(*[[a.copy() for a in b] for b in loader]))
     assert view1.shape == view2.shape == view3.shape == (len(index), 32, 32, 3)

@@ -1,7 +1,7 @@
 """The counter-based generator behind the seeded ops: numba == Python twin, uniformity, independence, golden values."""
 import numpy as np
 
-from torchstrap_runtime.data import Loader, RandomHorizontalFlip, RandomVerticalFlip
+from torchstrap_runtime.data import Loader, OrderOption, RandomHorizontalFlip, RandomVerticalFlip
 from torchstrap_runtime.data.rng import (fresh_seed, mix64_py, op_key_py, randint, randint_py, sample_key,
                                          sample_key_py, stream_id, uniform, uniform_py)
 
@@ -65,7 +65,8 @@ def test_seed_none_draws_fresh_entropy(tmp_path):
     from torchstrap_runtime.data import write_dataset
     beton = write_dataset(tmp_path / "tiny.beton", np.zeros((4, 4, 4, 3), np.uint8), np.arange(4))
     flip = RandomHorizontalFlip(seed=None)
-    orders = [Loader(beton, batch_size=2, seed=None, pipelines={"image": None}) for _ in range(2)]
+    orders = [Loader(beton, batch_size=2, order=OrderOption.RANDOM, seed=None, pipelines={"image": None})
+              for _ in range(2)]
     assert orders[0].seed != orders[1].seed
     loaders = [Loader(beton, batch_size=2, seed=0, pipelines={"image": [flip], "label": None}) for _ in range(2)]
     assert loaders[0].augmentation_seeds != loaders[1].augmentation_seeds  # same op object, fresh per loader

@@ -173,7 +173,8 @@ def digits_trainer(base: type, paths: dict, model: str, views: int = 1) -> type:
             scale = 0.3 if views > 1 else 0.6
             pipelines = {"image": view(10, scale), "label": [IntDecoder(), ToTensor()]}
             pipelines.update({f"view{v}": view(10 * v, scale) for v in range(2, views + 1)})
-            self.train_loader = Loader(paths["train"], 64, num_workers=2, seed=0, pipelines=pipelines, drop_last=True,
+            self.train_loader = Loader(paths["train"], 64, num_workers=2, order=OrderOption.RANDOM, seed=0,
+                                       pipelines=pipelines, drop_last=True,
                                        custom_field_mapper={f"view{v}": "image" for v in range(2, views + 1)})
 
         def initialize_val_loader(self) -> None:

@@ -20,11 +20,11 @@ from torchstrap_runtime.config import reset_config, set_values
 from torchstrap_runtime.loggers import read_hdf5, read_log
 from torchstrap_runtime.trainer import MEASURED_KEYS, Trainer, load_torch
 
-SPEC_INIT = ["initialize_model", "initialize_train_loader", "initialize_val_loader", "initialize_optimizer",
-             "initialize_scheduler", "load_checkpoint", "initialize_metrics", "initialize_criterion",
-             "initialize_logger"]
-HOOKS = SPEC_INIT + ["before_train_epoch", "before_train_step", "train_step", "after_train_step", "after_train_epoch",
-                     "before_eval_epoch", "before_eval_step", "eval_step", "after_eval_step", "after_eval_epoch"]
+from workflow_spec import spec_epoch, spec_hooks  # docs/workflow.txt, the spec's hook order
+
+SPEC_INIT, SPEC_LOOP = spec_hooks()
+HOOKS = SPEC_INIT + SPEC_LOOP
+SPEC_EPOCH = spec_epoch(train_batches=4, eval_batches=2)  # TinyTrainer: 64 samples / 16, 32 / 16
 
 
 def make_batches(n: int, batch: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -98,7 +98,7 @@ def test_hook_order_matches_the_spec():
     one_epoch = (["before_train_epoch"] + ["before_train_step", "train_step", "after_train_step"] * 4
                  + ["after_train_epoch", "before_eval_epoch"] + ["before_eval_step", "eval_step", "after_eval_step"] * 2
                  + ["after_eval_epoch"])
-    assert trainer.calls == one_epoch * 2
+    assert trainer.calls == one_epoch * 2 == SPEC_EPOCH * 2  # SPEC_EPOCH: read from docs/workflow.txt
 
 
 def test_eval_each_epoch_false_skips_evaluation():

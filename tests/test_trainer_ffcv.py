@@ -29,7 +29,8 @@ class DigitsTrainer(Trainer):
         pipelines = {"image": [RandomResizedCrop((16, 16), scale=(0.5, 1.0), seed=SEEDS["crop"]),
                                RandomTranslation(padding=2, seed=SEEDS["translate"]), ToTensor(), ToTorchImage()],
                      "label": [IntDecoder(), ToTensor()]}
-        self.train_loader = Loader(self.paths["train"], batch_size=128, num_workers=1, seed=SEEDS["order"],
+        self.train_loader = Loader(self.paths["train"], batch_size=128, num_workers=1, order=OrderOption.RANDOM,
+                                   seed=SEEDS["order"],
                                    pipelines=pipelines, drop_last=True)
 
     def initialize_val_loader(self):

@@ -225,3 +225,14 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+def drop_padding(loader, *tensors):
+    """`tensors` (the batch `loader` yielded last, or values computed from it) without the padding that a
+    distributed `torchstrap_runtime.data.Loader` with `drop_last=False` adds so that every rank runs the same
+    number of batches: evaluation sums then count each sample exactly once across ranks. Batches of any other
+    loader come back unchanged."""
+    iterator = getattr(loader, "last_iterator", None)
+    batch = getattr(iterator, "batch", None)
+    if batch is None or not hasattr(loader, "real_samples"):
+        return tensors
+    keep = loader.real_samples(batch)
+    return tuple(t[:keep] for t in tensors)

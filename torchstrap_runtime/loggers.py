@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import json
 import math
+import os
 import queue
 import threading
 import time
@@ -91,6 +92,10 @@ class HDF5Logger:
             import h5py
 
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.exists():  # created under another name, then renamed: a kill while h5py creates
+                part = self.path.with_name(self.path.name + ".part")  # a file left it unopenable (issue 16)
+                h5py.File(part, "w").close()
+                os.replace(part, self.path)
             self._file = h5py.File(self.path, "a")
         return self._file
 

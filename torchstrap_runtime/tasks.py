@@ -21,7 +21,7 @@ These are the defaults a plain subclass runs; a generated experiment's `trainer.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,7 @@ from torch import nn
 
 from .config import param
 from .criteria import knn_accuracy, precision_at_1
-from .distributed import all_reduce_sums, gather_rows
+from .distributed import all_reduce_sums, drop_padding, gather_rows
 from .trainer import Trainer
 
 
@@ -69,6 +69,11 @@ class KNNValLoader:
 
     def __len__(self) -> int:
         return len(self.val)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("val", "bank"):  # not set yet (unpickling)
+            raise AttributeError(name)
+        return getattr(self.val, name)  # the rest is the validation loader's (e.g. its padding, `drop_padding`)
 
 
 class EmbeddingTrainer(Trainer):
@@ -131,7 +136,7 @@ class EmbeddingTrainer(Trainer):
                             f"(data.py's val_loader builds it), got {type(self.val_loader).__name__}")
         embeddings, labels = [], []
         for batch in bank:
-            inputs, targets = self.to_device(batch)
+            inputs, targets = self.to_device(drop_padding(bank, *batch))
             with self.autocast():
                 embeddings.append(self.test_time_augmentation(inputs).float().cpu())
             labels.append(targets.cpu())

@@ -40,7 +40,7 @@ from .checkpoint import (BestCheckpoints, load_torch, rng_state, save_torch_atom
                          set_rng_state, truncate_run_logs)
 from .config import param
 from .distributed import (all_reduce_sum, all_reduce_sums, any_rank, broadcast_object, convert_sync_batchnorm,
-                          has_batchnorm, setup_distributed)
+                          drop_padding, has_batchnorm, setup_distributed)
 from .errors import UserError
 from .loggers import HDF5_FILE, LOG_FILE, HDF5Logger, JSONLogger
 from .optim import PER_EPOCH_SCHEDULERS, build_optimizer, build_scheduler, parameter_groups
@@ -547,7 +547,11 @@ class Trainer:
                 total = min(total, limit)
             self.progress_bar = self.make_progress_bar("eval", total=total)
             batches = iter(self.val_loader)
-            for self.data in itertools.islice(batches, limit or None):
+            for batch in itertools.islice(batches, limit or None):
+                # a distributed loader pads its last batches (drop_last=False): each sample is evaluated once
+                self.data = drop_padding(self.val_loader, *batch) if isinstance(batch, (list, tuple)) else batch
+                if batch_size(self.data) == 0:
+                    continue
                 self.before_eval_step()
                 self.eval_step()
                 self.after_eval_step()

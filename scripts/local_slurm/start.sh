@@ -12,7 +12,9 @@
 #                           real count is allowed, via config_overrides)
 #   LOCAL_SLURM_SACCT_SHIM=0  do not install the /usr/local/bin/sacct stand-in
 #   LOCAL_SLURM_RESTART=1   restart the daemons even if the cluster is up
-# Stop with scripts/local_slurm/stop.sh.
+# Stop with scripts/local_slurm/stop.sh: it removes what this script added outside Slurm's own
+# files (the sacct stand-in, the /etc/hosts line; both carry MARK below). An existing
+# /usr/local/bin/sacct that is not ours is never overwritten; /etc/hosts gets at most one line.
 set -euo pipefail
 now_ms() { date +%s%3N; }
 T0=$(now_ms)
@@ -22,6 +24,8 @@ log() { echo "[local-slurm] $*"; }
 
 NODE=$(hostname -s)
 CONF=/etc/slurm/slurm.conf
+MARK="added by torchstrap scripts/local_slurm/start.sh"   # stop.sh removes what carries it
+SHIM=/usr/local/bin/sacct
 
 # ---------------------------------------------------------------- 1. install
 PKGS="slurmctld slurmd slurm-client munge"
@@ -60,7 +64,9 @@ for pf in /run/slurmctld.pid /run/slurmd.pid; do
 done
 
 # ------------------------------------------------------------- 2. config
-getent hosts "$NODE" >/dev/null || echo "127.0.0.1 $NODE" >> /etc/hosts   # MASTER_ADDR etc. must resolve
+if ! getent hosts "$NODE" >/dev/null && ! grep -qF "$MARK" /etc/hosts; then   # MASTER_ADDR etc. must resolve
+  echo "127.0.0.1 $NODE # $MARK" >> /etc/hosts
+fi
 REAL_CPUS=$(nproc --all)
 DEFAULT_CPUS=$(( REAL_CPUS > 4 ? REAL_CPUS : 4 ))
 CPUS=${LOCAL_SLURM_CPUS:-$DEFAULT_CPUS}
@@ -116,12 +122,14 @@ PartitionName=high  Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=2
 EOF
 rm -rf /var/spool/slurmctld/* /var/spool/slurmd/*   # fresh cluster: no old jobs, ids restart at 1
 
-if [ "${LOCAL_SLURM_SACCT_SHIM:-1}" = 1 ]; then
+if [ "${LOCAL_SLURM_SACCT_SHIM:-1}" = 1 ] && [ -e "$SHIM" ] && ! grep -qF "$MARK" "$SHIM"; then
+  log "$SHIM exists and is not ours: left alone (submitit needs a sacct that works without accounting)"
+elif [ "${LOCAL_SLURM_SACCT_SHIM:-1}" = 1 ]; then
   # accounting_storage/none makes the real sacct fail; submitit needs sacct for job states
-  cat > /usr/local/bin/sacct <<'SHIM'
+  cat > "$SHIM" <<'SHIM'
 #!/bin/bash
-# sacct stand-in for AccountingStorageType=accounting_storage/none (written by
-# torchstrap scripts/local_slurm/start.sh): answers from slurmctld memory via `squeue -t all`
+# added by torchstrap scripts/local_slurm/start.sh (stop.sh removes it): a sacct stand-in for
+# AccountingStorageType=accounting_storage/none, answering from slurmctld memory via `squeue -t all`
 # (jobs that ended less than MinJobAge s ago). Supports -o/--format, -P/-p,
 # -n, -j/--jobs; other options are ignored. Unknown fields print empty.
 fields="JobID,JobName,Partition,State,ExitCode"; jobs=""; header=1; trail=""
@@ -160,7 +168,7 @@ args=(-h -t all -o "$fmt$trail")
 squeue "${args[@]}" 2>/dev/null
 exit 0
 SHIM
-  chmod 755 /usr/local/bin/sacct
+  chmod 755 "$SHIM"
 fi
 
 # ------------------------------------------------------------- 3. daemons

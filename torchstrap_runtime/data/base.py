@@ -10,15 +10,23 @@ randomness with `rng.sample_key`.
 
 A transform's `kernel` is a module-level numba function compiled with `cache=True`: its machine code
 is reused across loaders and processes, since nothing op-specific is baked into it.
+
+Inside stock `ffcv.Loader` the ops work too, without the seeding guarantees: `generate_code()` (what FFCV
+calls) wraps the function so that each batch draws its key from numba's own unseeded generator, so `seed`
+and the epoch are ignored there. FFCV's keyword names (`FFCV_ALIASES`, e.g. `flip_prob`) are accepted.
 """
+import functools
+import inspect
 from dataclasses import replace
 from typing import Callable, Optional, Tuple
 
 import numpy as np
 from numba import njit, prange, types
+from numba.core.dispatcher import Dispatcher
 from numba.extending import overload
 
 from ffcv.pipeline.allocation_query import AllocationQuery
+from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
 from ffcv.pipeline.state import State
 
@@ -27,12 +35,12 @@ from .rng import sample_key, stream_id, uniform
 
 
 def check_seed(seed: Optional[int], owner: str) -> Optional[int]:
-    """Validate a seed: None or a non-negative int below 2**63."""
+    """Validate a seed: None or a non-negative int (numpy integers too) below 2**63."""
     if seed is None:
         return None
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
         raise ValueError(f"{owner}: seed must be None or an int in [0, 2**63), got {seed!r}")
-    return seed
+    return int(seed)
 
 
 def check_probability(p: float, owner: str, name: str = "p") -> float:
@@ -119,8 +127,51 @@ def _solarize_image(image, threshold):
     return strided
 
 
+FFCV_ALIASES = {"flip_prob": "p", "jitter_prob": "p", "gray_prob": "p", "solarization_prob": "p"}  # FFCV: ours
+
+
+def accept_ffcv_names(init: Callable) -> Callable:
+    """`init` taking FFCV's keyword names (`FFCV_ALIASES`) for the parameters it has."""
+    accepted = inspect.signature(init).parameters
+    aliases = {alias: name for alias, name in FFCV_ALIASES.items() if name in accepted}
+    if not aliases:
+        return init
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        for alias, name in aliases.items():
+            if alias in kwargs:
+                if name in kwargs:
+                    raise TypeError(f"{type(self).__name__}: pass {name} or its FFCV name {alias}, not both")
+                kwargs[name] = kwargs.pop(alias)
+        init(self, *args, **kwargs)
+
+    return __init__
+
+
+def stock_ffcv_code(code: Callable, params: np.ndarray, decoder: bool) -> Callable:
+    """`code` (a seeded op's function) callable by stock `ffcv.Loader`: a fresh random key per batch."""
+    if not isinstance(code, Dispatcher):
+        code = Compiler.compile(code)
+    if decoder:
+        def unseeded_decoder(batch_indices, memory, metadata, storage_state):
+            key = np.uint64(np.random.randint(0, 2**62))
+            return code(batch_indices, memory, metadata, storage_state, key, params)
+        return unseeded_decoder
+
+    def unseeded_transform(images, dst, indices):
+        key = np.uint64(np.random.randint(0, 2**62))
+        return code(images, dst, indices, key, params)
+
+    unseeded_transform.with_indices = True  # stock FFCV then passes the batch's dataset indices
+    return unseeded_transform
+
+
 class Seeded:
-    """Mixin: `seed` (None = fresh entropy per Loader) and `stream` (per-class constant)."""
+    """Mixin: `seed` (None = fresh entropy per Loader) and `stream` (per-class constant).
+
+    Subclasses define `seeded_code()`, the function our Loader calls; `generate_code()` adapts it for stock FFCV.
+    """
 
     stream: int = 0
     seed: Optional[int] = None
@@ -129,9 +180,19 @@ class Seeded:
         """The op's parameters as the float64 array its compiled function receives."""
         return np.zeros(0)
 
+    def seeded_code(self) -> Callable:
+        """The function our Loader calls, with the key and parameters after FFCV's arguments."""
+        raise NotImplementedError
+
+    def generate_code(self) -> Callable:
+        """What stock `ffcv.Loader` calls: `seeded_code()` with a fresh key per batch (no seeding guarantees)."""
+        return stock_ffcv_code(self.seeded_code(), self.params(), decoder=not isinstance(self, SeededTransform))
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         cls.stream = stream_id(cls.__name__)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = accept_ffcv_names(cls.__dict__["__init__"])
 
 
 class SeededTransform(Seeded, Operation):
@@ -151,7 +212,7 @@ class SeededTransform(Seeded, Operation):
                            if k not in ("metadata", "memory_read", "field"))
         return f"{type(self).__name__}({params})"
 
-    def generate_code(self) -> Callable:
+    def seeded_code(self) -> Callable:
         return self.kernel
 
     def declare_state_and_memory(self, previous_state: State) -> Tuple[State, Optional[AllocationQuery]]:

@@ -9,7 +9,8 @@ What differs from FFCV's loader:
 - the compiled pipeline receives each seeded op's key for the epoch (see `rng.py`); a sample's
   augmentation therefore depends only on (op seed, epoch, dataset index).
 - `start_epoch`, `start_batch`, `set_epoch(epoch, start_batch)` resume exactly inside an epoch.
-- `distributed=True` splits each epoch's order into disjoint per-rank shards order[rank::world_size].
+- `distributed=True` splits each epoch's order into per-rank shards order[rank::world_size] (padded like
+  FFCV's when `drop_last=False`; `distributed.drop_padding` keeps padding out of evaluation sums).
 - `custom_field_mapper={'view2': 'image'}` decodes a stored field again under another output name.
 - the batch buffers are allocated once and reused by the following epochs (FFCV allocates, and the
   kernel zero-fills, them again every epoch); an epoch starts in the slot after the previous epoch's last
@@ -44,8 +45,8 @@ STAGE_COUNTER = itertools.count()
 class Loader(FFCVLoader):
     """FFCV loader with reproducible, per-op-seeded augmentations.
 
-    Accepts every argument of `ffcv.loader.Loader` (same meaning, but `order` defaults to RANDOM and
-    `seed` only drives the order), plus:
+    Takes every argument of `ffcv.loader.Loader` with FFCV's defaults (`order=OrderOption.SEQUENTIAL`;
+    numpy integers work for `batch_size` and `seed`; `filter()` works), plus:
 
     Args:
         custom_field_mapper: {output name: stored field}; `pipelines[output name]` then decodes that field
@@ -53,27 +54,50 @@ class Loader(FFCVLoader):
         start_epoch: epoch of the first `__iter__` (later ones count up).
         start_batch: batch at which the first `__iter__` starts (0 = the full epoch).
         rank, world_size: shard explicitly; with `distributed=True` they default to torch.distributed's.
+
+    Differences from FFCV's Loader that stay on purpose:
+        - `seed` drives the order only (ops have their own seeds), and RANDOM's permutation of epoch e is
+          `default_rng([seed, e])`, not FFCV's `default_rng(seed + e)`: same seed, different shuffle.
+        - distributed RANDOM order with `seed=None` draws rank 0's seed and broadcasts it (FFCV uses 0);
+          sharding comes from our own order, not torch's DistributedSampler (same shard sizes, other samples).
+        - distributed with `drop_last=True`: each rank takes `N // world_size` samples and drops its last
+          partial batch (FFCV pads to `ceil(N / world_size)` first, repeating samples in training).
+        - `order=QUASI_RANDOM` is refused with more than one rank (FFCV raises NotImplementedError too),
+          and its seed must stay below `QUASI_RANDOM_SEED_LIMIT` (FFCV overflows int64 above it).
+        - a custom `TraversalOrder` class for `order` is refused (resume and sharding need our order).
+        - `filter()` keeps the loader's resolved order seed (ops whose seed is None draw anew, as in any new
+          Loader); the condition sees each sample of the field as its pipeline outputs it (like FFCV), and the
+          selection is by dataset index even when `indices` was given (FFCV's is by position).
     """
 
     def __init__(self, fname: Union[str, Path], batch_size: int, num_workers: int = -1,
-                 os_cache: bool = DEFAULT_OS_CACHE, order: OrderOption = OrderOption.RANDOM,
+                 os_cache: bool = DEFAULT_OS_CACHE, order: OrderOption = OrderOption.SEQUENTIAL,
                  distributed: bool = False, seed: Optional[int] = None, indices: Optional[Sequence[int]] = None,
                  pipelines: Optional[Mapping[str, Union[Sequence, PipelineSpec, None]]] = None,
                  custom_fields: Optional[Mapping] = None, drop_last: bool = True, batches_ahead: int = 3,
                  recompile: bool = False, custom_field_mapper: Optional[Mapping[str, str]] = None,
                  start_epoch: int = 0, start_batch: int = 0, rank: Optional[int] = None,
                  world_size: Optional[int] = None):
-        fname = str(check_beton(fname))
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        self._args = dict(fname=fname, batch_size=batch_size, num_workers=num_workers, os_cache=os_cache,
+                          order=order, distributed=distributed, seed=seed, indices=indices, pipelines=pipelines,
+                          custom_fields=custom_fields, drop_last=drop_last, batches_ahead=batches_ahead,
+                          recompile=recompile, custom_field_mapper=custom_field_mapper, rank=rank,
+                          world_size=world_size)  # what filter() builds its loaders from
+        fname = str(check_beton(fname, custom_fields or {}))
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"Loader: batch_size must be an int >= 1, got {batch_size!r}")
+        batch_size = int(batch_size)
         if order not in (OrderOption.RANDOM, OrderOption.SEQUENTIAL, OrderOption.QUASI_RANDOM):
             raise ValueError(f"Loader: order must be an OrderOption, got {order!r}")
         self.rank, self.world_size = resolve_shard(distributed, rank, world_size)
         if order is OrderOption.QUASI_RANDOM and self.world_size > 1:
             raise ValueError("Loader: order=QUASI_RANDOM cannot be sharded across ranks; use RANDOM")
         self.order_option = order
-        seed = resolve_order_seed(check_seed(seed, "Loader"), self.world_size, distributed,
-                                  shuffled=order is not OrderOption.SEQUENTIAL)
+        seed = check_seed(seed, "Loader")
+        if order is OrderOption.QUASI_RANDOM:
+            seed = check_quasi_random_seed(seed)
+        seed = resolve_order_seed(seed, self.world_size, distributed, shuffled=order is not OrderOption.SEQUENTIAL)
+        self._args["seed"] = seed
         pipelines = map_custom_fields(fname, pipelines or {}, custom_field_mapper or {}, custom_fields or {})
 
         super().__init__(fname, batch_size, num_workers=num_workers, os_cache=os_cache,
@@ -104,11 +128,24 @@ class Loader(FFCVLoader):
 
     # ------------------------------------------------------------------ order, length, epochs
     def samples_per_epoch(self) -> int:
-        """How many samples this rank yields in a full epoch."""
+        """How many samples this rank yields in a full epoch (padding included, see `real_samples`)."""
         total = len(self.indices)
         if self.drop_last:
             return (total // self.world_size) // self.batch_size * self.batch_size
-        return len(range(self.rank, total, self.world_size))
+        return -(-total // self.world_size)
+
+    def real_samples(self, batch: int) -> int:
+        """How many leading samples of batch `batch` of an epoch are not padding.
+
+        With `world_size > 1` and `drop_last=False`, the epoch's order is padded like FFCV's (its first samples
+        repeated at the end) so every rank runs the same number of batches; the padding is the tail of a rank's
+        last batch. Evaluation sums count `batch[:real_samples(b)]` so each sample counts exactly once.
+        """
+        size = min(self.batch_size, self.samples_per_epoch() - batch * self.batch_size)
+        if self.drop_last:
+            return max(0, size)
+        real = len(range(self.rank, len(self.indices), self.world_size))
+        return max(0, min(size, real - batch * self.batch_size))
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """Dataset indices this rank visits in `epoch`, in order (before batching and `start_batch`)."""
@@ -118,6 +155,8 @@ class Loader(FFCVLoader):
             order = self.traversal_order.sample_order(epoch)
         else:
             order = np.asarray(self.indices)
+        if not self.drop_last and self.world_size > 1:  # like DistributedSampler: repeat the start
+            order = np.resize(order, -(-len(order) // self.world_size) * self.world_size)
         return order[self.rank::self.world_size][:self.samples_per_epoch()]
 
     def next_traversal_order(self) -> np.ndarray:
@@ -144,7 +183,7 @@ class Loader(FFCVLoader):
         self.next_epoch, self.next_start_batch = epoch + 1, 0
         if self.code is None or self.recompile:
             self.generate_code()
-        self.last_iterator = SeededEpochIterator(self, order, self.rng_keys(epoch), self.op_params())
+        self.last_iterator = SeededEpochIterator(self, order, self.rng_keys(epoch), self.op_params(), start)
         return self.last_iterator
 
     # ------------------------------------------------------------------ seeds
@@ -202,17 +241,39 @@ class Loader(FFCVLoader):
         _, code = self.graph.collect_requirements()
         self.code = build_stages(self.graph, code)
 
-    def filter(self, field_name, condition):
-        raise NotImplementedError("torchstrap Loader.filter: pass `indices` instead")
+    def filter(self, field_name: str, condition: Callable[[object], bool]) -> "Loader":
+        """A new Loader over the samples whose `field_name` output (this loader's pipeline for it, or the
+        default one) satisfies `condition`, with this loader's other arguments and resolved order seed."""
+        fields = list(self.reader.handlers)
+        if field_name not in fields:
+            raise ValueError(f"Loader.filter: {field_name!r} is not a stored field of {self.fname} (fields: {fields})")
+        pipelines = {name: None for name in fields}
+        original = self._args["pipelines"] or {}
+        if field_name in original:
+            pipelines[field_name] = original[field_name]
+        else:
+            del pipelines[field_name]  # its default pipeline
+        scan = Loader(**{**self._args, "pipelines": pipelines, "custom_field_mapper": None,
+                         "order": OrderOption.SEQUENTIAL, "drop_last": False, "distributed": False,
+                         "rank": None, "world_size": None})
+        selected, position = [], 0
+        for (values,) in scan:
+            for value in values:
+                if condition(value):
+                    selected.append(scan.indices[position])
+                position += 1
+        return Loader(**{**self._args, "indices": np.array(selected, dtype=np.uint64)})
 
 
 class SeededEpochIterator(EpochIterator):
     """FFCV's epoch iterator that also hands the seeded ops their epoch keys."""
 
     def __init__(self, loader: Loader, order: np.ndarray, rng_keys: Dict[int, np.uint64],
-                 op_params: Dict[int, np.ndarray]):
+                 op_params: Dict[int, np.ndarray], start_batch: int = 0):
         self.rng_keys, self.op_params = rng_keys, op_params  # before super().__init__ starts the thread
         self.first_slot = loader.next_slot
+        self.batch: Optional[int] = None  # epoch batch number of the batch __next__ returned last
+        self.next_batch = start_batch
         super().__init__(loader, order)
 
     def run(self):
@@ -241,6 +302,7 @@ class SeededEpochIterator(EpochIterator):
             self.close()
             raise StopIteration
         slot, batch = result
+        self.batch, self.next_batch = self.next_batch, self.next_batch + 1
         if IS_CUDA:
             self.current_stream.wait_stream(self.cuda_streams[slot])
         return batch
@@ -290,6 +352,19 @@ def resolve_shard(distributed: bool, rank: Optional[int], world_size: Optional[i
     if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
         raise ValueError(f"Loader: need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
     return rank, world_size
+
+
+QUASI_RANDOM_SEED_LIMIT = 2**63 // 912300 - 2**20  # FFCV seeds epoch e with seed * 912300 + e (int64)
+
+
+def check_quasi_random_seed(seed: Optional[int]) -> int:
+    """A seed FFCV's QUASI_RANDOM order can use: None draws one below 2**31 (as FFCV does)."""
+    if seed is None:
+        return fresh_seed() % 2**31
+    if seed >= QUASI_RANDOM_SEED_LIMIT:
+        raise ValueError(f"Loader: with order=QUASI_RANDOM the seed must be below {QUASI_RANDOM_SEED_LIMIT} "
+                         f"(FFCV's quasi-random order overflows int64 above it), got {seed}")
+    return seed
 
 
 def resolve_order_seed(seed: Optional[int], world_size: int, distributed: bool, shuffled: bool = True) -> int:
@@ -368,7 +443,7 @@ def node_call(node, code: dict, shared_owner: dict) -> Tuple[List[str], str]:
     i = node.id
     op = node.decoder if isinstance(node, DecoderNode) else node.operation
     lines, args = [], [node.arg_id, f"memory_{i}"]
-    if node.with_indices:
+    if node.with_indices and not isinstance(op, Seeded):
         args.append("batch_indices")
     if isinstance(node, DecoderNode):
         args += [f"metadata['f{node.f_ix}']", "storage_state"]
@@ -394,7 +469,10 @@ def build_stage(graph: Graph, stage: List[int], jitted: bool, code: dict, define
     body, results, namespace = [], [], {}
     for node_id in stage:
         node = graph.id_to_node[node_id]
-        if node_id in code["operation"]:
+        op = node.decoder if isinstance(node, DecoderNode) else getattr(node, "operation", None)
+        if isinstance(op, Seeded):  # its seeded function (`generate_code` is stock FFCV's unseeded adapter)
+            namespace[f"code_{node_id}"] = op.seeded_code()
+        elif node_id in code["operation"]:
             namespace[f"code_{node_id}"] = code["operation"][node_id]
         if code["shared"].get(node_id) is not None:
             namespace[f"init_shared_state_code_{node_id}"] = code["shared"][node_id]

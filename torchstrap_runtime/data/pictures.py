@@ -20,7 +20,7 @@ from .erasing import RandomErasing
 from .grayscale import RandomGrayscale
 from .horizontal_flip import RandomHorizontalFlip
 from .invert import RandomInvert
-from .loader import Loader
+from .loader import Loader, OrderOption
 from .random_resized_crop import RandomResizedCrop
 from .solarization import RandomSolarization
 from .translation import RandomTranslation
@@ -43,7 +43,8 @@ def first_batch(beton_path: PathLike, views: Dict[str, list], loader_seed: Optio
                 batch_size: int = 3) -> Dict[str, np.ndarray]:
     """The first batch of a fresh loader whose outputs are `views` of the stored 'image' (copied out)."""
     pipelines = {"image": None, "label": None, **views}
-    loader = Loader(beton_path, batch_size=batch_size, num_workers=1, seed=loader_seed, pipelines=pipelines,
+    loader = Loader(beton_path, batch_size=batch_size, num_workers=1, order=OrderOption.RANDOM, seed=loader_seed,
+                    pipelines=pipelines,
                     custom_field_mapper={name: "image" for name in views})
     iterator = iter(loader)
     batch = next(iterator)

@@ -79,7 +79,7 @@ class RandomResizedCrop(Seeded, ResizedCropRGBImageDecoder):
 
     os_cache: bool = False  # set by our Loader before it generates code
 
-    def generate_code(self) -> Callable:
+    def seeded_code(self) -> Callable:
         if self.os_cache:  # memory-mapped file: the kernel compiled once into NUMBA_CACHE_DIR
             return random_resized_crop_kernel
         mem_read = self.memory_read

@@ -20,8 +20,9 @@ MAX_FIELD_NAME = 16  # bytes, FFCV's limit
 
 
 # ---------------------------------------------------------------------- validation
-def check_beton(path: PathLike) -> Path:
-    """Return `path` if it is a readable FFCV .beton; raise MissingFileError / BadFileError naming it otherwise."""
+def check_beton(path: PathLike, custom_fields: Optional[Mapping[str, type]] = None) -> Path:
+    """Return `path` if it is a readable FFCV .beton; raise MissingFileError / BadFileError naming it otherwise.
+    `custom_fields` ({field name: Field class}) reads a file with fields of the caller's own types."""
     from ffcv.reader import Reader
     from ffcv.types import ALLOC_TABLE_TYPE, CURRENT_VERSION, HeaderType
 
@@ -42,7 +43,7 @@ def check_beton(path: PathLike) -> Path:
         raise BadFileError(f"{path} is not a valid FFCV .beton file: bad allocation table "
                          f"(truncated or unfinished write)")
     try:
-        reader = Reader(str(path))
+        reader = Reader(str(path), custom_fields or {})
     except Exception as error:
         raise BadFileError(f"{path} is not a valid FFCV .beton file: {error}") from error
     table = reader.alloc_table

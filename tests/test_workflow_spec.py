@@ -1,0 +1,25 @@
+"""docs/workflow.txt is the spec's hook order: the README shows it verbatim and the trainer tests read it."""
+
+from __future__ import annotations
+
+import re
+
+from workflow_spec import SPEC_FILE, spec_epoch, spec_hooks
+
+README = SPEC_FILE.parents[1] / "README.md"
+
+
+def test_readme_workflow_block_is_docs_workflow_txt():
+    block = re.search(r"## The workflow\n\n```\n(.*?)```", README.read_text(), re.S)
+    assert block, "README.md needs a '## The workflow' section with a code block"
+    assert block.group(1) == SPEC_FILE.read_text(), "README's workflow block must equal docs/workflow.txt"
+
+
+def test_spec_hooks_are_read_in_order():
+    init, loop = spec_hooks()
+    assert init[0] == "initialize_model" and init[-1] == "initialize_logger" and "load_checkpoint" in init
+    assert spec_epoch(2, 1) == ["before_train_epoch", "before_train_step", "train_step", "after_train_step",
+                                "before_train_step", "train_step", "after_train_step", "after_train_epoch",
+                                "before_eval_epoch", "before_eval_step", "eval_step", "after_eval_step",
+                                "after_eval_epoch"]
+    assert sorted(set(loop)) == sorted(set(spec_epoch(1, 1)))
