@@ -1,8 +1,10 @@
-"""`torchstrap` command line: `new`, `update`, `check` (and `demo`, which lives in generator.demo).
+"""`torchstrap` command line: `new`, `update`, `check`, `runs`, `plot` (and `demo`, which lives in generator.demo).
 
     torchstrap new PATH [--template SRC] [--vcs-ref REF] [--defaults] [-d key=value ...]
     torchstrap update [PATH] [--vcs-ref REF] [-d key=value ...] [--trust]
     torchstrap check [PATH] [--template SRC]
+    torchstrap runs [FOLDER|RUN_DIR ...] [--group-by KEY] [--sort KEY] [--filter key=value] [--format table|csv|markdown|json]
+    torchstrap plot RUNS... --metric val_top1 [--x epoch|step|time] [--out runs.png]
 
 Exit codes: 0 ok; 1 the experiment needs attention (conflicts left, behind its template); 2 usage or
 environment error (message printed, no traceback).
@@ -18,17 +20,34 @@ import sys
 import tempfile
 from pathlib import Path
 
-from generator.lifecycle import (
-    CheckReport,
-    UpdateReport,
-    check_experiment,
-    describe_version,
-    new_experiment,
-    parse_data,
-    read_answers,
-    update_experiment,
-)
-from generator.template_source import ENV_VAR, TemplateError
+_LIFECYCLE_NAMES = ("CheckReport", "UpdateReport", "check_experiment", "describe_version", "new_experiment",
+                    "parse_data", "read_answers", "update_experiment", "ENV_VAR", "TemplateError")
+
+
+def _load_lifecycle() -> None:
+    """Import generator.lifecycle into this module: it imports copier (~0.4 s), which `runs`/`plot` do not need."""
+    global CheckReport, UpdateReport, check_experiment, describe_version, new_experiment, parse_data
+    global read_answers, update_experiment, ENV_VAR, TemplateError
+    from generator.lifecycle import (
+        CheckReport,
+        UpdateReport,
+        check_experiment,
+        describe_version,
+        new_experiment,
+        parse_data,
+        read_answers,
+        update_experiment,
+    )
+    from generator.template_source import ENV_VAR, TemplateError
+
+
+def __getattr__(name: str):
+    """`from generator.cli import new_experiment` still works (the lifecycle is imported on first use)."""
+    if name in _LIFECYCLE_NAMES:
+        _load_lifecycle()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["main", "new_experiment", "update_experiment", "check_experiment"]
 
@@ -107,6 +126,7 @@ def use_ram_tempdir(min_free: int = 512 * 2**20) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    _load_lifecycle()
     parser = argparse.ArgumentParser(
         prog="torchstrap", description="Generate and update torchstrap experiments (see docs/LIFECYCLE.md).",
         epilog="exit codes: 0 ok; 1 needs attention (conflicts left, behind the template); 2 error")
@@ -131,10 +151,98 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="generate, train and plot the demo experiment")
     demo.add_argument("path", nargs="?", default="demo-experiment", help="folder (default: demo-experiment)")
+    _add_runs_parsers(sub)
     return parser
 
 
+def _add_runs_parsers(sub: argparse._SubParsersAction) -> None:
+    """`runs` and `plot` (also parsed alone by `runs_main`, without importing copier)."""
+    runs = sub.add_parser("runs", help="one row per run: status, epochs, wall time, differing hyper-parameters, "
+                                       "best and final metric")
+    _add_run_selection(runs)
+    runs.add_argument("--sort", metavar="KEY", help="sort by a column; --sort=-KEY sorts descending, e.g. --sort=-best_val_top1")
+    runs.add_argument("--format", default="table", choices=["table", "csv", "markdown", "json"])
+
+    plot = sub.add_parser("plot", help="overlay a metric of several runs in a PNG (groups: mean with a band)")
+    _add_run_selection(plot)
+    plot.add_argument("--x", default="epoch", choices=["epoch", "step", "time"], help="x axis (default: epoch)")
+    plot.add_argument("--out", type=Path, default=Path("runs.png"), help="PNG to write (default: runs.png)")
+
+
+def _add_run_selection(parser: argparse.ArgumentParser) -> None:
+    """The arguments `runs` and `plot` share: which runs, which metric, which keys to fold."""
+    parser.add_argument("paths", nargs="*", default=["runs"], metavar="FOLDER|RUN_DIR",
+                        help="run folders, or folders of runs (default: runs)")
+    parser.add_argument("--metric", default="val_top1", help="the monitored metric (default: val_top1)")
+    parser.add_argument("--mode", default="max", choices=["max", "min"], help="best = max or min (default: max)")
+    parser.add_argument("--group-by", action="append", default=[], metavar="KEY",
+                        help="fold runs that differ only in KEY into mean ± std with the count (repeatable), "
+                             "e.g. training.seed")
+    parser.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
+                        help="keep runs whose config key (or status) equals VALUE (repeatable)")
+
+
+def _runs_command(args: argparse.Namespace) -> int:
+    """`torchstrap runs` and `torchstrap plot`."""
+    from torchstrap_runtime import runs as runs_api
+
+    runs = runs_api.filter_runs(runs_api.load_runs(args.paths), args.filter)
+    if not runs:
+        raise runs_api.RunsError(f"no run folders (with config.json or log.jsonl) in {' '.join(args.paths)}"
+                                 + (" match the filters" if args.filter else ""))
+    if args.command == "plot":
+        known = {k for run in runs for r in run.epochs for k in r}
+        if args.metric not in known and not any(_logs_key(run.path, args.metric) for run in runs):
+            raise runs_api.RunsError(f"no run logs the metric {args.metric!r} "
+                                     f"(epoch metrics: {', '.join(sorted(k for k in known if k not in ('epoch', 'step', 'time', 'kind')))})")
+        from torchstrap_runtime.plots import plot_runs
+
+        fold = args.group_by or (["training.seed"] if "training.seed" in runs_api.differing_keys(runs) else [])
+        print(f"wrote {plot_runs(runs, args.metric, args.x, args.out, fold=fold)}")
+        return 0
+    rows = runs_api.runs_table(runs, metric=args.metric, mode=args.mode)
+    if args.metric not in {k for run in runs for r in run.epochs for k in r}:
+        print(f"torchstrap runs: no epoch record holds {args.metric!r} (use --metric)", file=sys.stderr)
+    if args.group_by:
+        rows = runs_api.group_rows(rows, args.group_by)
+    if args.sort:
+        rows = runs_api.sort_rows(rows, args.sort)
+    print(runs_api.format_rows(rows, args.format))
+    return 0
+
+
+def _logs_key(run_dir: Path, key: str) -> bool:
+    """Whether any line of the run's log.jsonl has `key` (the step lines, when no epoch line has it)."""
+    try:
+        return f'"{key}":'.encode() in (run_dir / "log.jsonl").read_bytes()
+    except OSError:
+        return False
+
+
+def runs_main(argv: list[str]) -> int:
+    """`torchstrap runs ...` / `torchstrap plot ...`: bad input is one sentence and exit code 2."""
+    parser = argparse.ArgumentParser(prog="torchstrap")
+    _add_runs_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    from torchstrap_runtime.runs import RunsError
+
+    try:
+        return _runs_command(args)
+    except RunsError as err:  # a missing folder, an unknown key or metric
+        print(f"torchstrap {args.command}: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"torchstrap {args.command}: {err.strerror or err}: {err.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"torchstrap {args.command}: interrupted.", file=sys.stderr)
+        return 130
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["runs"], ["plot"]):
+        return runs_main(argv)
     args = build_parser().parse_args(argv)
     previous = tempfile.tempdir
     if args.command != "demo":

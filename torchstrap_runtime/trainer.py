@@ -289,6 +289,9 @@ class Trainer:
             record = self.train_all_epochs()
         if self.hdf5_logger is not None:
             self.hdf5_logger.drain()  # every array logged so far is in arrays.h5 when run() returns
+        # runs (issue 13): how the run returned, for `torchstrap runs` (cut from the log again on resume)
+        self.log({"kind": "end", "status": getattr(self, "stop_reason", "preempted") if self.stop_requested
+                  else "finished"})
         if self.is_main and not self.stop_requested and not self.eval_only:
             from .plots import plot_curves
 
@@ -379,9 +382,11 @@ class Trainer:
             return itertools.islice(iter(loader), self.start_batch, None)
         return loader
 
-    def request_stop(self) -> None:
-        """Ask the loop to checkpoint after the current step and return (SLURM requeue, preemption)."""
+    def request_stop(self, reason: str = "preempted") -> None:
+        """Ask the loop to checkpoint after the current step and return (SLURM requeue, preemption; an
+        early-stopping hook passes reason="stopped early", which `torchstrap runs` shows)."""
         self.stop_requested = True
+        self.stop_reason = reason
 
     def should_stop(self) -> bool:
         """Whether a stop was requested; with several ranks, on any of them (so all stop after the same step)."""
@@ -563,6 +568,7 @@ class Trainer:
             "world_size": self.world_size,
             "started": datetime.datetime.now().isoformat(timespec="seconds"),
             "command": sys.argv,
+            "slurm_job_id": slurm_job_id(),  # runs (issue 13): `torchstrap runs` asks sacct about it
         }
 
 
@@ -697,6 +703,13 @@ def find_experiment_root(cls: type) -> Path | None:
         if (folder / ".copier-answers.yml").exists():
             return folder
     return None
+
+
+def slurm_job_id() -> str | None:
+    """`<array job>_<task>` or the job id when running under SLURM, else None."""
+    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID")
 
 
 def template_version(repo: Path | None) -> str | None:
