@@ -361,7 +361,7 @@ def run_training(config: dict[str, dict[str, Any]], trainer_path: str, job: Trai
 
 
 def _close_loggers(trainer: Any) -> None:
-    for name in ("json_logger", "hdf5_logger", "logger"):
+    for name in ("json_logger", "hdf5_logger", "logger", "mirrors"):
         close = getattr(getattr(trainer, name, None), "close", None)
         if callable(close):
             close()

@@ -51,9 +51,11 @@ class JSONLogger:
         self._start = time.time() - last_logged_time(self.path)
         self._file = open(self.path, "a", buffering=1, encoding="utf-8")
 
-    def log(self, values: dict[str, Any], **context: Any) -> None:
+    def log(self, values: dict[str, Any], **context: Any) -> dict[str, Any]:
+        """Write one line; returns the record written (for the log's mirrors)."""
         record = {**context, "time": round(time.time() - self._start, 6), **_to_jsonable(values)}
         self._file.write(json.dumps(record) + "\n")
+        return record
 
     def tell(self) -> int:
         """Bytes written so far (stored in checkpoints, so a resume can cut the log back to them)."""

@@ -6,7 +6,7 @@ Importing this module declares them; `declare_standard_sections()` declares them
 
 from __future__ import annotations
 
-from .config import Anything, Bool, Float, Int, ListOfInt, OneOf, OptionalInt, Param, Section, Str
+from .config import Anything, Bool, Float, Int, ListOf, ListOfInt, ListOfStr, OneOf, OptionalInt, Param, Section, Str
 
 
 def declare_standard_sections() -> None:
@@ -56,6 +56,11 @@ def declare_standard_sections() -> None:
         log_every=Param(Int(), "log the training loss every N steps (0 = only per epoch)", default=10),
         checkpoint_every=Param(Int(), "also checkpoint every N steps (0 = only at epoch ends)", default=0),
         progress=Param(Bool(), "show progress bars", default=True),
+        # runs (issue 13)
+        backends=Param(ListOf(OneOf(["tensorboard", "csv", "wandb", "mlflow"])),
+                       "mirror every log() scalar to these: tensorboard, csv, wandb, mlflow (log.jsonl stays the record)",
+                       default=[]),
+        tags=Param(ListOfStr(), "labels of this run, e.g. [baseline, ablation] (shown by `torchstrap runs`)", default=[]),
     )
 
 

@@ -195,6 +195,11 @@ class Trainer:
         self.hdf5_logger = HDF5Logger(self.run_dir / HDF5_FILE) if self.is_main else None
         if self.is_main and not (self.run_dir / "config.json").exists():
             write_json_atomic(self.run_dir / "config.json", self.run_record())
+        # runs (issue 13): mirrors of the log (logging.backends); a resume continues their runs from self.step
+        from .mirrors import open_mirrors
+
+        self.mirrors = open_mirrors(self.run_dir, self.step if self.checkpoint_path.exists() else None) \
+            if self.is_main else None
 
     # ------------------------------------------------------------------ hooks: training
     def before_train_epoch(self) -> None:
@@ -292,6 +297,8 @@ class Trainer:
         # runs (issue 13): how the run returned, for `torchstrap runs` (cut from the log again on resume)
         self.log({"kind": "end", "status": getattr(self, "stop_reason", "preempted") if self.stop_requested
                   else "finished"})
+        if getattr(self, "mirrors", None) is not None:
+            self.mirrors.close(finished=not self.stop_requested)
         if self.is_main and not self.stop_requested and not self.eval_only:
             from .plots import plot_curves
 
@@ -398,12 +405,16 @@ class Trainer:
     def log(self, values: dict[str, Any]) -> None:
         """Append one JSON line to `log.jsonl` (with epoch, step and wall time). Rank 0 only."""
         if self.json_logger is not None:
-            self.json_logger.log(values, epoch=self.epoch, step=self.step)
+            record = self.json_logger.log(values, epoch=self.epoch, step=self.step)
+            if getattr(self, "mirrors", None) is not None:   # runs (issue 13)
+                self.mirrors.log(record)
 
     def log_hdf5(self, arrays: dict[str, Any]) -> None:
         """Append one row per key to the datasets of `arrays.h5` (with this row's step and epoch). Rank 0 only."""
         if self.hdf5_logger is not None:
             self.hdf5_logger.log(arrays, step=self.step, epoch=self.epoch)
+        if getattr(self, "mirrors", None) is not None:   # runs (issue 13)
+            self.mirrors.log_arrays(arrays, step=self.step, epoch=self.epoch)
 
     def make_progress_bar(self, description: str, total: int | None = None):
         """A tqdm bar on rank 0 when `logging.progress` is on, else None."""
