@@ -222,7 +222,7 @@ class MLflowMirror:
         from mlflow.entities import Metric
 
         step, now = int(record.get("step", 0)), int(1000 * time.time())
-        metrics = [Metric(k, v, now, step) for k, v in scalars(record).items() ]
+        metrics = [Metric(k, v, now, step) for k, v in scalars(record).items() if step > self.last_steps.get(k, -1)]
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)
 
