@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ import test_cluster_toy as toy
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 2
-BACKENDS = ["tensorboard", "csv", "mlflow"]
+BACKENDS = ["tensorboard", "csv", "mlflow", "wandb"]
 
 
 def toy_config(folder: Path, run_id: str, backends: list[str]) -> dict:
@@ -38,7 +39,10 @@ def toy_config(folder: Path, run_id: str, backends: list[str]) -> dict:
 
 
 def env() -> dict:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT)]), WANDB_MODE="offline",
+    """The jobs' environment: offline W&B, each job its own W&B service (as separate SLURM jobs have; the
+    pytest process's service, named in WANDB_SERVICE, would keep the killed job's run open)."""
+    variables = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    return dict(variables, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT)]), WANDB_MODE="offline",
                 WANDB_SILENT="true")
 
 
@@ -53,7 +57,13 @@ def command(folder: Path, run_id: str, backends: list[str], *extra: str) -> list
 def runs(tmp_path_factory) -> tuple[Path, Path]:
     """(straight run, killed-then-resumed run), both mirrored to BACKENDS."""
     straight = tmp_path_factory.mktemp("straight")
-    assert launcher.run_training(toy_config(straight, "run", BACKENDS), toy.TRAINER)["finished"]
+    previous = {key: os.environ.get(key) for key in ("WANDB_MODE", "WANDB_SILENT")}
+    os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true")
+    try:
+        assert launcher.run_training(toy_config(straight, "run", BACKENDS), toy.TRAINER)["finished"]
+    finally:
+        for key, value in previous.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
     resumed = tmp_path_factory.mktemp("resumed")
     killed = subprocess.run(command(resumed, "run", BACKENDS, "--toy.kill_at_step", "30"), env=env(),
                             capture_output=True, text=True, timeout=600)
@@ -136,3 +146,59 @@ def test_missing_package_is_one_sentence(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)   # as if not installed
     with pytest.raises(MirrorError, match=r"^logging.backends has wandb, which needs the package wandb: pip install wandb"):
         Mirrors(tmp_path, ["wandb"])
+
+
+def wandb_records(path: Path) -> list:
+    """The protobuf records of an offline `.wandb` file (W&B's LevelDB-log format: 32 KiB blocks, 7-byte headers)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, chunk, records = 7, b"", []
+    while pos + 7 <= len(data):
+        left = 32768 - pos % 32768
+        if left < 7:
+            pos += left   # block trailer
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0 and length == 0:
+            pos += left
+            continue
+        chunk += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):   # a FULL record, or the LAST piece of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(chunk)
+            records.append(record)
+            chunk = b""
+    return records
+
+
+def wandb_history(path: Path) -> tuple[str | None, list[dict]]:
+    records = wandb_records(path)
+    run_id = next((r.run.run_id for r in records if r.WhichOneof("record_type") == "run"), None)
+    rows = [{(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item}
+            for r in records if r.WhichOneof("record_type") == "history"]
+    return run_id, rows
+
+
+def test_wandb_offline_continues_the_same_run(runs):
+    straight, resumed = runs
+    want = {step: value for step, value in expected_scalars(straight)["epoch/val_top1"]}
+    (file,) = sorted(straight.glob("wandb/offline-run-*/run-*.wandb"))
+    run_id, rows = wandb_history(file)
+    assert run_id == json.loads((straight / "config.json").read_text())["mirrors"]["wandb_id"]
+    assert {r["_step"]: r["epoch/val_top1"] for r in rows if "epoch/val_top1" in r} == want
+    assert [r["_step"] for r in rows if "train_step/train_loss" in r] == \
+        [s for s, _ in expected_scalars(straight)["train_step/train_loss"]]
+    files = sorted(resumed.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 2   # the killed process and the resumed one, under one W&B run id
+    killed, again = [wandb_history(f) for f in files]
+    wandb_id = json.loads((resumed / "config.json").read_text())["mirrors"]["wandb_id"]
+    assert again[0] == wandb_id and killed[0] in (wandb_id, None)   # None: SIGKILL left W&B's header only
+    first_epoch_end = min(want)   # the checkpoint the resumed process starts from
+    assert min(r["_step"] for r in again[1]) >= first_epoch_end   # it logs from its checkpoint on
+    merged = {}
+    for _, rows in (killed, again):   # what `wandb sync` makes of them
+        merged.update({r["_step"]: r["epoch/val_top1"] for r in rows if "epoch/val_top1" in r})
+    assert merged == {step: value for step, value in want.items() if step in merged} and max(want) in merged

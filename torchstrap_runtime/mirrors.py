@@ -21,6 +21,7 @@ import csv
 import json
 import math
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -168,7 +169,7 @@ class WandbMirror:
         record = _run_record(run_dir)
         run_id = record.get("mirrors", {}).get("wandb_id")
         if run_id is None:
-            run_id = wandb.util.generate_id()
+            run_id = secrets.token_hex(4)   # W&B ids: 8 characters of [0-9a-z]
             _update_run_record(run_dir, "wandb_id", run_id)
         config = record.get("config", {})
         self.run = wandb.init(id=run_id, resume="allow", dir=str(run_dir), name=run_dir.name, config=config,
@@ -185,7 +186,7 @@ class WandbMirror:
                      step=step)
 
     def close(self, finished: bool) -> None:
-        self.run.finish(exit_code=0 if finished else 1, quiet=True)
+        self.run.finish(exit_code=0 if finished else 1)
 
 
 class MLflowMirror:
