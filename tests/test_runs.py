@@ -177,3 +177,31 @@ def test_dataframe(runs_folder):
     pd = pytest.importorskip("pandas")
     df = R.to_dataframe(R.runs_table(R.load_runs([runs_folder])))
     assert isinstance(df, pd.DataFrame) and len(df) == 6 and "best_val_top1" in df.columns
+
+
+def test_tags_are_recorded_and_shown(runs_folder, tmp_path, capsys):
+    import shutil
+
+    for run_id, tags in (("lr0.1-s0", ["baseline"]), ("lr0.1-s1", ["baseline", "seed"])):
+        shutil.copytree(runs_folder / run_id, tmp_path / run_id)
+        record = json.loads((tmp_path / run_id / "config.json").read_text())
+        assert record["config"]["logging"]["tags"] == []   # the key is recorded with every run
+        record["config"]["logging"]["tags"] = tags
+        (tmp_path / run_id / "config.json").write_text(json.dumps(record))
+    rows = R.runs_table(R.load_runs([tmp_path]))
+    assert [r["tags"] for r in rows] == ["baseline", "baseline,seed"] and "logging.tags" not in rows[0]
+    code, out, _ = cli(capsys, "runs", str(tmp_path), "--filter", "logging.tags=seed", "--format", "csv")
+    assert code == 0 and out.splitlines()[1].startswith("lr0.1-s1,") and ',"baseline,seed",' in out
+
+
+def test_template_experiment_configs_override_the_default(tmp_path):
+    """configs/experiment/*.yaml hold only keys the runtime declares; later -C files win."""
+    experiments = ROOT / "template" / "configs" / "experiment"
+    files = sorted(experiments.glob("*.yaml"))
+    assert len(files) >= 2
+    for file in files:
+        cfg.load_config(["-C", str(file)])
+    cfg.load_config(["-C", str(experiments / "smoke.yaml"), "-C", str(experiments / "tracked.yaml")])
+    logging = cfg.config_as_dict()["logging"]
+    assert cfg.config_as_dict()["training"]["epochs"] == 2 and logging["tags"] == ["tracked"]
+    assert logging["backends"] == ["tensorboard", "csv"] and logging["log_every"] == 1

@@ -284,11 +284,12 @@ def differing_keys(runs: list[Run]) -> list[str]:
 
 def runs_table(runs: list[Run], metric: str = "val_top1", mode: str = "max",
                keys: list[str] | None = None) -> list[dict[str, Any]]:
-    """One dict per run: run, status, epochs, wall_s, the differing hyper-parameters (or `keys`), tags,
+    """One dict per run: run, status, epochs, wall_s, the differing hyper-parameters (or `keys`), tags (when any),
     `best_<metric>` (max or min over epochs, per `mode`) and `final_<metric>`."""
     if mode not in ("max", "min"):
         raise RunsError(f"mode must be max or min, got {mode!r}")
-    keys = differing_keys(runs) if keys is None else keys
+    keys = [k for k in (differing_keys(runs) if keys is None else keys) if k != "logging.tags"]
+    tagged = any(run.params.get("logging.tags") for run in runs)
     rows = []
     for run in runs:
         values = run.metric(metric)
@@ -297,9 +298,8 @@ def runs_table(runs: list[Run], metric: str = "val_top1", mode: str = "max",
                "epochs": f"{run.epochs_done}/{target}" if isinstance(target, int) else run.epochs_done,
                "wall_s": round(run.wall_time, 1)}
         row.update({k: run.params.get(k) for k in keys})
-        tags = run.params.get("logging.tags")
-        if tags and "logging.tags" not in keys:
-            row["tags"] = ",".join(map(str, tags))
+        if tagged:
+            row["tags"] = ",".join(map(str, run.params.get("logging.tags") or []))
         row[f"best_{metric}"] = (max(values) if mode == "max" else min(values)) if values else None
         row[f"final_{metric}"] = values[-1] if values else None
         rows.append(row)
