@@ -205,3 +205,28 @@ def test_template_experiment_configs_override_the_default(tmp_path):
     logging = cfg.config_as_dict()["logging"]
     assert cfg.config_as_dict()["training"]["epochs"] == 2 and logging["tags"] == ["tracked"]
     assert logging["backends"] == ["tensorboard", "csv"] and logging["log_every"] == 1
+
+
+def test_submit_status_shows_each_job_next_to_its_run(tmp_path, capsys):
+    """`scripts/submit.py --status SWEEP_DIR` after a 2-point local sweep (submitit LocalExecutor, real jobs)."""
+    submitit_dir = tmp_path / "submitit"
+    argv = ["--training.epochs", "1", "--logging.folder", str(tmp_path / "runs"), "--logging.run_id", "sw",
+            "--logging.progress", "false", "--slurm.folder", str(submitit_dir / "%j"),
+            "--sweep", "optimizer.lr=0.1,0.02", "--local"]
+    pairs = launcher.main(toy.TRAINER, argv)
+    assert all(job.result()["finished"] for job, _ in pairs)
+    capsys.readouterr()
+    rows = launcher.main(toy.TRAINER, ["--status", str(submitit_dir)])
+    out = capsys.readouterr().out
+    assert sorted(r["job"] for r in rows) == sorted(str(job.job_id) for job, _ in pairs)
+    for row in rows:
+        run_dir = tmp_path / "runs" / row["run"]
+        values = epoch_values(run_dir)
+        assert (row["job_state"], row["status"], row["epochs"]) == ("COMPLETED", "finished", "1/1")
+        assert row["best_val_top1"] == max(values)
+        assert row["optimizer.lr"] == json.loads((run_dir / "config.json").read_text())["config"]["optimizer"]["lr"]
+    assert {r["optimizer.lr"] for r in rows} == {0.1, 0.02}
+    assert out.splitlines()[0].split()[:4] == ["job", "job_state", "run", "status"]
+    with pytest.raises(SystemExit):
+        launcher.main(toy.TRAINER, ["--status", str(tmp_path / "nowhere")])
+    assert "is not a folder" in capsys.readouterr().err

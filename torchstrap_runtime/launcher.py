@@ -377,8 +377,9 @@ def _is_finished(trainer: Any) -> bool:
 def make_executor(slurm: dict[str, Any], local: bool) -> Any:
     """A submitit LocalExecutor (`local`) or SlurmExecutor configured from the `slurm` section."""
     import submitit
-    folder = check_writable_folder(Path(slurm["folder"].replace("%j", "")).parent
-                                   if slurm["folder"].endswith("%j") else Path(slurm["folder"]), "slurm.folder")
+    # the folder that holds one sub-folder per job (slurm_logs/%j -> slurm_logs; runs issue 13: it was the parent)
+    folder = check_writable_folder(Path(slurm["folder"]).parent if slurm["folder"].endswith("%j")
+                                   else Path(slurm["folder"]), "slurm.folder")
     folder = str(folder / "%j") if slurm["folder"].endswith("%j") else str(folder)
     params = slurm_executor_parameters(slurm)
     if local:
@@ -445,6 +446,8 @@ def split_launcher_args(argv: list[str]) -> tuple[list[str], list[str], bool, bo
 def main(trainer: str, argv: list[str] | None = None, imports: tuple[str, ...] = ()) -> list[tuple[Any, Path]]:
     """Entry point of the generated `scripts/submit.py`: `imports` are modules that declare config sections."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    if "--status" in argv:   # runs (issue 13): each job's state next to its run row
+        return print_sweep_status(argv[argv.index("--status") + 1:])
     try:
         rest, sweeps, local, wait = split_launcher_args(argv)
         import_modules(imports)  # declare the experiment's sections before the config is parsed
@@ -463,6 +466,21 @@ def main(trainer: str, argv: list[str] | None = None, imports: tuple[str, ...] =
         for job, _ in jobs:
             print(json.dumps(job.result()))
     return jobs
+
+
+def print_sweep_status(args: list[str]) -> list:
+    """`submit.py --status [SWEEP_DIR]`: every job under SWEEP_DIR (default: slurm.folder without %j) with its
+    state (sacct, else submitit's files) next to its run's row (`torchstrap runs`)."""
+    from .runs import RunsError, format_rows, sweep_rows
+
+    folder = args[0] if args and not args[0].startswith("-") else "slurm_logs"
+    try:
+        rows = sweep_rows(folder)
+    except RunsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(format_rows(rows) if rows else f"no submitit jobs under {folder}")
+    return rows
 
 
 # --------------------------------------------------------------------------- sbatch without submitit

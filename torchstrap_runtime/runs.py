@@ -480,3 +480,54 @@ def read_curve(run_dir: str | Path, metric: str, x: str = "epoch") -> tuple[list
             xs.append(offset + (t if _is_number(t) else 0.0))
         ys.append(float(record[metric]))
     return xs, ys
+
+
+# ---------------------------------------------------------------------- sweeps (scripts/submit.py --status)
+def sweep_jobs(folder: str | Path) -> list[dict[str, Any]]:
+    """The jobs submitit wrote under `folder` (slurm.folder without %j): `{"job", "state", "run_dir"}` each.
+
+    The state comes from sacct when it knows the job, else from submitit's result file (COMPLETED, FAILED) or
+    PENDING/RUNNING (no result yet)."""
+    import pickle
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RunsError(f"{folder} is not a folder: give the sweep's submitit folder (slurm.folder without %j)")
+    jobs = []
+    for pickled in sorted(folder.rglob("*_submitted.pkl")):
+        job_id = pickled.name[: -len("_submitted.pkl")]
+        try:
+            with open(pickled, "rb") as f:
+                submission = pickle.load(f)
+            config = submission.function.config
+            run_dir = Path(config["logging"]["folder"]) / config["logging"]["run_id"]
+        except Exception:  # noqa: BLE001 - a job of another kind, or a pickle of an older runtime
+            continue
+        results = sorted(pickled.parent.glob(f"{job_id}_*_result.pkl"))
+        state = "PENDING/RUNNING"
+        if results:
+            try:
+                with open(results[0], "rb") as f:
+                    outcome = pickle.load(f)[0]
+            except Exception:  # noqa: BLE001
+                outcome = "error"
+            state = "COMPLETED" if outcome == "success" else "FAILED"
+        jobs.append({"job": job_id, "state": state, "run_dir": run_dir})
+    states = sacct_states(job["job"] for job in jobs)
+    for job in jobs:
+        job["state"] = states.get(job["job"], job["state"])
+    return jobs
+
+
+def sweep_rows(folder: str | Path, metric: str = "val_top1") -> list[dict[str, Any]]:
+    """One row per job of a sweep: job id and state, then its run's row (`runs_table`) when the run has begun."""
+    jobs = sweep_jobs(folder)
+    runs = {job["job"]: load_run(job["run_dir"]) for job in jobs if is_run_dir(job["run_dir"])}
+    table = {row["run"]: row for row in runs_table(list(runs.values()), metric=metric)} if runs else {}
+    rows = []
+    for job in jobs:
+        row = {"job": job["job"], "job_state": job["state"]}
+        run = runs.get(job["job"])
+        row.update(table[run.run_id] if run is not None else {"run": job["run_dir"].name, "status": "not started"})
+        rows.append(row)
+    return rows
