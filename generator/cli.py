@@ -219,6 +219,15 @@ def _logs_key(run_dir: Path, key: str) -> bool:
         return False
 
 
+def _fail(command: str, err: BaseException) -> int:
+    """One line on stderr for an OS error or an interrupt; the exit code (2, or 130 when interrupted)."""
+    if isinstance(err, KeyboardInterrupt):
+        print(f"torchstrap {command}: interrupted.", file=sys.stderr)
+        return 130
+    print(f"torchstrap {command}: {err.strerror or err}: {err.filename or ''}".rstrip(": "), file=sys.stderr)
+    return 2
+
+
 def runs_main(argv: list[str]) -> int:
     """`torchstrap runs ...` / `torchstrap plot ...`: bad input is one sentence and exit code 2."""
     parser = argparse.ArgumentParser(prog="torchstrap")
@@ -231,12 +240,8 @@ def runs_main(argv: list[str]) -> int:
     except RunsError as err:  # a missing folder, an unknown key or metric
         print(f"torchstrap {args.command}: {err}", file=sys.stderr)
         return 2
-    except OSError as err:
-        print(f"torchstrap {args.command}: {err.strerror or err}: {err.filename or ''}".rstrip(": "), file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"torchstrap {args.command}: interrupted.", file=sys.stderr)
-        return 130
+    except (OSError, KeyboardInterrupt) as err:
+        return _fail(args.command, err)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,12 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         detail = (err.stderr or "").strip().splitlines()[-1:] or [f"exit code {err.returncode}"]
         print(f"torchstrap {args.command}: `{' '.join(map(str, err.cmd))}` failed: {detail[0]}", file=sys.stderr)
         return 2
-    except OSError as err:
-        print(f"torchstrap {args.command}: {err.strerror or err}: {err.filename or ''}".rstrip(": "), file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"torchstrap {args.command}: interrupted.", file=sys.stderr)
-        return 130
+    except (OSError, KeyboardInterrupt) as err:
+        return _fail(args.command, err)
     finally:
         tempfile.tempdir = previous  # main() is also called in-process (tests): leave no global change
     return 2

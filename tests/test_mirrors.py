@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from torchstrap_runtime import config as cfg
 from torchstrap_runtime import launcher
 from torchstrap_runtime.loggers import read_log
 from torchstrap_runtime.mirrors import MirrorError, Mirrors, scalars
 
 import test_cluster_toy as toy
+from test_runs import toy_config as runs_toy_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 2
@@ -31,11 +31,7 @@ BACKENDS = ["tensorboard", "csv", "mlflow", "wandb"]
 
 
 def toy_config(folder: Path, run_id: str, backends: list[str]) -> dict:
-    cfg.load_config([])
-    base = cfg.config_as_dict()
-    base["training"].update(epochs=EPOCHS, seed=0, device="cpu")
-    base["logging"].update(folder=str(folder), run_id=run_id, progress=False, log_every=5, backends=backends)
-    return base
+    return runs_toy_config(folder, run_id, logging={"backends": backends})
 
 
 def env() -> dict:
