@@ -28,6 +28,8 @@ from test_runs import toy_config as runs_toy_config
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 2
 BACKENDS = ["tensorboard", "csv", "mlflow", "wandb"]
+# the runs behind these tests start two processes that import torch, TensorBoard, MLflow and W&B: over a minute
+SLOW = pytest.mark.slow
 
 
 def toy_config(folder: Path, run_id: str, backends: list[str]) -> dict:
@@ -86,6 +88,7 @@ def tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
+@SLOW
 def test_tensorboard_holds_the_log_without_duplicated_steps(runs):
     straight, resumed = runs
     for run_dir in runs:
@@ -100,6 +103,7 @@ def test_tensorboard_holds_the_log_without_duplicated_steps(runs):
         assert tensorboard_scalars(resumed)[tag] == values, tag
 
 
+@SLOW
 def test_tensorboard_histograms_of_log_hdf5(runs):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -111,6 +115,7 @@ def test_tensorboard_histograms_of_log_hdf5(runs):
         assert steps == epochs
 
 
+@SLOW
 def test_csv_rebuilt_on_resume(runs):
     straight, resumed = runs
     def rows(run_dir, kind):
@@ -122,6 +127,7 @@ def test_csv_rebuilt_on_resume(runs):
     assert [float(r["val_top1"]) for r in rows(straight, "epoch")] == [r["val_top1"] for r in log_epochs]
 
 
+@SLOW
 def test_mlflow_continues_the_same_run_without_duplicates(runs):
     from mlflow.tracking import MlflowClient
 
@@ -178,6 +184,7 @@ def wandb_history(path: Path) -> tuple[str | None, list[dict]]:
     return run_id, rows
 
 
+@SLOW
 def test_wandb_offline_continues_the_same_run(runs):
     straight, resumed = runs
     want = {step: value for step, value in expected_scalars(straight)["epoch/val_top1"]}

@@ -207,6 +207,7 @@ def test_template_experiment_configs_override_the_default(tmp_path):
     assert logging["backends"] == ["tensorboard", "csv"] and logging["log_every"] == 1
 
 
+@pytest.mark.slow   # two submitit jobs in new processes: about a minute on 2 busy cores
 def test_submit_status_shows_each_job_next_to_its_run(tmp_path, capsys):
     """`scripts/submit.py --status SWEEP_DIR` after a 2-point local sweep (submitit LocalExecutor, real jobs)."""
     submitit_dir = tmp_path / "submitit"
