@@ -205,3 +205,33 @@ def test_wandb_offline_continues_the_same_run(runs):
     for _, rows in (killed, again):   # what `wandb sync` makes of them
         merged.update({r["_step"]: r["epoch/val_top1"] for r in rows if "epoch/val_top1" in r})
     assert merged == {step: value for step, value in want.items() if step in merged} and max(want) in merged
+
+
+def test_tensorboard_and_csv_resume_in_process(tmp_path):
+    """The resume path without a Trainer: lines after the checkpoint are purged (TensorBoard) or rebuilt (CSV),
+    lines at the checkpoint's step that the checkpoint kept are written again, new lines win."""
+    from torchstrap_runtime.loggers import JSONLogger
+
+    run = tmp_path / "run"
+    run.mkdir()
+    logger, mirrors = JSONLogger(run / "log.jsonl"), Mirrors(run, ["tensorboard", "csv"])
+    for step in range(6):
+        mirrors.log(logger.log({"kind": "train_step", "train_loss": float(step)}, epoch=0, step=step))
+    mirrors.log(logger.log({"kind": "epoch", "val_top1": 0.5}, epoch=0, step=6))
+    checkpoint_bytes = logger.tell()   # the checkpoint: step 6, after the epoch line
+    for step in range(6, 9):           # logged, then the process is killed
+        mirrors.log(logger.log({"kind": "train_step", "train_loss": -1.0}, epoch=1, step=step))
+    mirrors.close()
+    logger.close()
+    with open(run / "log.jsonl", "r+b") as f:   # what the resumed Trainer does to log.jsonl
+        f.truncate(checkpoint_bytes)
+    logger, mirrors = JSONLogger(run / "log.jsonl"), Mirrors(run, ["tensorboard", "csv"], resume_step=6)
+    for step in range(6, 10):
+        mirrors.log(logger.log({"kind": "train_step", "train_loss": float(step)}, epoch=1, step=step))
+    mirrors.close(finished=True)
+    logger.close()
+    got = tensorboard_scalars(run)
+    assert got["train_step/train_loss"] == [(step, float(step)) for step in range(10)]
+    assert got["epoch/val_top1"] == [(6, 0.5)]
+    with open(run / "csv" / "train_step.csv", newline="") as f:
+        assert [float(r["train_loss"]) for r in csv.DictReader(f)] == [float(step) for step in range(10)]
