@@ -173,6 +173,17 @@ def test_plot_writes_a_png_of_groups(runs_folder, tmp_path, capsys):
         assert code == 0 and (tmp_path / f"{x}.png").stat().st_size > 10_000
 
 
+def test_curves_use_one_kind_of_line(runs_folder):
+    """train_loss is in step lines and epoch lines: a curve takes the step lines (the most), val_top1 the epochs."""
+    steps = [r["step"] for r in read_log(runs_folder / "lr0.1-s0") if r.get("kind") == "train_step"]
+    xs, ys = R.read_curve(runs_folder / "lr0.1-s0", "train_loss", "step")
+    assert xs == steps and len(ys) == len(steps)
+    xs, ys = R.read_curve(runs_folder / "lr0.1-s0", "val_top1", "epoch")
+    assert xs == [1, 2] and ys == epoch_values(runs_folder / "lr0.1-s0")
+    xs, _ = R.read_curve(runs_folder / "resumed", "val_top1", "time")
+    assert xs == epoch_values(runs_folder / "resumed", "time")   # the logged wall time, continued on resume
+
+
 def test_dataframe(runs_folder):
     pd = pytest.importorskip("pandas")
     df = R.to_dataframe(R.runs_table(R.load_runs([runs_folder])))

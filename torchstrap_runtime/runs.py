@@ -457,29 +457,45 @@ def format_rows(rows: list[dict[str, Any]], fmt: str = "table") -> str:
 
 # ---------------------------------------------------------------------- curves
 def read_curve(run_dir: str | Path, metric: str, x: str = "epoch") -> tuple[list[float], list[float]]:
-    """(xs, ys) of `metric` over a run's log: x is `epoch` (1-based), `step` or `time` (seconds summed over
-    the processes that wrote the log). Every line holding the metric counts (epoch or step lines)."""
+    """(xs, ys) of `metric` over a run's log: x is `epoch`, `step` or `time` (the run's wall time in seconds).
+
+    The lines of one kind are used: the kind that logs `metric` most often (train_step lines for a train_loss
+    logged every few steps, epoch lines for val_top1). With x = epoch, epoch lines sit at the epoch's end
+    (1, 2, ...) and step lines at their fraction of the epochs."""
     from .loggers import read_log
 
     if x not in ("epoch", "step", "time"):
         raise RunsError(f"--x must be epoch, step or time, got {x!r}")
-    xs, ys, offset, previous = [], [], 0.0, None
-    for record in read_log(run_dir):
+    records = read_log(run_dir)
+    times, offset, previous = [], 0.0, None
+    for record in records:   # logs of older runtimes restart `time` at 0 in each process: add them up
         t = record.get("time")
         if _is_number(t):
             if previous is not None and t < previous:
                 offset += previous
             previous = t
-        if record.get("kind") == "end" or not _is_number(record.get(metric)):
-            continue
-        if x == "epoch":
-            xs.append(record.get("epoch", 0) + (1 if record.get("kind") in ("epoch", "eval") else 0))
-        elif x == "step":
+        times.append(offset + (t if _is_number(t) else 0.0))
+    by_kind: dict[Any, list[int]] = {}
+    for i, record in enumerate(records):
+        if record.get("kind") != "end" and _is_number(record.get(metric)):
+            by_kind.setdefault(record.get("kind"), []).append(i)
+    if not by_kind:
+        return [], []
+    kind, chosen = max(by_kind.items(), key=lambda item: len(item[1]))
+    epoch_ends = [r for r in records if r.get("kind") == "epoch" and r.get("step")]
+    steps_per_epoch = epoch_ends[0]["step"] / (epoch_ends[0].get("epoch", 0) + 1) if epoch_ends else None
+    xs = []
+    for i in chosen:
+        record = records[i]
+        if x == "step":
             xs.append(record.get("step", 0))
+        elif x == "time":
+            xs.append(times[i])
+        elif kind in ("epoch", "eval"):
+            xs.append(record.get("epoch", 0) + 1)
         else:
-            xs.append(offset + (t if _is_number(t) else 0.0))
-        ys.append(float(record[metric]))
-    return xs, ys
+            xs.append(record.get("step", 0) / steps_per_epoch if steps_per_epoch else record.get("epoch", 0))
+    return xs, [float(records[i][metric]) for i in chosen]
 
 
 # ---------------------------------------------------------------------- sweeps (scripts/submit.py --status)
