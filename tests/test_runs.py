@@ -242,3 +242,12 @@ def test_submit_status_shows_each_job_next_to_its_run(tmp_path, capsys):
     with pytest.raises(SystemExit):
         launcher.main(toy.TRAINER, ["--status", str(tmp_path / "nowhere")])
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_slurm_states_refine_the_status(runs_folder):
+    """What sacct says of a recorded job id (config.json `slurm_job_id`) against what the files say."""
+    killed, finished = R.load_run(runs_folder / "killed"), R.load_run(runs_folder / "lr0.1-s0")
+    assert json.loads((runs_folder / "killed" / "config.json").read_text())["slurm_job_id"] is None  # not on SLURM
+    assert [R.run_status(killed, s) for s in ("RUNNING", "REQUEUED", "PENDING", "PREEMPTED", "TIMEOUT", "FAILED")] \
+        == ["running", "requeued", "requeued", "preempted", "preempted", "failed"]
+    assert R.run_status(finished, "COMPLETED") == "finished" and R.run_status(finished, "CANCELLED") == "finished"

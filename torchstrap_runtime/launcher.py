@@ -500,8 +500,7 @@ def run_here(trainer: str, argv: list[str], imports: tuple[str, ...] = ()) -> di
     job = TrainJob(config, trainer, tuple(imports))
     result = run_training(config, trainer, job)
     if job._signal is not None and not result["finished"] and distributed.is_main_process():
-        job_id = os.environ.get("SLURM_ARRAY_JOB_ID", "") and (
-            f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}") or os.environ.get("SLURM_JOB_ID")
+        job_id = distributed.slurm_job_id()
         if job_id:
             print(f"torchstrap: checkpoint saved, requeueing SLURM job {job_id}", flush=True)
             subprocess.run(["scontrol", "requeue", job_id], check=False)

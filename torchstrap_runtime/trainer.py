@@ -38,7 +38,7 @@ from torch import nn
 from . import __version__
 from . import sections as _sections  # noqa: F401  (declares the standard config sections)
 from .config import config_as_dict, param
-from .distributed import any_rank, convert_sync_batchnorm, has_batchnorm, setup_distributed
+from .distributed import any_rank, convert_sync_batchnorm, has_batchnorm, setup_distributed, slurm_job_id
 from .loggers import HDF5_FILE, LOG_FILE, HDF5Logger, JSONLogger
 from .optim import PER_EPOCH_SCHEDULERS, build_optimizer, build_scheduler, parameter_groups
 
@@ -714,13 +714,6 @@ def find_experiment_root(cls: type) -> Path | None:
         if (folder / ".copier-answers.yml").exists():
             return folder
     return None
-
-
-def slurm_job_id() -> str | None:
-    """`<array job>_<task>` or the job id when running under SLURM, else None."""
-    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
-        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
-    return os.environ.get("SLURM_JOB_ID")
 
 
 def template_version(repo: Path | None) -> str | None:
