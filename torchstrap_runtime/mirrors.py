@@ -10,7 +10,9 @@ Every `Trainer.log` line is fed to each backend: its numbers as scalars named `<
 - wandb: the run id is kept in config.json (`mirrors.wandb_id`) and the run resumed (`WANDB_MODE=offline` works
   offline; `WANDB_PROJECT` names the project, default "torchstrap"); steps W&B already has are dropped by W&B.
 - mlflow: the run id is kept in config.json (`mirrors.mlflow_run_id`); tracking URI `MLFLOW_TRACKING_URI`, else a
-  file store `<logging.folder>/mlruns`; on resume, steps the run already has (per metric) are skipped.
+  file store `<logging.folder>/mlruns` (MLflow 3 refuses file stores unless `MLFLOW_ALLOW_FILE_STORE=true`, which
+  is then set); experiment `MLFLOW_EXPERIMENT_NAME`, default "torchstrap"; on resume, steps the run already has
+  (per metric) are skipped.
 
 None of these packages is a dependency: a missing one is a one-sentence error naming the pip package.
 """
