@@ -20,7 +20,8 @@ from common import BENCH_DIR, REPO_DIR, RESULTS_DIR, fmt, numba_env
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 SCRIPTS = {"loader": "bench_loader.py", "startup": "bench_startup.py", "trainer": "bench_trainer.py",
-           "logging": "bench_logging.py", "generator": "bench_generator.py", "demo": "bench_demo.py"}
+           "logging": "bench_logging.py", "generator": "bench_generator.py", "demo": "bench_demo.py",
+           "runs": "bench_runs.py", "mirrors": "bench_mirrors.py"}
 NOTES = BENCH_DIR / "NOTES.md"  # hand-written analysis, appended under the table
 
 
@@ -215,6 +216,26 @@ def demo_rows(results: Results) -> list[list[str]]:
              "reported", "—"]]
 
 
+def runs_rows(results: Results) -> list[list[str]]:
+    """bench_runs.py (`torchstrap runs` over many run folders) and bench_mirrors.py (cost of each log mirror)."""
+    rows = []
+    res = results.get("runs")
+    if res:
+        command = contender(res, "torchstrap runs (whole command)", "results")
+        plain = contender(res, "plain json.load of every file", "results")
+        r = ratio(command, plain)
+        rows.append([f"`torchstrap runs` over {res['runs']} run folders ({res['log_mib']} MiB of logs), whole command; "
+                     f"{res.get('command_cpu_s', '?')} s of CPU", cell(command), f"json.load of every file {cell(plain)}",
+                     rtext(r), "< 2 s", verdict(command["median"] if command else None, 2.0, higher_is_better=False)])
+    res = results.get("mirrors")
+    if res:
+        json_line = contender(res, "JSON line alone", "results")
+        for c in res["results"][1:]:
+            rows.append([f"`log()` with the {c['name'][2:]} mirror, per call", cell(c), f"JSON line alone {cell(json_line)}",
+                         rtext(ratio(c, json_line)), "reported", "—"])
+    return rows
+
+
 def describe_machine(results: Results) -> str:
     for name in ("loader_256px", "trainer", "startup", "logging"):
         res = results.get(name)
@@ -229,7 +250,7 @@ def describe_machine(results: Results) -> str:
 def table(results: Results, notes: Path | None = NOTES) -> str:
     """The markdown performance table (and the hand-written notes under it)."""
     rows = (loader_rows(results) + startup_rows(results) + trainer_rows(results) + logging_rows(results)
-            + generator_rows(results) + demo_rows(results))
+            + generator_rows(results) + demo_rows(results) + runs_rows(results))
     head = ["what", "torchstrap", "compared with", "ratio", "target", "met"]
     lines = [
         "### Performance (CPU figures)",

@@ -3,6 +3,8 @@
     torchstrap new PATH [--template SRC] [--vcs-ref REF] [--defaults] [-d key=value ...]
     torchstrap update [PATH] [--vcs-ref REF] [-d key=value ...] [--trust]
     torchstrap check [PATH] [--template SRC]
+    torchstrap runs [FOLDER|RUN_DIR ...] [--group-by KEY] [--sort KEY] [--filter key=value] [--format table|csv|markdown|json]
+    torchstrap plot RUNS... --metric val_top1 [--x epoch|step|time] [--out runs.png]
 
 Exit codes: 0 ok; 1 the experiment needs attention (conflicts left, behind its template); 2 usage or
 environment error (message printed, no traceback; `--debug` or TORCHSTRAP_DEBUG=1 shows it).
@@ -143,11 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="generate, train and plot the demo experiment")
     demo.add_argument("path", nargs="?", default="demo-experiment", help="folder (default: demo-experiment)")
+    from generator.runs_cli import add_parsers
+
+    add_parsers(sub)  # `runs` and `plot` (main hands them to generator.runs_cli before this parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] in (["runs"], ["plot"]):
+        from generator import runs_cli
+
+        return runs_cli.main([arg for arg in argv if arg != DEBUG_FLAG])
     args = build_parser().parse_args([arg for arg in argv if arg != DEBUG_FLAG])
     previous = tempfile.tempdir
     if args.command != "demo":

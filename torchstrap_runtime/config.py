@@ -189,20 +189,27 @@ class Dict(Checker):
         return copy.deepcopy(dict(value))
 
 
-class ListOfInt(Checker):
-    """A list of ints in the range given (`ListOfInt(min=1)`); on the command line "[1, 2]" or "1,2"."""
+class ListOf(Checker):
+    """A list whose items pass `item` (`ListOf(OneOf([...]))`); on the command line "[a, b]" or "a,b"."""
 
-    def __init__(self, **int_range: Any):
-        self.item = Int(**int_range)
+    def __init__(self, item: Any):
+        self.item = as_checker(item)
         self.expected = f"a list of ({self.item.help()})"
 
     def check(self, value: Any) -> list:
         if isinstance(value, str):
             text = value.strip()
-            value = parse_text(text) if text.startswith("[") else [item for item in text.split(",") if text]
+            value = parse_text(text) if text.startswith("[") else [item.strip() for item in text.split(",") if text]
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"not a list: {value!r}")
         return [self.item.check(item) for item in value]
+
+
+class ListOfInt(ListOf):
+    """A list of ints in the range given (`ListOfInt(min=1)`); on the command line "[1, 2]" or "1,2"."""
+
+    def __init__(self, **int_range: Any):
+        super().__init__(Int(**int_range))
 
 
 FASTARGS_LENIENT = {fv.Bool: Bool, fv.Int: Int, fv.Float: Float, fv.Str: Str}

@@ -33,6 +33,13 @@ def _slurm_first_host(nodelist: str) -> str:
     return match.group(1) + match.group(2) if match else first
 
 
+def slurm_job_id() -> str | None:
+    """`<array job>_<task>` or the job id when running under SLURM, else None."""
+    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
 def distributed_env() -> tuple[int, int, int]:
     """`(rank, local_rank, world_size)` from the environment; exports MASTER_ADDR/PORT for SLURM steps."""
     env = os.environ

@@ -366,8 +366,9 @@ def _is_finished(trainer: Any) -> bool:
 def make_executor(slurm: dict[str, Any], local: bool) -> Any:
     """A submitit LocalExecutor (`local`) or SlurmExecutor configured from the `slurm` section."""
     import submitit
-    folder = check_writable_folder(Path(slurm["folder"].replace("%j", "")).parent
-                                   if slurm["folder"].endswith("%j") else Path(slurm["folder"]), "slurm.folder")
+    # the folder that holds one sub-folder per job (slurm_logs/%j -> slurm_logs; runs issue 13: it was the parent)
+    folder = check_writable_folder(Path(slurm["folder"]).parent if slurm["folder"].endswith("%j")
+                                   else Path(slurm["folder"]), "slurm.folder")
     folder = str(folder / "%j") if slurm["folder"].endswith("%j") else str(folder)
     params = slurm_executor_parameters(slurm)
     if local:
@@ -434,6 +435,8 @@ def split_launcher_args(argv: list[str]) -> tuple[list[str], list[str], bool, bo
 def main(trainer: str, argv: list[str] | None = None, imports: tuple[str, ...] = ()) -> list[tuple[Any, Path]]:
     """Entry point of the generated `scripts/submit.py`: `imports` are modules that declare config sections."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    if "--status" in argv:   # each job's state next to its run row
+        return print_sweep_status(argv[argv.index("--status") + 1:])
     try:
         rest, sweeps, local, wait = split_launcher_args(argv)
         import_modules(imports)  # declare the experiment's sections before the config is parsed
@@ -453,6 +456,21 @@ def main(trainer: str, argv: list[str] | None = None, imports: tuple[str, ...] =
     return jobs
 
 
+def print_sweep_status(args: list[str]) -> list:
+    """`submit.py --status [SWEEP_DIR]`: every job under SWEEP_DIR (default: slurm.folder without %j) with its
+    state (sacct, else submitit's files) next to its run's row (`torchstrap runs`)."""
+    from .runs import RunsError, format_rows, sweep_rows
+
+    folder = args[0] if args and not args[0].startswith("-") else "slurm_logs"
+    try:
+        rows = sweep_rows(folder)
+    except RunsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(format_rows(rows) if rows else f"no submitit jobs under {folder}")
+    return rows
+
+
 # --------------------------------------------------------------------------- sbatch without submitit
 
 def run_here(trainer: str, argv: list[str], imports: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -470,8 +488,7 @@ def run_here(trainer: str, argv: list[str], imports: tuple[str, ...] = ()) -> di
     job = TrainJob(config, trainer, tuple(imports))
     result = run_training(config, trainer, job)
     if job._signal is not None and not result["finished"] and distributed.is_main_process():
-        job_id = os.environ.get("SLURM_ARRAY_JOB_ID", "") and (
-            f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}") or os.environ.get("SLURM_JOB_ID")
+        job_id = distributed.slurm_job_id()
         if job_id:
             print(f"torchstrap: checkpoint saved, requeueing SLURM job {job_id}", flush=True)
             subprocess.run(["scontrol", "requeue", job_id], check=False)

@@ -42,17 +42,21 @@ def _to_jsonable(value: Any) -> Any:
 
 
 class JSONLogger:
-    """Appends one JSON object per `log()` call to `path`, flushed immediately (line-buffered)."""
+    """Appends one JSON object per `log()` call to `path`, flushed immediately (line-buffered).
+
+    Each line's `time` is the run's wall time in seconds: a resumed run continues from the last line's time."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._start = time.time() - last_logged_time(self.path)
         self._file = open(self.path, "a", buffering=1, encoding="utf-8")
-        self._start = time.time()
 
-    def log(self, values: dict[str, Any], **context: Any) -> None:
+    def log(self, values: dict[str, Any], **context: Any) -> dict[str, Any]:
+        """Write one line; returns the record written (for the log's mirrors)."""
         record = {**context, "time": round(time.time() - self._start, 6), **_to_jsonable(values)}
         self._file.write(json.dumps(record) + "\n")
+        return record
 
     def tell(self) -> int:
         """Bytes written so far (stored in checkpoints, so a resume can cut the log back to them)."""
@@ -222,6 +226,23 @@ class HDF5Logger:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def last_logged_time(path: str | Path) -> float:
+    """The `time` of the last complete line of a log (0 when there is none)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 65536))
+            tail = f.read()
+    except OSError:
+        return 0.0
+    for line in reversed(tail.split(b"\n")[:-1]):   # the part after the last newline is an unfinished line
+        try:
+            value = json.loads(line).get("time")
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        return float(value) if isinstance(value, (int, float)) else 0.0
+    return 0.0
 
 
 def read_log_lines(path: str | Path) -> list[dict[str, Any]]:

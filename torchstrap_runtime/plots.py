@@ -39,3 +39,62 @@ def plot_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def plot_runs(runs: list, metric: str = "val_top1", x: str = "epoch", out: str | Path = "runs.png",
+              fold: list[str] | None = None, title: str | None = None) -> Path:
+    """Overlay `metric` of several runs (`torchstrap_runtime.runs.Run`s) in one PNG. Runs that differ only in
+    the `fold` keys (e.g. training.seed) make one curve: their mean, with a band of ± one standard deviation.
+    Curves are labelled by the hyper-parameters that differ between the runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .runs import RunsError, _key, differing_keys, read_curve
+
+    keys = [k for k in differing_keys(runs) if k not in (fold or [])]
+    groups: dict[str, list] = {}
+    for run in runs:
+        groups.setdefault(_key([run.params.get(k) for k in keys]), []).append(run)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    drawn = 0
+    for members in groups.values():
+        curves = [read_curve(run.path, metric, x) for run in members]
+        curves = [(np.asarray(xs, float), np.asarray(ys, float)) for xs, ys in curves if xs]
+        if not curves:
+            continue
+        label = ", ".join(f"{k.split('.')[-1]}={members[0].params.get(k)}" for k in keys) or members[0].run_id
+        if len(members) > 1:
+            label += f" (n={len(curves)})"
+        grid = np.unique(np.concatenate([xs for xs, _ in curves]))
+        # each curve on the common grid (interpolated inside its own range, missing outside it)
+        values = np.full((len(curves), len(grid)), np.nan)
+        for i, (xs, ys) in enumerate(curves):
+            order = np.argsort(xs, kind="stable")
+            inside = (grid >= xs.min()) & (grid <= xs.max())
+            values[i, inside] = np.interp(grid[inside], xs[order], ys[order])
+        count = np.sum(~np.isnan(values), axis=0)
+        mean = np.nanmean(values, axis=0)
+        line, = ax.plot(grid, mean, marker="o" if len(grid) <= 50 else None, markersize=3, label=label)
+        if len(curves) > 1:
+            std = np.array([np.std(col[~np.isnan(col)], ddof=1) if n > 1 else 0.0 for col, n in zip(values.T, count)])
+            ax.fill_between(grid, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        raise RunsError(f"no run logs the metric {metric!r}")
+    ax.set(xlabel={"epoch": "epoch", "step": "step", "time": "wall time (s)"}[x], ylabel=metric,
+           title=title or f"{metric} of {len(runs)} run(s)" + (f", mean ± std over {', '.join(fold)}" if fold else ""))
+    if x == "epoch":
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

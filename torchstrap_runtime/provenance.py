@@ -17,6 +17,7 @@ import torch
 
 from . import __version__
 from .config import config_as_dict
+from .distributed import slurm_job_id
 
 
 def new_run_id() -> str:
@@ -38,6 +39,7 @@ def run_record(trainer_class: type, train_loader: Any, world_size: int) -> dict[
         "world_size": world_size,
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": sys.argv,
+        "slurm_job_id": slurm_job_id(),  # `torchstrap runs` asks sacct about it
     }
 
 

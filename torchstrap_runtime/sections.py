@@ -6,7 +6,7 @@ Importing this module declares them; `declare_standard_sections()` declares them
 
 from __future__ import annotations
 
-from .config import Bool, Dict, Float, Int, ListOfInt, OneOf, OptionalInt, Param, Section, Str
+from .config import Bool, Dict, Float, Int, ListOf, ListOfInt, OneOf, OptionalInt, Param, Section, Str
 
 
 def declare_standard_sections() -> None:
@@ -70,6 +70,10 @@ def declare_standard_sections() -> None:
         monitor=Param(Str(), "epoch value that ranks checkpoints, e.g. val_top1 ('' = none)", default=""),
         monitor_mode=Param(OneOf(["max", "min"]), "whether a higher (max) or lower (min) monitor is better", default="max"),
         save_top_k=Param(Int(min=1), "with monitor: keep checkpoints/best.pt, and epoch_<E>.pt of the k best when k > 1", default=1),
+        backends=Param(ListOf(OneOf(["tensorboard", "csv", "wandb", "mlflow"])),
+                       "mirror every log() scalar to these: tensorboard, csv, wandb, mlflow (log.jsonl stays the record)",
+                       default=[]),
+        tags=Param(ListOf(Str()), "labels of this run, e.g. [baseline, ablation] (shown by `torchstrap runs`)", default=[]),
     )
 
 

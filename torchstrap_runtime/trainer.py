@@ -74,11 +74,13 @@ class Trainer:
         self.data: Any = None     # the current batch, for the hooks
         self.loss: torch.Tensor | None = None  # what train_step returned for the current batch (detached)
         self.stop_requested = False
+        self.stop_reason: str | None = None   # "preempted", "stopped early", ... (the log's end line)
         self.finished = False     # set when train_all_epochs ran to its end (or stopped early on patience)
         self.train_loader: Iterable | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self.json_logger: JSONLogger | None = None
+        self.mirrors = None   # logging.backends (mirrors.py), opened by initialize_logger
         self.hdf5_logger: HDF5Logger | None = None
         self.progress_bar = None
 
@@ -248,6 +250,9 @@ class Trainer:
         self.hdf5_logger = HDF5Logger(self.run_dir / HDF5_FILE)
         if not (self.run_dir / "config.json").exists():
             write_json_atomic(self.run_dir / "config.json", run_record(type(self), self.train_loader, self.world_size))
+        from .mirrors import open_mirrors  # logging.backends; a resumed run continues their runs from self.step
+
+        self.mirrors = open_mirrors(self.run_dir, self.step if self.checkpoint_path.exists() else None)
 
     # ------------------------------------------------------------------ hooks: training
     def before_train_epoch(self) -> None:
@@ -336,6 +341,9 @@ class Trainer:
                 record = self.train_all_epochs()
             if self.hdf5_logger is not None:
                 self.hdf5_logger.drain()  # every array logged so far is in arrays.h5 when run() returns
+            # how the run returned, for `torchstrap runs` (cut from the log again on resume)
+            self.log({"kind": "end", "status": self.stop_reason or ("preempted" if self.stop_requested else "finished")})
+            self.completed = not self.stop_requested
             if self.is_main and not self.stop_requested and not self.eval_only and not self.fast_dev_run:
                 from .plots import plot_curves
 
@@ -353,6 +361,9 @@ class Trainer:
             if logger is not None:
                 logger.close()
             setattr(self, name, None)
+        if getattr(self, "mirrors", None) is not None:
+            self.mirrors.close(finished=getattr(self, "completed", False))
+            self.mirrors = None
         if getattr(self, "run_lock", None) is not None:
             self.run_lock.release()
 
@@ -583,9 +594,11 @@ class Trainer:
         """Optimizer steps per epoch: training batches / `training.accumulate`, rounded up."""
         return -(-(self.train_batches_per_epoch() or 1) // self.accumulate)
 
-    def request_stop(self) -> None:
-        """Ask the loop to checkpoint after the current optimizer step and return (SLURM requeue, preemption)."""
+    def request_stop(self, reason: str = "preempted") -> None:
+        """Ask the loop to checkpoint after the current optimizer step and return (SLURM requeue, preemption;
+        an early-stopping hook passes reason="stopped early", which `torchstrap runs` shows)."""
         self.stop_requested = True
+        self.stop_reason = reason
 
     def should_stop(self) -> bool:
         """Whether a stop was requested; with several ranks, on any of them (so all stop after the same step)."""
@@ -618,6 +631,7 @@ class Trainer:
         since = self.best.epochs_since_best(self.epoch - 1)
         if since is None or since < self.patience:
             return False
+        self.stop_reason = "stopped early"
         if self.is_main and self.show_progress:
             print(f"early stop: no better {self.monitor} for {since} epochs (training.patience {self.patience})",
                   file=sys.stderr)
@@ -627,12 +641,16 @@ class Trainer:
     def log(self, values: dict[str, Any]) -> None:
         """Append one JSON line to `log.jsonl` (with epoch, step and wall time). Rank 0 only."""
         if self.json_logger is not None:
-            self.json_logger.log(values, epoch=self.epoch, step=self.step)
+            record = self.json_logger.log(values, epoch=self.epoch, step=self.step)
+            if self.mirrors is not None:
+                self.mirrors.log(record)
 
     def log_hdf5(self, arrays: dict[str, Any]) -> None:
         """Append one row per key to the datasets of `arrays.h5` (with this row's step and epoch). Rank 0 only."""
         if self.hdf5_logger is not None:
             self.hdf5_logger.log(arrays, step=self.step, epoch=self.epoch)
+        if self.mirrors is not None:
+            self.mirrors.log_arrays(arrays, step=self.step, epoch=self.epoch)
 
     def make_progress_bar(self, description: str, total: int | None = None):
         """A tqdm bar on rank 0 when `logging.progress` is on, else None."""
