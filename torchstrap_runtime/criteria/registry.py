@@ -26,11 +26,12 @@ import yaml
 from torch import nn
 from torch.nn.modules.loss import _Loss
 
-from .coke import CoKeMultiView, CoKeSingleView
+from .coke import CoKeDoubleView, CoKeMultiView, CoKeSingleView
 from .wrappers import MetricLoss, ViewsLoss
 
 COKE_CRITERIA: dict[str, type[nn.Module]] = {
     "coke_single_view": CoKeSingleView,
+    "coke_double_view": CoKeDoubleView,
     "coke_multi_view": CoKeMultiView,
 }
 # pytorch-metric-learning classes in `losses` that are bases, not losses.
