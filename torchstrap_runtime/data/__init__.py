@@ -9,6 +9,7 @@ ffcv_fixes.apply()
 from .color_jitter import RandomColorJitter
 from .decoders import SimpleRGBImageDecoder
 from .erasing import RandomErasing
+from .gaussian_blur import RandomGaussianBlur
 from .grayscale import RandomGrayscale
 from .horizontal_flip import RandomHorizontalFlip
 from .invert import RandomInvert
@@ -23,4 +24,5 @@ __all__ = [
     "Loader", "OrderOption", "write_dataset", "write_digits", "write_image_folder", "check_beton", "beton_info",
     "SimpleRGBImageDecoder", "RandomResizedCrop", "RandomColorJitter", "RandomErasing", "RandomTranslation",
     "RandomSolarization", "RandomGrayscale", "RandomHorizontalFlip", "RandomVerticalFlip", "RandomInvert",
+    "RandomGaussianBlur",
 ]
