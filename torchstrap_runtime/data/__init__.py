@@ -6,6 +6,8 @@ from . import ffcv_fixes
 
 ffcv_fixes.apply()
 
+from .coke_pipelines import (coke_imagenet_double_view, coke_imagenet_multi_view, coke_imagenet_single_view,
+                             op_seed_names)
 from .color_jitter import RandomColorJitter
 from .decoders import SimpleRGBImageDecoder
 from .erasing import RandomErasing
@@ -24,5 +26,6 @@ __all__ = [
     "Loader", "OrderOption", "write_dataset", "write_digits", "write_image_folder", "check_beton", "beton_info",
     "SimpleRGBImageDecoder", "RandomResizedCrop", "RandomColorJitter", "RandomErasing", "RandomTranslation",
     "RandomSolarization", "RandomGrayscale", "RandomHorizontalFlip", "RandomVerticalFlip", "RandomInvert",
-    "RandomGaussianBlur",
+    "RandomGaussianBlur", "coke_imagenet_single_view", "coke_imagenet_double_view", "coke_imagenet_multi_view",
+    "op_seed_names",
 ]
