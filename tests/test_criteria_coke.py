@@ -241,3 +241,21 @@ def test_eval_mode_changes_no_state():
         assert torch.isfinite(criterion(views))  # validation samples need no indices
         for key, value in criterion.state_dict().items():
             assert torch.equal(value, before[key]), key
+
+
+def test_coke_heads_feed_the_criterion():
+    from torchstrap_runtime.models import CoKeHeads, CoKePredictor, CoKeProjector
+
+    torch.manual_seed(0)
+    projector = CoKeProjector(32, 8)
+    assert isinstance(projector.net[-1], torch.nn.BatchNorm1d) and len(projector.net) == 8
+    predictor = CoKePredictor(8, 16)
+    assert not isinstance(predictor.net[-1], torch.nn.BatchNorm1d)
+    model = CoKeHeads(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 32)), in_dim=32, dim=8)
+    criterion = build_criterion("coke_double_view", {"embedding_size": 8, "num_samples": 16, "num_clusters": [4]})
+    x = torch.randn(16, 12)
+    (z1, p1), (z2, p2) = model(x), model(x + 0.1 * torch.randn(16, 12))
+    assert z1.shape == p1.shape == (16, 8)
+    loss = criterion([z1, z2], torch.arange(16), [p1, p2])
+    loss.backward()
+    assert model.predictor.net[0].weight.grad.abs().sum() > 0 and model.backbone[1].weight.grad.abs().sum() > 0
