@@ -17,11 +17,16 @@ def beton(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("coke") / "jpeg.beton", big, labels, write_mode="jpg")
 
 
-def load(beton, built, epoch=0):
+def load(beton, built, epochs=(0,)):
+    """Batches of each epoch in `epochs`, from one loader."""
     pipelines, mapper = built
     loader = Loader(beton, batch_size=12, num_workers=2, order=OrderOption.SEQUENTIAL, drop_last=False,
-                    pipelines=pipelines, custom_field_mapper=mapper, start_epoch=epoch)
-    return [[t.clone() for t in batch] for batch in loader]
+                    pipelines=pipelines, custom_field_mapper=mapper)
+    out = []
+    for epoch in epochs:
+        loader.set_epoch(epoch)
+        out += [[t.clone() for t in batch] for batch in loader]
+    return out
 
 
 def multi(seed, **kw):
@@ -29,7 +34,7 @@ def multi(seed, **kw):
 
 
 def test_multi_view_shapes_determinism_and_distinct_views(beton):
-    first, again, other = load(beton, multi(0)), load(beton, multi(0)), load(beton, multi(1))
+    first, again = load(beton, multi(0), epochs=(0, 1)), load(beton, multi(0))
     image, label, view2, small1, small2 = first[0]
     assert image.shape == view2.shape == (12, 3, SIZE, SIZE) and image.dtype == torch.float32
     assert small1.shape == small2.shape == (12, 3, SMALL, SMALL) and label.shape[0] == 12
@@ -37,9 +42,8 @@ def test_multi_view_shapes_determinism_and_distinct_views(beton):
     for a, b in zip(first, again):
         for x, y in zip(a, b):
             assert torch.equal(x, y)  # same seed, same batches
-    assert not torch.equal(first[0][0], other[0][0])  # another seed, other views
     assert not torch.equal(image, view2) and not torch.equal(small1, small2)  # each view its own draws
-    assert not torch.equal(load(beton, multi(0), epoch=1)[0][0], image)  # each epoch its own draws
+    assert not torch.equal(first[2][0], image)  # epoch 1 draws again
 
 
 def test_single_and_double_view_recipes(beton):
@@ -71,3 +75,14 @@ def test_op_seeds_are_distinct_derived_and_overridable():
     assert pinned["small3"][0].seed == 42 and pinned["small2"][0].seed == pipelines["small2"][0].seed
     with pytest.raises(ValueError, match="not ops of this recipe"):
         coke_imagenet_double_view(seed=1, op_seeds={"small1/crop": 1})
+
+
+def test_multicrop_picture(beton, tmp_path):
+    from PIL import Image
+
+    from torchstrap_runtime.data.pictures import save_coke_multicrop_grid
+
+    path = save_coke_multicrop_grid(beton, tmp_path / "multicrop.png", seed=0, samples=2)
+    image = np.asarray(Image.open(path).convert("RGB"))
+    assert image.shape[0] > 200 and image.shape[1] > 600
+    assert len(np.unique(image.reshape(-1, 3), axis=0)) > 50
