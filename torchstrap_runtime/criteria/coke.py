@@ -206,24 +206,27 @@ class _CoKe(nn.Module):
         self._warned_no_indices = False
 
     # ---------------------------------------------------------------- public state
+    def _per_head(self, name: str) -> list[torch.Tensor]:
+        return [getattr(self, f"{name}_{h}") for h in range(self.num_heads)]
+
     @property
     def centers(self) -> list[torch.Tensor]:
         """Running assignment centers, one [K_h, D] tensor per head."""
-        return [getattr(self, f"centers_{h}") for h in range(self.num_heads)]
+        return self._per_head("centers")
 
     @property
     def logit_centers(self) -> list[torch.Tensor]:
         """Centers of the logits, frozen at each epoch end, one [K_h, D] tensor per head."""
-        return [getattr(self, f"logit_centers_{h}") for h in range(self.num_heads)]
+        return self._per_head("logit_centers")
 
     @property
     def duals(self) -> list[torch.Tensor]:
-        return [getattr(self, f"duals_{h}") for h in range(self.num_heads)]
+        return self._per_head("duals")
 
     @property
     def counters(self) -> list[torch.Tensor]:
         """Samples assigned to each cluster so far this epoch."""
-        return [getattr(self, f"counters_{h}") for h in range(self.num_heads)]
+        return self._per_head("counters")
 
     @torch.no_grad()
     def load_centers(self, centers: list[torch.Tensor]) -> None:

@@ -41,33 +41,30 @@ def clip8(v: int) -> np.uint8:
 
 
 @njit(cache=True, nogil=True)
-def resize_bilinear(image, out):
-    """out (its own size) = PIL-bilinear resize of image; a dimension of equal size is copied, not filtered."""
-    h, w = image.shape[0], image.shape[1]
-    oh, ow = out.shape[0], out.shape[1]
-    half = 1 << (PRECISION_BITS - 1)
-    rows = np.empty((h, ow, 3), np.uint8)
-    if ow == w:
-        rows[:] = image
-    else:
-        first, weights = bilinear_weights(w, ow)
-        for y in range(h):
-            for x in range(ow):
-                for c in range(3):
-                    s = half
-                    for j in range(weights.shape[1]):
-                        if first[x] + j < w:
-                            s += int(image[y, first[x] + j, c]) * weights[x, j]
-                    rows[y, x, c] = clip8(s)
-    if oh == h:
-        out[:] = rows
-        return
-    first, weights = bilinear_weights(h, oh)
-    for y in range(oh):
-        for x in range(ow):
+def resample_width(image, out):
+    """Every row of image filtered to out's width (PIL's bilinear weights), rounded to uint8."""
+    first, weights = bilinear_weights(image.shape[1], out.shape[1])
+    half, w = 1 << (PRECISION_BITS - 1), image.shape[1]
+    for y in range(out.shape[0]):
+        for x in range(out.shape[1]):
             for c in range(3):
                 s = half
                 for j in range(weights.shape[1]):
-                    if first[y] + j < h:
-                        s += int(rows[first[y] + j, x, c]) * weights[y, j]
+                    if first[x] + j < w:
+                        s += int(image[y, first[x] + j, c]) * weights[x, j]
                 out[y, x, c] = clip8(s)
+
+
+@njit(cache=True, nogil=True)
+def resize_bilinear(image, out):
+    """out (its own size) = PIL-bilinear resize of image, width first; an axis of equal size is copied."""
+    h, w = image.shape[0], image.shape[1]
+    rows = np.empty((h, out.shape[1], 3), np.uint8)
+    if out.shape[1] == w:
+        rows[:] = image
+    else:
+        resample_width(image, rows)
+    if out.shape[0] == h:
+        out[:] = rows
+    else:  # the columns, as the rows of the transposed images
+        resample_width(np.transpose(rows, (1, 0, 2)), np.transpose(out, (1, 0, 2)))
