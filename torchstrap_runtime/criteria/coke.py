@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # the collectives CoKe needs; one import to redirect when torchstrap_runtime.distributed gathers them
-from ..distributed import get_world_size, is_initialized
+from ..distributed import get_rank, get_world_size, is_initialized
 
 INITS = ("random", "kmeans++")
 CENTER_UPDATES = ("online",)  # accepted for older configs: the authors' running mean is per batch
@@ -320,7 +320,7 @@ class _CoKe(nn.Module):
         labels = self.assign(all_feats, h, assign_centers)
         self.last_assignments.append(labels)
         b = feats.shape[0]
-        start = sum(_all_gather_cat(torch.tensor([b], device=feats.device)).tolist()[:_rank()]) if _distributed() else 0
+        start = sum(_all_gather_cat(torch.tensor([b], device=feats.device)).tolist()[:get_rank()]) if _distributed() else 0
         mine = labels[start:start + b]
         if indices is None:
             self.update_duals_and_centers(all_feats, labels, h, normalize)
@@ -357,12 +357,6 @@ class _CoKe(nn.Module):
                 stats[f"coke/head{h}/min_cluster_ratio"] = float(counts.min() / counts.sum() * k)
             stats[f"coke/head{h}/dual_mean"] = float(self.duals[h].mean())
         return stats
-
-
-def _rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank()
 
 
 def _predictions(views: list[torch.Tensor], predictions) -> list[torch.Tensor] | None:
