@@ -1,4 +1,5 @@
-"""CoKe under torch.distributed (gloo, 2 CPU processes): every rank ends with the single-process state."""
+"""CoKe under torch.distributed (gloo, 2 CPU processes): each rank feeds half of every batch and ends with
+the state of one process fed the whole batch; the mean of the ranks' losses equals the one-process loss."""
 
 from __future__ import annotations
 
@@ -8,36 +9,44 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from torchstrap_runtime.criteria import CoKeMultiView, CoKeSingleView
+from torchstrap_runtime.criteria import build_criterion
 
 N, D, STEPS, BATCH = 96, 8, 3, 32
 
 
 def make_criteria() -> dict[str, torch.nn.Module]:
-    return {"single": CoKeSingleView(embedding_size=D, num_samples=N, num_clusters=[4, 6], seed=0),
-            "multi": CoKeMultiView(embedding_size=D, num_clusters=5, center_update="online", seed=0)}
+    shared = {"embedding_size": D, "num_samples": N, "dual_lr": 2.0, "seed": 0}
+    return {"single": build_criterion("coke_single_view", {**shared, "num_clusters": [4, 6], "stage": 1,
+                                                           "soft_label_size": 2}),
+            "single_kmeans": build_criterion("coke_single_view", {**shared, "num_clusters": [5], "init": "kmeans++"}),
+            "double": build_criterion("coke_double_view", {**shared, "num_clusters": [5, 3], "min_size_ratio": 1.0}),
+            "multi": build_criterion("coke_multi_view", {**shared, "num_clusters": [5], "num_small_crops": 2})}
 
 
-def batches() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def batches() -> list[tuple[list[torch.Tensor], torch.Tensor]]:
     g = torch.Generator().manual_seed(0)
     data = torch.randn(N, D, generator=g)
     order = torch.randperm(N, generator=g)
     out = []
     for step in range(STEPS):
         idx = order[step * BATCH:(step + 1) * BATCH]
-        out.append((data[idx], data[idx] + 0.1 * torch.randn(BATCH, D, generator=g), idx))
+        out.append(([data[idx] + 0.1 * torch.randn(BATCH, D, generator=g) for _ in range(4)], idx))
     return out
 
 
-def run(criteria: dict[str, torch.nn.Module], rank: int, world: int) -> None:
-    """Feed each rank its contiguous slice of every batch; two epochs with an end_epoch between."""
-    for _ in range(2):
-        for view1, view2, idx in batches():
+def run(criteria: dict[str, torch.nn.Module], rank: int, world: int) -> list[float]:
+    """Three epochs; each rank takes its contiguous slice of every batch. Returns the losses."""
+    losses = []
+    views_of = {"single": 1, "single_kmeans": 1, "double": 2, "multi": 4}
+    for _ in range(3):
+        for views, idx in batches():
             part = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
-            criteria["single"](view1[part], idx[part])
-            criteria["multi"]([view1[part], view2[part]])
+            for name, criterion in criteria.items():
+                mine = [v[part] for v in views[:views_of[name]]]
+                losses.append(float(criterion(mine, idx[part], [2 * v for v in mine])))
         for criterion in criteria.values():
             criterion.end_epoch()
+    return losses
 
 
 def worker(rank: int, world: int, folder: str) -> None:
@@ -45,23 +54,26 @@ def worker(rank: int, world: int, folder: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
     try:
         criteria = make_criteria()
-        run(criteria, rank, world)
-        torch.save({k: c.state_dict() for k, c in criteria.items()}, os.path.join(folder, f"rank{rank}.pt"))
+        losses = run(criteria, rank, world)
+        torch.save({"losses": losses, **{k: c.state_dict() for k, c in criteria.items()}},
+                   os.path.join(folder, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
 def test_two_ranks_match_one_process(tmp_path):
     reference = make_criteria()
-    run(reference, rank=0, world=1)
+    losses = torch.tensor(run(reference, rank=0, world=1))
     mp.start_processes(worker, args=(2, str(tmp_path)), nprocs=2, join=True, start_method="spawn")
-    for rank in range(2):
-        states = torch.load(tmp_path / f"rank{rank}.pt")
+    states = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    mean_loss = (torch.tensor(states[0]["losses"]) + torch.tensor(states[1]["losses"])) / 2
+    assert torch.allclose(mean_loss, losses, atol=1e-5)
+    for rank, state in enumerate(states):
         for name, criterion in reference.items():
             for key, expected in criterion.state_dict().items():
-                got = states[name][key]
+                got = state[name][key]
                 if expected.is_floating_point():
                     assert torch.allclose(got, expected, atol=1e-5), (rank, name, key)
                 else:
                     assert torch.equal(got, expected), (rank, name, key)
-    assert (reference["single"].labels >= 0).all()
+    assert (reference["double"].labels >= 0).all() and reference["single"].label_weights.sum() > 0

@@ -54,7 +54,7 @@ def test_spec_round_trips_through_json(sections, tmp_path):
     assert spec == first.criterion_spec and type(second) is type(first)
     assert second.num_clusters == [5, 7] and second.temperature == 0.2
     second.load_state_dict(first.state_dict())  # same buffers, same shapes
-    assert torch.equal(second.centers(1), first.centers(1))
+    assert torch.equal(second.centers[1], first.centers[1])
 
 
 def test_default_section_builds_cross_entropy(sections):

@@ -216,6 +216,13 @@ def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
 
 
+def broadcast_tensor(t: torch.Tensor) -> torch.Tensor:
+    """Rank 0's values of `t`, in place on every rank (`t` itself on one process)."""
+    if is_distributed():
+        dist.broadcast(t, src=0)
+    return t
+
+
 def gather_rows(t: torch.Tensor) -> torch.Tensor:
     """A CPU tensor's rows concatenated over ranks in rank order (sizes may differ), via pickling."""
     if not is_distributed():

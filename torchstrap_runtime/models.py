@@ -84,3 +84,53 @@ def build_model(name: str, num_classes: int, image_size: int = 32, in_channels: 
     if key == "resnet-small":
         return ResNetSmall(num_classes=num_classes, in_channels=in_channels)
     raise ValueError(f"unknown model '{name}': expected 'mlp' or 'resnet-small'")
+
+
+# ----------------------------------------------------------------------------- CoKe heads (idstcv/CoKe)
+
+class CoKeProjector(nn.Module):
+    """CoKe's projection head: Linear-BN-ReLU, Linear-BN-ReLU, Linear-BN (it replaces the backbone's fc).
+
+    `hidden_dim` defaults to `in_dim` (2048 on a ResNet-50), `out_dim` is the embedding size (128).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int = 128, hidden_dim: int | None = None):
+        super().__init__()
+        hidden = hidden_dim or in_dim
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden, out_dim), nn.BatchNorm1d(out_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class CoKePredictor(nn.Module):
+    """CoKe's prediction head on the projection: Linear-BN-ReLU, Linear (no final BatchNorm)."""
+
+    def __init__(self, dim: int = 128, hidden_dim: int = 2048):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden_dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class CoKeHeads(nn.Module):
+    """backbone -> projector -> (projection, prediction): what the CoKe criteria take as views/predictions.
+
+    `backbone` maps images to [B, in_dim] features (e.g. a ResNet with its fc removed).
+    """
+
+    def __init__(self, backbone: nn.Module, in_dim: int, dim: int = 128, hidden_dim: int | None = None,
+                 predictor: bool = True):
+        super().__init__()
+        self.backbone = backbone
+        self.projector = CoKeProjector(in_dim, dim, hidden_dim)
+        self.predictor = CoKePredictor(dim, hidden_dim or in_dim) if predictor else None
+        self.embedding_dim = dim
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        projection = self.projector(self.backbone(x))
+        return projection, (self.predictor(projection) if self.predictor is not None else projection)

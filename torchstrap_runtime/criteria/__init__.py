@@ -5,7 +5,7 @@
     criterion.input_kind   # "embeddings_labels" -> criterion(embeddings, labels)
 """
 
-from .coke import CoKeMultiView, CoKeSingleView
+from .coke import COKE_RECIPES, CoKeDoubleView, CoKeMultiView, CoKeSingleView
 from .eval import knn_accuracy, knn_predict, linear_probe_accuracy, nmi, precision_at_1
 from .registry import (accepted_params, build_criterion, describe, list_criteria, list_miners, pml_losses,
                        pml_miners, resolve, torch_losses)
@@ -14,6 +14,6 @@ from .wrappers import INPUT_KINDS, AdaptiveSoftmaxLoss, MetricLoss, ViewsLoss
 __all__ = [
     "build_criterion", "list_criteria", "list_miners", "describe", "resolve", "accepted_params",
     "torch_losses", "pml_losses", "pml_miners", "INPUT_KINDS", "MetricLoss", "ViewsLoss", "AdaptiveSoftmaxLoss",
-    "CoKeSingleView", "CoKeMultiView",
+    "CoKeSingleView", "CoKeDoubleView", "CoKeMultiView", "COKE_RECIPES",
     "knn_accuracy", "knn_predict", "precision_at_1", "nmi", "linear_probe_accuracy",
 ]

@@ -1,60 +1,90 @@
-"""CoKe: online constrained k-means as a representation-learning criterion.
+"""CoKe: online constrained k-means as a representation-learning criterion, as its authors ran it.
 
 Qian et al., "Unsupervised Visual Representation Learning by Online Constrained K-Means", CVPR 2022
-(arXiv 2105.11527). Per clustering ("head") h with K_h clusters:
+(arXiv 2105.11527; code idstcv/CoKe). Per clustering head h with K_h clusters, on unit features z:
 
-- features z_i are L2-normalised; centers c_k are unit vectors;
-- constrained k-means: every cluster must hold at least `min_size_ratio * N / K` points. The constraint
-  is handled in the dual: a sample is assigned to argmax_k (z_i . c_k + rho_k) and after each mini-batch
-  the duals take a projected step rho_k <- max(0, rho_k - dual_lr * (n_k / b - min_size_ratio / K)), so an
-  under-filled cluster gets a growing bonus (n_k = points the batch put in cluster k, b = batch size);
-- the encoder is trained by cross-entropy between softmax(z . c / temperature) and the pseudo-labels;
-- centers ("epoch" mode, the paper's): the mean of the features assigned to each cluster during the last
-  epoch, set by `end_epoch()`; "online" mode instead moves each center towards the mean of its batch
-  members with momentum `center_momentum` after every batch (a mini-batch k-means step; use it when an
-  epoch is long or nothing calls `end_epoch()`);
-- centers are seeded from the first batch by greedy k-means++ (a distinct seed per head);
-- `batch_constraint` (off by default, not in the paper) also enforces floor(min_size_ratio * b / K)
-  members per cluster inside every batch, a guard against collapse when b >> K.
+- assignment: y_i = argmax_k (z_i . c_k + rho_k), where c are the *running* centers (`centers`);
+- duals, after every mini-batch of b samples: rho <- rho - dual_lr * n_k / b + dual_lr * ratio / K
+  (n_k = samples of the batch in cluster k), clamped at 0 only when ratio < 1;
+- running centers: a count-weighted running mean of the features assigned this epoch, re-normalised after
+  every batch; the counters reset at each epoch end, so a cluster's first batch of an epoch replaces it;
+- logits: z . c' / temperature against `logit_centers` c', a copy of the running centers frozen at each
+  epoch end (`end_epoch()`);
+- the target of sample i is the cluster it got last epoch (a label memory indexed by dataset index; in the
+  first epoch, the assignment it gets now).
 
-`CoKeSingleView` (paper, single view): the pseudo-label of sample i in epoch t is the cluster it was
-assigned to in epoch t-1 (a per-sample label memory indexed by dataset index), so clustering and
-discrimination are decoupled. `CoKeMultiView`: the assignment of one view supervises the prediction of
-every other view (symmetrised), no memory needed. Both average the loss over heads.
+Three criteria, as the authors' three recipes (`views`: projector outputs [B, D], large views first then
+small crops; `predictions`: the predictor outputs in the same layout, None = the projections serve both):
 
-CoKe needs centred features: features crowded in a small cap of the sphere (a ReLU MLP's raw output) give
-near-equal scores, the duals then decide the assignments and the clustering carries little signal. So by
-default (`center_features`, not in the paper, whose heads end with BatchNorm) the batch mean is subtracted
-before normalising. Measured on digits, 8-d head, 3 seeds, kNN of the head's output (random encoder
-0.67-0.83): no centring 0.72-0.86, `center_features` 0.85-0.88, a final BatchNorm1d 0.87-0.91.
+- `coke_single_view`: one view; loss = beta * CE(prediction logits) + (1 - beta) * CE(projection logits),
+  averaged over heads. After `stage` epochs (stage 2) the target is a soft label over the last
+  `soft_label_size` assignments (weights averaged over stage-2 epochs, sharpened by exp(w /
+  `soft_label_temperature`)) and the logit centers become a running average over epochs.
+- `coke_double_view`: two views; each sample is assigned from the mean of its two unit projections; per
+  head and per view, alpha * one-hot CE against the memory label + (1 - alpha) * soft CE against the other
+  view's softmax(projection logits), for prediction and projection; scaled by 0.5 / (2 * heads).
+- `coke_multi_view`: the two large views as above, plus small crops supervised by 2 * alpha one-hot +
+  (1 - alpha) * (softmax of view 1 + softmax of view 2), scaled by 0.5 / (2 * crops * heads);
+  loss = beta * large + (1 - beta) * small (just the large loss when there are no small crops).
 
-All state (centers, duals, accumulators, label memory) lives in buffers, so `state_dict()` saves it.
-With torch.distributed initialised, counts and sums are all-reduced and labels all-gathered, so every rank
-holds the same state. In eval mode (`criterion.eval()`) the loss is computed against the current
-assignment and no state changes. Call as criterion(views, indices): `views` a list of [B, D] tensors.
+With torch.distributed, features and indices are all-gathered, so every rank holds the same centers,
+duals and memory, updated from the global batch. All state is in buffers (`state_dict()` resumes exactly).
+In eval mode the loss uses the current assignment and no state changes. `COKE_RECIPES` holds the
+authors' settings (criterion parameters, optimisation, data pipeline) for a trainer to read.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..distributed import all_gather_cat, all_reduce_sum, is_distributed
+from ..distributed import all_gather_cat, broadcast_tensor, get_rank, is_distributed
 
-CENTER_UPDATES = ("epoch", "online")
-
-
-# ----------------------------------------------------------------------------- distributed helpers
-
-# the collectives of torchstrap_runtime.distributed (no-ops on one process)
-_distributed, _all_reduce, _all_gather_cat = is_distributed, all_reduce_sum, all_gather_cat
+INITS = ("random", "kmeans++")
+CENTER_UPDATES = ("online",)  # accepted for older configs: the authors' running mean is per batch
 
 
-# ----------------------------------------------------------------------------- shared machinery
+# ----------------------------------------------------------------------------- the authors' recipes
+
+def _recipe(criterion: str, params: dict, pipeline: str) -> dict:
+    return {
+        "criterion": {"name": criterion, "params": params},
+        "pipeline": pipeline,
+        "model": {"arch": "resnet50", "embedding_size": 128, "projector": "coke", "predictor": True},
+        "optimizer": {"name": "lars", "lr": 1.6, "momentum": 0.9, "weight_decay": 1e-6, "batch_size": 1024},
+        # cosine schedule after a linear warm-up; epoch 0 runs with lr = 0: a pure clustering epoch
+        "scheduler": {"name": "cosine", "warmup_epochs": 11, "first_epoch_lr_zero": True},
+    }
+
+
+_SHARED = {"embedding_size": 128, "num_clusters": [3000, 4000, 5000], "dual_lr": 20.0, "min_size_ratio": 0.4}
+# The authors' run_*.sh settings (run_single_view.sh sets beta 1; main_single_view.py defaults to 0.5).
+COKE_RECIPES: dict[str, dict] = {
+    "coke_single": {**_recipe("coke_single_view", {**_SHARED, "temperature": 0.1, "beta": 1.0, "stage": 801,
+                                                   "soft_label_size": 5, "soft_label_temperature": 0.5},
+                              "coke_imagenet_single_view"), "epochs": 1001},
+    "coke_double": {**_recipe("coke_double_view", {**_SHARED, "temperature": 0.05, "alpha": 0.2},
+                              "coke_imagenet_double_view"), "epochs": 1001},
+    "coke_multi": {**_recipe("coke_multi_view", {**_SHARED, "temperature": 0.05, "alpha": 0.2, "beta": 0.5,
+                                                 "num_small_crops": 6},
+                             "coke_imagenet_multi_view"), "epochs": 801},
+}
+
+
+def first_epoch_lr_factor(recipe: dict, epoch: int) -> float:
+    """0 in epoch 0 when the recipe asks for a pure clustering first epoch, else 1 (multiplies the lr)."""
+    return 0.0 if epoch == 0 and recipe.get("scheduler", {}).get("first_epoch_lr_zero") else 1.0
+
+
+# ----------------------------------------------------------------------------- collectives
+
+
+
+# ----------------------------------------------------------------------------- helpers
 
 def kmeans_plus_plus(z: torch.Tensor, k: int, generator: torch.Generator, trials: int | None = None) -> torch.Tensor:
     """k unit vectors picked from the rows of z (unit norm) by greedy k-means++ seeding (cosine distance).
@@ -79,185 +109,17 @@ def kmeans_plus_plus(z: torch.Tensor, k: int, generator: torch.Generator, trials
     return z[chosen].clone()
 
 
-def lower_bounded_assignment(scores: torch.Tensor, min_count: int) -> torch.Tensor:
-    """argmax_k(scores) repaired so that every cluster gets at least `min_count` rows.
-
-    Each short cluster takes the rows that lose the least score by moving to it, only from clusters
-    that keep at least `min_count` rows (a greedy repair of the lower-bounded assignment; one pass
-    suffices because donors never fall below the bound).
-    """
-    n, k = scores.shape
-    labels = scores.argmax(dim=1)
-    if min_count <= 0 or n < min_count * k:
-        return labels
-    counts = torch.bincount(labels, minlength=k)
-    for c in torch.argsort(counts).tolist():  # the emptiest clusters choose first
-        need = min_count - int(counts[c])
-        if need <= 0:
-            continue
-        surplus = (counts - min_count).clamp_min(0)
-        cost = scores.gather(1, labels[:, None]).squeeze(1) - scores[:, c]
-        cost[surplus[labels] == 0] = float("inf")  # rows of clusters with nothing to spare stay
-        order = torch.argsort(cost)
-        order = order[torch.isfinite(cost[order])]
-        donors = labels[order]
-        rank = F.one_hot(donors, k).cumsum(0).gather(1, donors[:, None]).squeeze(1) - 1
-        take = order[rank < surplus[donors]][:need]
-        counts -= torch.bincount(labels[take], minlength=k)
-        counts[c] += take.numel()
-        labels[take] = c
-    return labels
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """-mean_i sum_k target_ik log softmax(logits)_ik."""
+    return -(F.log_softmax(logits.float(), dim=1) * target).sum(dim=1).mean()
 
 
-def _as_views(views: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+def _as_views(views, what: str = "views") -> list[torch.Tensor]:
     views = [views] if isinstance(views, torch.Tensor) else list(views)
     if not views or any(not isinstance(v, torch.Tensor) or v.dim() != 2 for v in views):
-        raise ValueError(f"CoKe takes a list of [batch, embedding_size] tensors, got "
+        raise ValueError(f"CoKe takes {what} as a list of [batch, embedding_size] tensors, got "
                          f"{[tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__ for v in views]}")
     return views
-
-
-class _CoKe(nn.Module):
-    """Centers, duals, the constrained online assignment and the center updates, for several heads."""
-
-    input_kind = "views"
-
-    def __init__(self, embedding_size: int, num_clusters: int | list[int] = 10, num_heads: int = 1,
-                 temperature: float = 0.1, dual_lr: float = 1.0, min_size_ratio: float = 0.5,
-                 batch_constraint: bool = False, center_update: str = "epoch", center_momentum: float = 0.9,
-                 center_features: bool = True, seed: int = 0):
-        super().__init__()
-        name = type(self).__name__
-        ks = [num_clusters] * num_heads if isinstance(num_clusters, int) else list(num_clusters)
-        if not isinstance(num_clusters, int) and num_heads not in (1, len(ks)):
-            raise ValueError(f"{name}: num_heads={num_heads} but num_clusters lists {len(ks)} clusterings")
-        _check(name, "embedding_size", embedding_size, isinstance(embedding_size, int) and embedding_size >= 1, ">= 1")
-        _check(name, "num_heads", num_heads, isinstance(num_heads, int) and num_heads >= 1, ">= 1")
-        _check(name, "num_clusters", num_clusters, bool(ks) and all(isinstance(k, int) and k >= 2 for k in ks),
-               "an int >= 2 or a list of them")
-        _check(name, "temperature", temperature, temperature > 0, "> 0")
-        _check(name, "dual_lr", dual_lr, dual_lr >= 0, ">= 0")
-        _check(name, "batch_constraint", batch_constraint, isinstance(batch_constraint, bool), "true or false")
-        _check(name, "min_size_ratio", min_size_ratio, 0 <= min_size_ratio <= 1, "in [0, 1]")
-        _check(name, "center_update", center_update, center_update in CENTER_UPDATES, f"one of {CENTER_UPDATES}")
-        _check(name, "center_momentum", center_momentum, 0 <= center_momentum < 1, "in [0, 1)")
-        _check(name, "center_features", center_features, isinstance(center_features, bool), "true or false")
-        self.embedding_size, self.num_clusters, self.num_heads = embedding_size, ks, len(ks)
-        self.temperature, self.dual_lr, self.min_size_ratio = temperature, dual_lr, min_size_ratio
-        self.batch_constraint = batch_constraint
-        self.center_update, self.center_momentum, self.seed = center_update, center_momentum, seed
-        self.center_features = center_features
-        for h, k in enumerate(ks):
-            self.register_buffer(f"centers_{h}", torch.zeros(k, embedding_size))
-            self.register_buffer(f"duals_{h}", torch.zeros(k))
-            self.register_buffer(f"center_sums_{h}", torch.zeros(k, embedding_size))
-            self.register_buffer(f"center_counts_{h}", torch.zeros(k))
-        self.register_buffer("initialized", torch.tensor(False))
-        self.register_buffer("epochs_done", torch.tensor(0))
-        self.last_batch_sizes: list[torch.Tensor] = []  # per head: cluster counts of the last batch
-
-    def centers(self, h: int) -> torch.Tensor:
-        return getattr(self, f"centers_{h}")
-
-    def duals(self, h: int) -> torch.Tensor:
-        return getattr(self, f"duals_{h}")
-
-    def extra_repr(self) -> str:
-        return (f"embedding_size={self.embedding_size}, num_clusters={self.num_clusters}, "
-                f"temperature={self.temperature}, dual_lr={self.dual_lr}, min_size_ratio={self.min_size_ratio}, "
-                f"center_update={self.center_update!r}")
-
-    def features(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The views as unit vectors; with `center_features`, minus the batch mean (over views and, when
-        training, ranks; not differentiated) first."""
-        fs = [v.float() for v in views]
-        if self.center_features:
-            with torch.no_grad():
-                total = torch.cat([torch.stack([f.sum(0) for f in fs]).sum(0),
-                                   torch.tensor([float(sum(f.shape[0] for f in fs))], device=fs[0].device)])
-                if self.training:
-                    _all_reduce(total)
-                mean = total[:-1] / total[-1].clamp_min(1)
-            fs = [f - mean for f in fs]
-        return [F.normalize(f, dim=1) for f in fs]
-
-    @torch.no_grad()
-    def assign(self, z: torch.Tensor, h: int) -> torch.Tensor:
-        """Cluster of each (normalised) feature under the current centers and dual variables."""
-        return (z.float() @ self.centers(h).T + self.duals(h)).argmax(dim=1)
-
-    @torch.no_grad()
-    def _init_centers(self, z: torch.Tensor) -> None:
-        z = _all_gather_cat(z.float())
-        for h, k in enumerate(self.num_clusters):
-            g = torch.Generator().manual_seed(self.seed + h)
-            self.centers(h).copy_(kmeans_plus_plus(z.cpu(), k, g).to(z.device))
-            if _distributed():
-                dist.broadcast(self.centers(h), src=0)
-        self.initialized.fill_(True)
-
-    @torch.no_grad()
-    def assign_online(self, zs: list[torch.Tensor], h: int) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Constrained assignment of a batch (one tensor per view), then one projected dual step.
-
-        Labels are argmax_k(z . c_k + rho_k) (the paper's online rule). With `batch_constraint`, clusters
-        with fewer than floor(min_size_ratio * batch / K) members in a view first take the rows that lose
-        the least by moving (`lower_bounded_assignment`), so a collapsed representation cannot meet the
-        constraint by sending whole batches to one cluster after another. Returns (labels per view,
-        cluster counts of the whole batch over views and ranks).
-        """
-        k, duals = self.num_clusters[h], self.duals(h)
-        labels = []
-        for z in zs:
-            scores = z.float() @ self.centers(h).T + duals
-            bound = math.floor(self.min_size_ratio * z.shape[0] / k) if self.batch_constraint else 0
-            labels.append(lower_bounded_assignment(scores, bound))
-        counts = _all_reduce(torch.bincount(torch.cat(labels), minlength=k).float())
-        duals.sub_(self.dual_lr * (counts / counts.sum().clamp_min(1) - self.min_size_ratio / k)).clamp_(min=0)
-        return labels, counts
-
-    @torch.no_grad()
-    def _update_centers(self, z: torch.Tensor, labels: torch.Tensor, h: int) -> None:
-        k, z = self.num_clusters[h], z.float()
-        sums = _all_reduce(torch.zeros(k, z.shape[1], device=z.device).index_add_(0, labels, z))
-        counts = _all_reduce(torch.bincount(labels, minlength=k).float())
-        if self.center_update == "epoch":
-            getattr(self, f"center_sums_{h}").add_(sums)
-            getattr(self, f"center_counts_{h}").add_(counts)
-            return
-        hit = counts > 0
-        means = sums[hit] / counts[hit, None]
-        c = self.centers(h)
-        c[hit] = F.normalize(self.center_momentum * c[hit] + (1 - self.center_momentum) * means, dim=1)
-
-    @torch.no_grad()
-    def end_epoch(self) -> dict[str, float]:
-        """Epoch mode: centers <- normalised mean of last epoch's assigned features. Returns stats to log."""
-        stats: dict[str, float] = {}
-        for h, k in enumerate(self.num_clusters):
-            sums, counts = getattr(self, f"center_sums_{h}"), getattr(self, f"center_counts_{h}")
-            if self.center_update == "epoch":
-                hit = counts > 0
-                self.centers(h)[hit] = F.normalize(sums[hit], dim=1)
-                if counts.sum() > 0:
-                    stats[f"coke/head{h}/min_cluster_ratio"] = float(counts.min() / counts.sum() * k)
-                sums.zero_()
-                counts.zero_()
-            stats[f"coke/head{h}/dual_mean"] = float(self.duals(h).mean())
-        self.epochs_done += 1
-        return stats
-
-    def _head_loss(self, z: torch.Tensor, centers: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(z @ centers.T / self.temperature, targets)
-
-    def _eval_loss(self, zs: list[torch.Tensor]) -> torch.Tensor:
-        """Eval mode: each view predicts the other views' current assignments (itself when alone); no updates."""
-        losses = []
-        for h in range(self.num_heads):
-            targets = [self.assign(z, h) for z in zs]
-            pairs = [(u, v) for v in range(len(zs)) for u in range(len(zs)) if u != v] or [(0, 0)]
-            losses += [self._head_loss(zs[u], self.centers(h), targets[v]) for u, v in pairs]
-        return torch.stack(losses).mean()
 
 
 def _check(cls: str, key: str, value, ok: bool, expected: str) -> None:
@@ -265,80 +127,420 @@ def _check(cls: str, key: str, value, ok: bool, expected: str) -> None:
         raise ValueError(f"{cls}: parameter {key!r} must be {expected}, got {value!r}")
 
 
-# ----------------------------------------------------------------------------- the two criteria
+# ----------------------------------------------------------------------------- shared machinery
+
+class _CoKe(nn.Module):
+    """Running and logit centers, duals, counters and the label memory of several heads."""
+
+    input_kind = "views"
+    memory_slots = 1
+
+    def __init__(self, embedding_size: int, num_samples: int | None = None,
+                 num_clusters: int | list[int] = (3000, 4000, 5000), num_heads: int = 1,
+                 temperature: float = 0.1, dual_lr: float = 20.0, min_size_ratio: float = 0.4,
+                 init: str = "random", center_features: bool = False, center_update: str = "online",
+                 seed: int = 0):
+        super().__init__()
+        name = type(self).__name__
+        ks = [num_clusters] * num_heads if isinstance(num_clusters, int) else list(num_clusters)
+        if not isinstance(num_clusters, int) and num_heads not in (1, len(ks)):
+            raise ValueError(f"{name}: num_heads={num_heads} but num_clusters lists {len(ks)} clusterings")
+        _check(name, "embedding_size", embedding_size, isinstance(embedding_size, int) and embedding_size >= 1, ">= 1")
+        _check(name, "num_samples", num_samples, num_samples is None or (isinstance(num_samples, int)
+                                                                          and num_samples >= 1),
+               "an int >= 1 (the training set size)")
+        _check(name, "num_heads", num_heads, isinstance(num_heads, int) and num_heads >= 1, ">= 1")
+        _check(name, "num_clusters", num_clusters, bool(ks) and all(isinstance(k, int) and k >= 2 for k in ks),
+               "an int >= 2 or a list of them")
+        _check(name, "temperature", temperature, temperature > 0, "> 0")
+        _check(name, "dual_lr", dual_lr, dual_lr >= 0, ">= 0")
+        _check(name, "min_size_ratio", min_size_ratio, 0 <= min_size_ratio <= 1, "in [0, 1]")
+        _check(name, "init", init, init in INITS, f"one of {INITS}")
+        _check(name, "center_features", center_features, isinstance(center_features, bool), "true or false")
+        _check(name, "center_update", center_update, center_update in CENTER_UPDATES,
+               f"{CENTER_UPDATES[0]!r} (the running mean after every batch, as the authors)")
+        self.embedding_size, self.num_samples, self.num_clusters = embedding_size, num_samples, ks
+        self.num_heads, self.temperature, self.dual_lr, self.min_size_ratio = len(ks), temperature, dual_lr, min_size_ratio
+        self.init, self.center_features, self.seed = init, center_features, seed
+        for h, k in enumerate(ks):
+            g = torch.Generator().manual_seed(seed + h)
+            start = F.normalize(torch.randn(k, embedding_size, generator=g), dim=1)  # the authors' init
+            self.register_buffer(f"centers_{h}", start.clone())
+            self.register_buffer(f"logit_centers_{h}", start.clone())
+            self.register_buffer(f"duals_{h}", torch.zeros(k))
+            self.register_buffer(f"counters_{h}", torch.zeros(k))
+        n, s = num_samples or 0, self.memory_slots
+        self.register_buffer("labels", torch.full((self.num_heads, n, s) if s > 1 else (self.num_heads, n), -1,
+                                                  dtype=torch.long))
+        self.register_buffer("initialized", torch.tensor(init == "random"))
+        self.register_buffer("epochs_done", torch.tensor(0))
+        self.last_assignments: list[torch.Tensor] = []  # per head: this batch's assignments (global batch)
+        self._warned_no_indices = False
+
+    # ---------------------------------------------------------------- public state
+    def _per_head(self, name: str) -> list[torch.Tensor]:
+        return [getattr(self, f"{name}_{h}") for h in range(self.num_heads)]
+
+    @property
+    def centers(self) -> list[torch.Tensor]:
+        """Running assignment centers, one [K_h, D] tensor per head."""
+        return self._per_head("centers")
+
+    @property
+    def logit_centers(self) -> list[torch.Tensor]:
+        """Centers of the logits, frozen at each epoch end, one [K_h, D] tensor per head."""
+        return self._per_head("logit_centers")
+
+    @property
+    def duals(self) -> list[torch.Tensor]:
+        return self._per_head("duals")
+
+    @property
+    def counters(self) -> list[torch.Tensor]:
+        """Samples assigned to each cluster so far this epoch."""
+        return self._per_head("counters")
+
+    @torch.no_grad()
+    def load_centers(self, centers: list[torch.Tensor]) -> None:
+        """Set the running and the logit centers of every head (a list of [K_h, D])."""
+        if len(centers) != self.num_heads or any(tuple(c.shape) != tuple(mine.shape)
+                                                 for c, mine in zip(centers, self.centers)):
+            raise ValueError(f"load_centers takes {self.num_heads} tensors of shapes "
+                             f"{[tuple(c.shape) for c in self.centers]}, got {[tuple(c.shape) for c in centers]}")
+        for c, run, logit in zip(centers, self.centers, self.logit_centers):
+            run.copy_(c)
+            logit.copy_(c)
+        self.initialized.fill_(True)
+
+    def extra_repr(self) -> str:
+        return (f"embedding_size={self.embedding_size}, num_clusters={self.num_clusters}, "
+                f"temperature={self.temperature}, dual_lr={self.dual_lr}, min_size_ratio={self.min_size_ratio}")
+
+    # ---------------------------------------------------------------- the authors' update rules
+    def unit(self, v: torch.Tensor) -> torch.Tensor:
+        """A view as unit vectors (with `center_features`, minus its batch mean first, not differentiated)."""
+        v = v.float()
+        if self.center_features:
+            v = v - v.detach().mean(dim=0)
+        return F.normalize(v, dim=1)
+
+    def logits(self, z: torch.Tensor, h: int) -> torch.Tensor:
+        return z @ self.logit_centers[h].T / self.temperature
+
+    @torch.no_grad()
+    def assign(self, feats: torch.Tensor, h: int, centers: torch.Tensor | None = None) -> torch.Tensor:
+        """argmax_k (feats . c_k + rho_k) under the running centers (or `centers`) and the duals."""
+        c = self.centers[h] if centers is None else centers
+        return (feats.float() @ c.T + self.duals[h]).argmax(dim=1)
+
+    @torch.no_grad()
+    def update_duals_and_centers(self, feats: torch.Tensor, labels: torch.Tensor, h: int,
+                                 normalize: bool = True) -> None:
+        """One dual step and the running-mean center step for a (global) batch and its assignments."""
+        k, duals, counters, centers = self.num_clusters[h], self.duals[h], self.counters[h], self.centers[h]
+        counts = torch.bincount(labels, minlength=k).to(duals.dtype)
+        duals.sub_(self.dual_lr / labels.numel() * counts).add_(self.dual_lr * self.min_size_ratio / k)
+        if self.min_size_ratio < 1:
+            duals.clamp_(min=0)
+        hit = counts > 0
+        before = counters.clone()
+        counters.add_(counts)
+        sums = torch.zeros_like(centers).index_add_(0, labels, feats.float())
+        centers[hit] = (centers[hit] * before[hit, None] + sums[hit]) / counters[hit, None]
+        if normalize:
+            centers[hit] = F.normalize(centers[hit], dim=1)
+
+    @torch.no_grad()
+    def _maybe_init(self, feats: torch.Tensor) -> None:
+        """init="kmeans++": centers from the first global batch (a distinct seed per head)."""
+        if bool(self.initialized):
+            return
+        for h, k in enumerate(self.num_clusters):
+            g = torch.Generator().manual_seed(self.seed + h)
+            c = kmeans_plus_plus(F.normalize(feats.float(), dim=1).cpu(), k, g).to(feats.device)
+            broadcast_tensor(c)
+            self.centers[h].copy_(c)
+            self.logit_centers[h].copy_(c)
+        self.initialized.fill_(True)
+
+    def _indices(self, indices: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        """Checked dataset indices on the state's device; None (older callers) with a warning once."""
+        name = type(self).__name__
+        if indices is None:
+            if not self._warned_no_indices:
+                warnings.warn(f"{name} called without dataset indices: each sample's target is its current "
+                              f"assignment; pass criterion(views, indices) for the authors' label memory",
+                              stacklevel=3)
+                self._warned_no_indices = True
+            return None
+        if self.num_samples is None:
+            raise ValueError(f"{name}: give num_samples (the training set size) to use the label memory")
+        indices = indices.to(self.labels.device).long().view(-1)
+        if indices.numel() != batch:
+            raise ValueError(f"{name}: {indices.numel()} indices for a batch of {batch}")
+        if indices.numel() and (indices.min() < 0 or indices.max() >= self.num_samples):
+            raise ValueError(f"{name}: sample index {int(indices.max())} outside [0, num_samples={self.num_samples})")
+        return indices
+
+    @torch.no_grad()
+    def hard_targets(self, feats: torch.Tensor, indices: torch.Tensor | None, h: int, normalize: bool = True,
+                     assign_centers: torch.Tensor | None = None) -> torch.Tensor:
+        """This batch's targets for head h, then the state update from the global batch.
+
+        Epoch 0 (and no memory yet): the assignment the sample gets now; later: last epoch's label."""
+        all_feats = all_gather_cat(feats)
+        labels = self.assign(all_feats, h, assign_centers)
+        self.last_assignments.append(labels)
+        b = feats.shape[0]
+        start = sum(all_gather_cat(torch.tensor([b], device=feats.device)).tolist()[:get_rank()]) if is_distributed() else 0
+        mine = labels[start:start + b]
+        if indices is None:
+            self.update_duals_and_centers(all_feats, labels, h, normalize)
+            return mine
+        memory = self.labels[h] if self.labels.dim() == 2 else self.labels[h, :, 0]
+        previous = memory[indices]
+        targets = mine if int(self.epochs_done) == 0 else torch.where(previous >= 0, previous, mine)
+        self.update_duals_and_centers(all_feats, labels, h, normalize)
+        self.remember(all_gather_cat(indices), labels, h)
+        return targets
+
+    @torch.no_grad()
+    def remember(self, indices: torch.Tensor, labels: torch.Tensor, h: int) -> None:
+        if self.labels.dim() == 2:
+            self.labels[h, indices] = labels
+        else:
+            self.labels[h, indices, 0] = labels
+
+    @torch.no_grad()
+    def end_epoch(self) -> dict[str, float]:
+        """Freeze the running centers as the logit centers, reset the counters; returns stats to log."""
+        stats = self._stats()
+        for h in range(self.num_heads):
+            self.logit_centers[h].copy_(self.centers[h])
+            self.counters[h].zero_()
+        self.epochs_done += 1
+        return stats
+
+    def _stats(self) -> dict[str, float]:
+        stats: dict[str, float] = {}
+        for h, k in enumerate(self.num_clusters):
+            counts = self.counters[h]
+            if counts.sum() > 0:
+                stats[f"coke/head{h}/min_cluster_ratio"] = float(counts.min() / counts.sum() * k)
+            stats[f"coke/head{h}/dual_mean"] = float(self.duals[h].mean())
+        return stats
+
+
+def _predictions(views: list[torch.Tensor], predictions) -> list[torch.Tensor] | None:
+    if predictions is None:
+        return None
+    predictions = _as_views(predictions, "predictions")
+    if [tuple(p.shape[:1]) for p in predictions] != [tuple(v.shape[:1]) for v in views]:
+        raise ValueError(f"CoKe: predictions {[tuple(p.shape) for p in predictions]} do not match views "
+                         f"{[tuple(v.shape) for v in views]} (one per view, same batch)")
+    return predictions
+
+
+# ----------------------------------------------------------------------------- single view
 
 class CoKeSingleView(_CoKe):
-    """CoKe with one view per sample: last epoch's assignments are this epoch's pseudo-labels.
+    """CoKe with one view: criterion([projection], indices, [prediction]); see the module docstring."""
 
-    criterion(features, indices) with features [B, D] (or [features]) and indices [B] the samples'
-    dataset indices (< num_samples). The Trainer calls `end_epoch()` after each training epoch.
-    """
+    def __init__(self, embedding_size: int, num_samples: int, num_clusters: int | list[int] = (3000, 4000, 5000),
+                 num_heads: int = 1, temperature: float = 0.1, dual_lr: float = 20.0, min_size_ratio: float = 0.4,
+                 beta: float = 0.5, stage: int = 801, soft_label_size: int = 5, soft_label_temperature: float = 0.5,
+                 init: str = "random", center_features: bool = False, center_update: str = "online",
+                 seed: int = 0):
+        name = type(self).__name__
+        _check(name, "soft_label_size", soft_label_size, isinstance(soft_label_size, int) and soft_label_size >= 1,
+               "an int >= 1")
+        self.memory_slots = soft_label_size
+        super().__init__(embedding_size, num_samples, num_clusters, num_heads, temperature, dual_lr,
+                         min_size_ratio, init, center_features, center_update, seed)
+        _check(name, "num_samples", num_samples, isinstance(num_samples, int), "an int >= 1 (the training set size)")
+        _check(name, "beta", beta, 0 <= beta <= 1, "in [0, 1]")
+        _check(name, "stage", stage, isinstance(stage, int) and stage >= 0, "an int >= 0 (epochs of stage 1)")
+        _check(name, "soft_label_temperature", soft_label_temperature, soft_label_temperature > 0, "> 0")
+        self.beta, self.stage = beta, stage
+        self.soft_label_size, self.soft_label_temperature = soft_label_size, soft_label_temperature
+        if soft_label_size > 1:
+            self.register_buffer("label_weights", torch.zeros(self.num_heads, num_samples, soft_label_size))
+            self.register_buffer("label_slot", torch.zeros(self.num_heads, num_samples, dtype=torch.long))
 
-    def __init__(self, embedding_size: int, num_samples: int, num_clusters: int | list[int] = 10,
-                 num_heads: int = 1, temperature: float = 0.1, dual_lr: float = 1.0,
-                 min_size_ratio: float = 0.5, batch_constraint: bool = False, center_update: str = "epoch",
-                 center_momentum: float = 0.9, center_features: bool = True, seed: int = 0):
-        super().__init__(embedding_size, num_clusters, num_heads, temperature, dual_lr, min_size_ratio,
-                         batch_constraint, center_update, center_momentum, center_features, seed)
-        _check(type(self).__name__, "num_samples", num_samples, isinstance(num_samples, int) and num_samples >= 1,
-               "an int >= 1 (the training set size)")
-        self.num_samples = num_samples
-        self.register_buffer("labels", torch.full((self.num_heads, num_samples), -1, dtype=torch.long))
+    @property
+    def soft_stage(self) -> bool:
+        """True once targets are soft labels (stage 2 after its first epoch, with soft_label_size > 1)."""
+        return self.soft_label_size > 1 and int(self.epochs_done) > self.stage
 
-    def forward(self, views: torch.Tensor | list[torch.Tensor], indices: torch.Tensor | None = None) -> torch.Tensor:
+    @torch.no_grad()
+    def soft_targets(self, indices: torch.Tensor, h: int) -> torch.Tensor:
+        """[B, K] soft labels: each remembered label gets exp(weight / t) (weight > 0), normalised."""
+        labels, weights = self.labels[h, indices].clamp_min(0), self.label_weights[h, indices]
+        out = torch.zeros(indices.numel(), self.num_clusters[h], device=weights.device).scatter_add_(1, labels, weights)
+        positive = out > 0
+        out[positive] = torch.exp(out[positive] / self.soft_label_temperature)
+        return out / out.sum(dim=1, keepdim=True)
+
+    @torch.no_grad()
+    def remember(self, indices: torch.Tensor, labels: torch.Tensor, h: int) -> None:
+        epoch = int(self.epochs_done)
+        if epoch < self.stage or self.soft_label_size == 1:
+            return super().remember(indices, labels, h)
+        if epoch == self.stage:  # stage 2 starts from this epoch's label with weight 1
+            self.labels[h, indices, 0] = labels
+            self.label_weights[h, indices, 0] = 1.0
+            self.label_slot[h, indices] = 1
+            return
+        # later epochs: the new label takes weight 1/(epochs in stage 2), the others keep the rest in
+        # proportion; a label already remembered keeps its slot, else the lightest slot is replaced
+        factor = 1.0 / (epoch - self.stage + 1)
+        mem, w = self.labels[h, indices], self.label_weights[h, indices]
+        match = mem == labels[:, None]
+        found = match.any(dim=1)
+        slot = torch.where(found, match.float().argmax(dim=1), self.label_slot[h, indices])
+        dropped = torch.where(found, torch.zeros_like(found, dtype=w.dtype), w.gather(1, slot[:, None]).squeeze(1))
+        w.scatter_(1, slot[:, None], (w.gather(1, slot[:, None]).squeeze(1) - dropped)[:, None])
+        w *= ((1.0 - factor) / (1.0 - dropped))[:, None]
+        mem.scatter_(1, slot[:, None], labels[:, None])
+        w.scatter_add_(1, slot[:, None], torch.full_like(dropped, factor)[:, None])
+        self.labels[h, indices] = mem
+        self.label_weights[h, indices] = w
+        self.label_slot[h, indices] = w.argmin(dim=1)
+
+    @torch.no_grad()
+    def end_epoch(self) -> dict[str, float]:
+        """Stage 1: freeze the running centers as logit centers. Stage 2: logit centers <- normalised running
+        average over stage-2 epochs of the normalised running centers, and the running centers restart
+        from it. Counters reset."""
+        epoch = int(self.epochs_done)
+        if epoch < self.stage:
+            return super().end_epoch()
+        stats = self._stats()
+        factor = 1.0 / (epoch - self.stage + 1)
+        for h in range(self.num_heads):
+            logit = self.logit_centers[h]
+            logit.copy_(F.normalize((1 - factor) * logit + factor * F.normalize(self.centers[h], dim=1), dim=1))
+            self.centers[h].copy_(logit)
+            self.counters[h].zero_()
+        self.epochs_done += 1
+        return stats
+
+    def forward(self, views, indices: torch.Tensor | None = None, predictions=None) -> torch.Tensor:
         views = _as_views(views)
         if len(views) != 1:
-            raise ValueError(f"coke_single_view takes one view, got {len(views)}; use coke_multi_view")
-        if not self.training:
-            return self._eval_loss(self.features(views))
-        if indices is None:
-            raise ValueError("coke_single_view needs the samples' dataset indices: criterion(features, indices)")
-        indices = indices.to(self.labels.device).long().view(-1)
-        if indices.numel() != views[0].shape[0]:
-            raise ValueError(f"coke_single_view: {indices.numel()} indices for a batch of {views[0].shape[0]}")
-        if indices.numel() and (indices.min() < 0 or indices.max() >= self.num_samples):
-            raise ValueError(f"coke_single_view: sample index {int(indices.max())} outside "
-                             f"[0, num_samples={self.num_samples})")
-        (z,) = self.features(views)
-        if not bool(self.initialized):
-            self._init_centers(z.detach())
-        losses, self.last_batch_sizes = [], []
+            raise ValueError(f"coke_single_view takes one view, got {len(views)}; use coke_double_view or "
+                             f"coke_multi_view")
+        predictions = _predictions(views, predictions)
+        z = self.unit(views[0])
+        p = z if predictions is None else F.normalize(predictions[0].float(), dim=1)
+        if self.training:
+            if indices is None:
+                raise ValueError("coke_single_view needs the samples' dataset indices: criterion(views, indices)")
+            indices = self._indices(indices, z.shape[0])
+            self._maybe_init(all_gather_cat(z.detach()))
+        loss_pred, loss_proj, self.last_assignments = 0.0, 0.0, []
+        epoch = int(self.epochs_done)
         for h in range(self.num_heads):
-            centers = self.centers(h).clone()  # the centers this batch is judged against
-            with torch.no_grad():
-                (new,), counts = self.assign_online([z], h)
-                self.last_batch_sizes.append(counts)
-                self._update_centers(z, new, h)
-                previous = self.labels[h, indices]
-                targets = torch.where(previous >= 0, previous, new)
-                self.labels[h, _all_gather_cat(indices)] = _all_gather_cat(new)
-            losses.append(self._head_loss(z, centers, targets))
-        return torch.stack(losses).mean()
+            logits_proj, logits_pred = self.logits(z, h), self.logits(p, h)
+            if not self.training:
+                target = self.assign(z.detach(), h)
+            else:
+                soft = self.soft_stage
+                with torch.no_grad():
+                    target = self.soft_targets(indices, h) if soft else None
+                    late = epoch >= self.stage  # stage 2 assigns with the averaged (logit) centers, unnormalised
+                    hard = self.hard_targets(z.detach(), indices, h, normalize=not late,
+                                             assign_centers=self.logit_centers[h] if late else None)
+                    target = hard if target is None else target
+            if target.dim() == 2:
+                loss_pred = loss_pred + soft_cross_entropy(logits_pred, target)
+                loss_proj = loss_proj + soft_cross_entropy(logits_proj, target)
+            else:
+                loss_pred = loss_pred + F.cross_entropy(logits_pred, target)
+                loss_proj = loss_proj + F.cross_entropy(logits_proj, target)
+        return (self.beta * loss_pred + (1 - self.beta) * loss_proj) / self.num_heads
 
 
-class CoKeMultiView(_CoKe):
-    """CoKe with 2+ views: each view's constrained assignment supervises every other view's prediction.
+# ----------------------------------------------------------------------------- two views and multi-crop
 
-    criterion(views, indices=None) with views a list of [B, D] tensors of the same B samples.
-    """
+class CoKeDoubleView(_CoKe):
+    """CoKe with two views: criterion([proj1, proj2], indices, [pred1, pred2]); see the module docstring."""
 
-    def forward(self, views: list[torch.Tensor], indices: torch.Tensor | None = None) -> torch.Tensor:
+    min_views, large_views = 2, 2
+
+    def __init__(self, embedding_size: int, num_samples: int | None = None,
+                 num_clusters: int | list[int] = (3000, 4000, 5000), num_heads: int = 1, temperature: float = 0.05,
+                 dual_lr: float = 20.0, min_size_ratio: float = 0.4, alpha: float = 0.2, init: str = "random",
+                 center_features: bool = False, center_update: str = "online", seed: int = 0):
+        super().__init__(embedding_size, num_samples, num_clusters, num_heads, temperature, dual_lr,
+                         min_size_ratio, init, center_features, center_update, seed)
+        _check(type(self).__name__, "alpha", alpha, 0 <= alpha <= 1, "in [0, 1]")
+        self.alpha = alpha
+
+    def _views(self, views) -> list[torch.Tensor]:
         views = _as_views(views)
-        if len(views) < 2 or any(v.shape != views[0].shape for v in views):
-            raise ValueError(f"coke_multi_view needs 2+ views of the same shape, got {[tuple(v.shape) for v in views]}")
-        zs = self.features(views)
-        if not self.training:
-            return self._eval_loss(zs)
-        if not bool(self.initialized):
-            self._init_centers(zs[0].detach())
-        losses, self.last_batch_sizes = [], []
+        if len(views) != 2:
+            raise ValueError(f"coke_double_view takes 2 views, got {len(views)}; use coke_multi_view for small crops")
+        return views
+
+    def forward(self, views, indices: torch.Tensor | None = None, predictions=None) -> torch.Tensor:
+        views = self._views(views)
+        if views[0].shape != views[1].shape:
+            raise ValueError(f"CoKe: the two large views differ in shape: {[tuple(v.shape) for v in views[:2]]}")
+        predictions = _predictions(views, predictions)
+        zs = [self.unit(v) for v in views]
+        ps = zs if predictions is None else [F.normalize(p.float(), dim=1) for p in predictions]
+        feats = ((zs[0] + zs[1]) * 0.5).detach()  # one assignment per sample
+        if self.training:
+            indices = self._indices(indices, feats.shape[0])
+            self._maybe_init(all_gather_cat(feats))
+        alpha, small = self.alpha, len(zs) - 2
+        large_loss, small_loss, self.last_assignments = 0.0, 0.0, []
         for h in range(self.num_heads):
-            centers = self.centers(h).clone()
+            proj = [self.logits(z, h) for z in zs]
+            pred = [self.logits(p, h) for p in ps]
             with torch.no_grad():
-                targets, counts = self.assign_online(zs, h)
-                self.last_batch_sizes.append(counts)
-                self._update_centers(torch.cat(zs), torch.cat(targets), h)
-            pairs = [self._head_loss(zs[u], centers, targets[v])
-                     for v in range(len(zs)) for u in range(len(zs)) if u != v]
-            losses.append(torch.stack(pairs).mean())
-        return torch.stack(losses).mean()
+                target = self.hard_targets(feats, indices, h) if self.training else self.assign(feats, h)
+                soft = [F.softmax(proj[v].detach().float(), dim=1) for v in (0, 1)]
+            for v in (0, 1):
+                for logits in (pred[v], proj[v]):
+                    large_loss = large_loss + alpha * F.cross_entropy(logits, target) \
+                        + (1 - alpha) * soft_cross_entropy(logits, soft[1 - v])
+            for v in range(2, 2 + small):
+                for logits in (pred[v], proj[v]):
+                    small_loss = small_loss + 2 * alpha * F.cross_entropy(logits, target) \
+                        + (1 - alpha) * soft_cross_entropy(logits, soft[0] + soft[1])
+        large_loss = 0.5 / (2 * self.num_heads) * large_loss
+        if small == 0:
+            return large_loss
+        small_loss = 0.5 / (2 * small * self.num_heads) * small_loss
+        return self.beta * large_loss + (1 - self.beta) * small_loss
+
+
+class CoKeMultiView(CoKeDoubleView):
+    """CoKe with two large views and small crops: criterion([large1, large2, small1, ...], indices,
+    predictions). `num_small_crops` None takes every view after the first two."""
+
+    def __init__(self, embedding_size: int, num_samples: int | None = None,
+                 num_clusters: int | list[int] = (3000, 4000, 5000), num_heads: int = 1, temperature: float = 0.05,
+                 dual_lr: float = 20.0, min_size_ratio: float = 0.4, alpha: float = 0.2, beta: float = 0.5,
+                 num_small_crops: int | None = None, init: str = "random", center_features: bool = False,
+                 center_update: str = "online", seed: int = 0):
+        super().__init__(embedding_size, num_samples, num_clusters, num_heads, temperature, dual_lr,
+                         min_size_ratio, alpha, init, center_features, center_update, seed)
+        name = type(self).__name__
+        _check(name, "beta", beta, 0 <= beta <= 1, "in [0, 1]")
+        _check(name, "num_small_crops", num_small_crops,
+               num_small_crops is None or (isinstance(num_small_crops, int) and num_small_crops >= 0),
+               "an int >= 0 or null (every view after the first two)")
+        self.beta, self.num_small_crops = beta, num_small_crops
+
+    def _views(self, views) -> list[torch.Tensor]:
+        views = _as_views(views)
+        if len(views) < 2 or (self.num_small_crops is not None and len(views) != 2 + self.num_small_crops):
+            expected = "2+" if self.num_small_crops is None else str(2 + self.num_small_crops)
+            raise ValueError(f"coke_multi_view needs {expected} views (2 large, then num_small_crops="
+                             f"{self.num_small_crops} small), got {len(views)}")
+        if any(v.shape[0] != views[0].shape[0] for v in views):
+            raise ValueError(f"coke_multi_view: views of different batch sizes {[tuple(v.shape) for v in views]}")
+        return views

@@ -27,11 +27,12 @@ from torch import nn
 from torch.nn.modules.loss import _Loss
 
 from ..config import NONE_WORDS, parse_text
-from .coke import CoKeMultiView, CoKeSingleView
+from .coke import CoKeDoubleView, CoKeMultiView, CoKeSingleView
 from .wrappers import AdaptiveSoftmaxLoss, MetricLoss, ViewsLoss
 
 COKE_CRITERIA: dict[str, type[nn.Module]] = {
     "coke_single_view": CoKeSingleView,
+    "coke_double_view": CoKeDoubleView,
     "coke_multi_view": CoKeMultiView,
 }
 # pytorch-metric-learning classes in `losses` that are bases, not losses.

@@ -22,9 +22,12 @@ from . import ffcv_fixes
 
 ffcv_fixes.apply()
 
+from .coke_pipelines import (coke_imagenet_double_view, coke_imagenet_multi_view, coke_imagenet_single_view,
+                             op_seed_names)
 from .color_jitter import RandomColorJitter
 from .decoders import SimpleRGBImageDecoder
 from .erasing import RandomErasing
+from .gaussian_blur import RandomGaussianBlur
 from .grayscale import RandomGrayscale
 from .horizontal_flip import RandomHorizontalFlip
 from .invert import RandomInvert
@@ -39,4 +42,6 @@ __all__ = [
     "Loader", "OrderOption", "write_dataset", "write_digits", "write_image_folder", "check_beton", "beton_info",
     "SimpleRGBImageDecoder", "RandomResizedCrop", "RandomColorJitter", "RandomErasing", "RandomTranslation",
     "RandomSolarization", "RandomGrayscale", "RandomHorizontalFlip", "RandomVerticalFlip", "RandomInvert",
+    "RandomGaussianBlur", "coke_imagenet_single_view", "coke_imagenet_double_view", "coke_imagenet_multi_view",
+    "op_seed_names",
 ]

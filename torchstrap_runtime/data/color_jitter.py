@@ -5,7 +5,7 @@ import numpy as np
 from numba import njit, prange
 
 from .base import SeededInPlaceTransform, check_probability
-from .rng import sample_key, uniform, uniform_range
+from .rng import randint, sample_key, uniform, uniform_range
 
 
 @njit(cache=True, inline="always")
@@ -49,6 +49,48 @@ def shift_hue(r: float, g: float, b: float, shift: float):
     return mx, p, q
 
 
+@njit(cache=True, nogil=True)
+def jitter_in_order(image, k, bf, cf, sf, hf):
+    """The four changes in an order drawn from draws 5-7 (a Fisher-Yates shuffle, like torchvision's
+    randperm(4)), each over the whole image in float, clipped after each, rounded once at the end."""
+    order = np.arange(4)
+    for j in range(3, 0, -1):
+        r = randint(k, 8 - j, 0, j)
+        order[j], order[r] = order[r], order[j]
+    h, w, _ = image.shape
+    x = image.astype(np.float64)
+    for step in order:
+        if step == 0:
+            for y in range(h):
+                for c in range(w):
+                    for ch in range(3):
+                        x[y, c, ch] = clip255(bf * x[y, c, ch])
+        elif step == 1:
+            mean = 0.0
+            for y in range(h):
+                for c in range(w):
+                    mean += gray(x[y, c, 0], x[y, c, 1], x[y, c, 2])
+            mean /= h * w
+            for y in range(h):
+                for c in range(w):
+                    for ch in range(3):
+                        x[y, c, ch] = clip255(cf * x[y, c, ch] + (1 - cf) * mean)
+        elif step == 2:
+            for y in range(h):
+                for c in range(w):
+                    l = gray(x[y, c, 0], x[y, c, 1], x[y, c, 2])
+                    for ch in range(3):
+                        x[y, c, ch] = clip255(sf * x[y, c, ch] + (1 - sf) * l)
+        elif hf != 0.0:
+            for y in range(h):
+                for c in range(w):
+                    x[y, c, 0], x[y, c, 1], x[y, c, 2] = shift_hue(x[y, c, 0], x[y, c, 1], x[y, c, 2], hf)
+    for y in range(h):
+        for c in range(w):
+            for ch in range(3):
+                image[y, c, ch] = np.uint8(x[y, c, ch] + 0.5)
+
+
 @njit(cache=True, parallel=True, nogil=True)
 def color_jitter_kernel(images, dst, indices, key, params):
     b_lo, b_hi, c_lo, c_hi, s_lo, s_hi, hue, p = params[0], params[1], params[2], params[3], \
@@ -62,6 +104,9 @@ def color_jitter_kernel(images, dst, indices, key, params):
         cf = uniform_range(k, 2, c_lo, c_hi)
         sf = uniform_range(k, 3, s_lo, s_hi)
         hf = uniform_range(k, 4, -hue, hue)
+        if params[8] > 0:  # random_order
+            jitter_in_order(images[i], k, bf, cf, sf, hf)
+            continue
         mean = 0.0  # mean luma after the brightness change, for the contrast change
         for y in range(h):
             for x in range(w):
@@ -99,18 +144,20 @@ class RandomColorJitter(SeededInPlaceTransform):
     v -> f v + (1-f) pixel luma), hue shift uniform in [-hue, hue] turns of the colour wheel (draw 4,
     via HSV). Values are clipped to [0, 255] after each step and rounded once at the end
     (torchvision's ColorJitter with a fixed order of its four changes). A magnitude of 0 disables that change.
+    With `random_order`, the four changes come in a random order per sample (draws 5-7), as torchvision's.
 
     Args:
         brightness, contrast, saturation: magnitudes >= 0.
         hue: magnitude in [0, 0.5].
         p: probability of jittering a sample, in [0, 1].
+        random_order: shuffle the order of the four changes per sample (torchvision's behaviour).
         seed: None (fresh entropy each time a Loader is built) or an int.
     """
 
     kernel = staticmethod(color_jitter_kernel)
 
     def __init__(self, brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4,
-                 hue: float = 0.1, p: float = 0.8, seed: Optional[int] = None):
+                 hue: float = 0.1, p: float = 0.8, seed: Optional[int] = None, random_order: bool = False):
         super().__init__(seed)
         self.brightness, self.contrast, self.saturation = float(brightness), float(contrast), float(saturation)
         for name in ("brightness", "contrast", "saturation"):
@@ -119,7 +166,11 @@ class RandomColorJitter(SeededInPlaceTransform):
             raise ValueError(f"RandomColorJitter: hue must be in [0, 0.5], got {hue!r}")
         self.hue = float(hue)
         self.p = check_probability(p, "RandomColorJitter")
+        if not isinstance(random_order, bool):
+            raise ValueError(f"RandomColorJitter: random_order must be true or false, got {random_order!r}")
+        self.random_order = random_order
 
     def params(self) -> np.ndarray:
         return np.array([*factor_range(self.brightness, "brightness"), *factor_range(self.contrast, "contrast"),
-                         *factor_range(self.saturation, "saturation"), self.hue, self.p])
+                         *factor_range(self.saturation, "saturation"), self.hue, self.p,
+                         float(self.random_order)])

@@ -173,3 +173,22 @@ def write_colour_digits(path: PathLike, n: int = 300, seed: int = 0) -> Path:
     fg, bg = np.random.default_rng(seed).integers(0, 256, (2, n, 1, 1, 3))
     coloured = np.round(ink * fg + (1 - ink) * bg).astype(np.uint8)
     return write_dataset(path, coloured, labels[:n])
+
+
+def save_coke_multicrop_grid(beton_path: PathLike, out_path: PathLike, seed: int = 0, samples: int = 4,
+                             large: int = 64, small: int = 28) -> Path:
+    """PNG of CoKe's multi-crop recipe (coke_imagenet_multi_view, base seed `seed`): per sample, the stored
+    image, 2 large views and 6 small crops, drawn at `large`/`small` px (224/96 scaled down), before
+    normalisation."""
+    from .coke_pipelines import coke_imagenet_multi_view
+
+    pipelines, _ = coke_imagenet_multi_view(seed=seed, image_size=large, small_size=small)
+    views = {name: ops[:-4] for name, ops in pipelines.items() if name != "label"}  # drop normalise/to-tensor
+    views["stored"] = [RandomResizedCrop((large, large), scale=(1.0, 1.0), ratio=(1.0, 1.0), seed=0)]
+    batch = first_batch(beton_path, {f"v_{k}": v for k, v in views.items()}, loader_seed=0, batch_size=samples)
+    names = ["stored", "image", "view2", *[f"small{i}" for i in range(1, 7)]]
+    cells = [[batch[f"v_{n}"][i] for n in names] for i in range(samples)]
+    return save_figure(cells, [f"sample {i}" for i in range(samples)],
+                       ["stored", "large 1", "large 2\n(solarize 0.2)", *[f"small {i}" for i in range(1, 7)]],
+                       f"CoKe multi-crop views (coke_imagenet_multi_view, seed {seed}; {large}/{small} px)",
+                       Path(out_path))

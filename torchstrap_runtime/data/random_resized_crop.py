@@ -10,9 +10,11 @@ from ffcv.pipeline.compiler import Compiler
 from ._ffcv_import import os_cache_read
 from .base import Seeded, check_scale_ratio, check_seed
 from .native import jpeg_crop_resize, resize_area
+from .resize import resize_bilinear
 from .rng import randint, sample_key, uniform_range
 
 ATTEMPTS = 10  # like torchvision: 10 tries, then a central crop with the aspect ratio clamped
+INTERPOLATIONS = ("area", "bilinear")  # OpenCV INTER_AREA (FFCV's), PIL bilinear (torchvision on PIL images)
 JPG = IMAGE_MODES["jpg"]
 
 
@@ -43,7 +45,7 @@ def sample_crop(k, height, width, scale_lo, scale_hi, log_ratio_lo, log_ratio_hi
 
 
 class RandomResizedCrop(Seeded, ResizedCropRGBImageDecoder):
-    """Decoder: crop a random region of each image and resize it to `output_size` (area interpolation).
+    """Decoder: crop a random region of each image and resize it to `output_size`.
 
     The region's area is a uniform fraction in `scale` of the image's area (draw 4a), its aspect ratio
     width/height is log-uniform in `ratio` (draw 4a+1), its position uniform (draws 4a+2, 4a+3); up to
@@ -54,28 +56,35 @@ class RandomResizedCrop(Seeded, ResizedCropRGBImageDecoder):
         output_size: (height, width) of the output images.
         scale: (min, max) fraction of the image's area, 0 < min <= max <= 1.
         ratio: (min, max) aspect ratio width/height, 0 < min <= max.
+        interpolation: "area" (OpenCV's INTER_AREA, as FFCV) or "bilinear" (PIL's antialiased bilinear, what
+            torchvision's RandomResizedCrop does to PIL images).
         seed: None (fresh entropy each time a Loader is built) or an int.
     """
 
     def __init__(self, output_size: Tuple[int, int], scale: Tuple[float, float] = (0.08, 1.0),
-                 ratio: Tuple[float, float] = (3 / 4, 4 / 3), seed: Optional[int] = None):
+                 ratio: Tuple[float, float] = (3 / 4, 4 / 3), seed: Optional[int] = None,
+                 interpolation: str = "area"):
         size = tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size, output_size)
         if len(size) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in size):
             raise ValueError(f"RandomResizedCrop: output_size must be (height, width) > 0, got {output_size!r}")
         super().__init__((int(size[0]), int(size[1])))
         self.scale, self.ratio = check_scale_ratio(scale, ratio, "RandomResizedCrop")
         self.seed = check_seed(seed, "RandomResizedCrop")
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"RandomResizedCrop: interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+        self.interpolation = interpolation
 
     def __repr__(self) -> str:
         return (f"RandomResizedCrop(output_size={self.output_size}, scale={self.scale}, "
-                f"ratio={self.ratio}, seed={self.seed})")
+                f"ratio={self.ratio}, seed={self.seed}, interpolation={self.interpolation!r})")
 
     @property
     def get_crop_generator(self):
         return sample_crop
 
     def params(self) -> np.ndarray:
-        return np.array([self.scale[0], self.scale[1], math.log(self.ratio[0]), math.log(self.ratio[1])])
+        return np.array([self.scale[0], self.scale[1], math.log(self.ratio[0]), math.log(self.ratio[1]),
+                         float(INTERPOLATIONS.index(self.interpolation))])
 
     os_cache: bool = False  # set by our Loader before it generates code
 
@@ -104,6 +113,18 @@ def crop_resize(data, field, k, params, scratch, out):
     """Draw the crop box of one sample (key k), decode only that box (JPEG) and resize it into `out`."""
     height, width = int(field["height"]), int(field["width"])
     top, left, crop_h, crop_w = sample_crop(k, height, width, params[0], params[1], params[2], params[3])
+    if params[4] == 1:  # bilinear: the box at its own size (an equal-size INTER_AREA resize copies), then PIL's
+        box = np.empty((crop_h, crop_w, 3), np.uint8)
+        status = crop_resize_area(data, field, top, left, crop_h, crop_w, scratch, box)
+        if status == 0:
+            resize_bilinear(box, out)
+        return status
+    return crop_resize_area(data, field, top, left, crop_h, crop_w, scratch, out)
+
+
+@njit(cache=True, nogil=True)
+def crop_resize_area(data, field, top, left, crop_h, crop_w, scratch, out):
+    height, width = int(field["height"]), int(field["width"])
     if field["mode"] == JPG:
         return jpeg_crop_resize(data.ctypes.data, data.size, top, left, crop_h, crop_w, scratch.ctypes.data,
                                 scratch.size, out.ctypes.data, out.shape[0], out.shape[1])

@@ -1,0 +1,148 @@
+"""CoKe's three ImageNet recipes (idstcv/CoKe main_{single,double,multi}_view.py) as seeded FFCV pipelines.
+
+    pipelines, mapper = coke_imagenet_multi_view(seed=0)
+    loader = Loader("train.beton", batch_size=256, pipelines=pipelines, custom_field_mapper=mapper)
+    # batches: (view 1, label, view 2, small 1, ..., small 6)
+
+Each view: RandomResizedCrop -> colour jitter (p 0.8, torchvision's random order) -> grayscale (p 0.2) ->
+Gaussian blur (sigma in [0.1, 2]) -> [solarization, view 2 only] -> horizontal flip (p 0.5) -> ImageNet
+normalisation, float32 NCHW. The authors blur with PIL's radius-sigma filter, which has no kernel size;
+here the kernel is torchvision's with an odd size of about a tenth of the crop (23 px at 224, 9 px at 96).
+Crops use bilinear interpolation, as torchvision does on PIL images (`interpolation="area"` is faster).
+
+Seeds: `seed` is one base seed; every op of every view gets its own seed derived from it and its name
+("view2/blur", ...), so no two ops share draws; `seed=None` leaves every op fresh. `op_seeds` overrides
+single ops by name (e.g. {"image/crop": 7}); `op_seed_names(builder)` lists the names.
+"""
+from typing import Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+import torch
+from ffcv.fields.decoders import IntDecoder
+from ffcv.transforms import Convert, NormalizeImage, ToTensor, ToTorchImage
+
+from .color_jitter import RandomColorJitter
+from .gaussian_blur import RandomGaussianBlur
+from .grayscale import RandomGrayscale
+from .horizontal_flip import RandomHorizontalFlip
+from .random_resized_crop import RandomResizedCrop
+from .rng import mix64_py, stream_id
+from .solarization import RandomSolarization
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406]) * 255
+IMAGENET_STD = np.array([0.229, 0.224, 0.225]) * 255
+STRONG_JITTER = (0.8, 0.8, 0.8, 0.2)  # single view and small crops
+MILD_JITTER = (0.4, 0.4, 0.2, 0.1)  # the two large views of the double- and multi-view recipes
+
+Pipelines = Tuple[Dict[str, list], Dict[str, str]]
+
+
+def derive_seed(seed: Optional[int], name: str) -> Optional[int]:
+    """A 63-bit seed for op `name` from the base seed (None stays None: fresh randomness)."""
+    return None if seed is None else mix64_py(mix64_py(seed) ^ stream_id(name)) >> 1
+
+
+def blur_kernel_size(image_size: int) -> int:
+    """An odd kernel of about a tenth of the crop (23 at 224, 9 at 96), at least 3."""
+    return max(3, int(image_size / 10) // 2 * 2 + 1)
+
+
+def to_model_input(mean=IMAGENET_MEAN, std=IMAGENET_STD) -> list:
+    """uint8 NHWC images -> normalised float32 NCHW tensors."""
+    return [NormalizeImage(np.asarray(mean, float), np.asarray(std, float), np.float32), ToTensor(), ToTorchImage(),
+            Convert(torch.float32)]
+
+
+def coke_view(name: str, seed: Optional[int], op_seeds: Mapping[str, Optional[int]], image_size: int,
+              scale: Tuple[float, float], jitter: Tuple[float, float, float, float], blur_p: float,
+              solarize_p: float = 0.0, jitter_p: float = 0.8, grayscale_p: float = 0.2,
+              blur_sigma: Tuple[float, float] = (0.1, 2.0), flip_p: float = 0.5, interpolation: str = "bilinear",
+              mean=IMAGENET_MEAN, std=IMAGENET_STD) -> list:
+    """One view's ops (output `name`); op seeds are op_seeds[f"{name}/{op}"] or derived from `seed`."""
+    def seed_of(op: str) -> Optional[int]:
+        key = f"{name}/{op}"
+        return op_seeds[key] if key in op_seeds else derive_seed(seed, key)
+
+    b, c, s, h = jitter
+    ops = [
+        RandomResizedCrop((image_size, image_size), scale=scale, seed=seed_of("crop"), interpolation=interpolation),
+        RandomColorJitter(brightness=b, contrast=c, saturation=s, hue=h, p=jitter_p, seed=seed_of("jitter"),
+                          random_order=True),
+        RandomGrayscale(p=grayscale_p, seed=seed_of("grayscale")),
+        RandomGaussianBlur(kernel_size=blur_kernel_size(image_size), sigma=blur_sigma, p=blur_p, seed=seed_of("blur")),
+    ]
+    if solarize_p > 0:
+        ops.append(RandomSolarization(p=solarize_p, threshold=128, seed=seed_of("solarize")))
+    return [*ops, RandomHorizontalFlip(p=flip_p, seed=seed_of("flip")), *to_model_input(mean, std)]
+
+
+def _check_op_seeds(op_seeds: Optional[Mapping], pipelines: Dict[str, list], builder: str) -> Mapping:
+    op_seeds = dict(op_seeds or {})
+    names = set(op_seed_names_of(pipelines))
+    unknown = sorted(set(op_seeds) - names)
+    if unknown:
+        raise ValueError(f"{builder}: op_seeds names {unknown} are not ops of this recipe; its ops: {sorted(names)}")
+    return op_seeds
+
+
+def op_seed_names_of(pipelines: Dict[str, list]) -> List[str]:
+    kinds = {RandomResizedCrop: "crop", RandomColorJitter: "jitter", RandomGrayscale: "grayscale",
+             RandomGaussianBlur: "blur", RandomSolarization: "solarize", RandomHorizontalFlip: "flip"}
+    return [f"{view}/{kinds[type(op)]}" for view, ops in pipelines.items() if ops
+            for op in ops if type(op) in kinds]
+
+
+def _build(views: List[dict], seed: Optional[int], op_seeds: Optional[Mapping], builder: str) -> Pipelines:
+    plain = {v["name"]: coke_view(seed=seed, op_seeds={}, **v) for v in views}  # names, to check op_seeds
+    op_seeds = _check_op_seeds(op_seeds, plain, builder)
+    pipelines = {v["name"]: coke_view(seed=seed, op_seeds=op_seeds, **v) for v in views} if op_seeds else plain
+    pipelines["label"] = [IntDecoder(), ToTensor()]
+    mapper = {v["name"]: "image" for v in views if v["name"] != "image"}
+    return pipelines, mapper
+
+
+def coke_imagenet_single_view(seed: Optional[int] = None, image_size: int = 224, scale=(0.08, 1.0),
+                              jitter=STRONG_JITTER, blur_p: float = 0.5, interpolation: str = "bilinear",
+                              op_seeds: Optional[Mapping[str, Optional[int]]] = None) -> Pipelines:
+    """main_single_view.py: one 224 px view, strong jitter, blur p 0.5. Outputs: image, label."""
+    view = dict(name="image", image_size=image_size, scale=scale, jitter=jitter, blur_p=blur_p,
+                interpolation=interpolation)
+    return _build([view], seed, op_seeds, "coke_imagenet_single_view")
+
+
+def _large_views(image_size, scale, jitter, blur_p, solarize_p, interpolation) -> List[dict]:
+    return [dict(name="image", image_size=image_size, scale=scale, jitter=jitter, blur_p=blur_p[0],
+                 interpolation=interpolation),
+            dict(name="view2", image_size=image_size, scale=scale, jitter=jitter, blur_p=blur_p[1],
+                 solarize_p=solarize_p, interpolation=interpolation)]
+
+
+def coke_imagenet_double_view(seed: Optional[int] = None, image_size: int = 224, scale=(0.08, 1.0),
+                              jitter=MILD_JITTER, blur_p=(1.0, 0.1), solarize_p: float = 0.2,
+                              interpolation: str = "bilinear",
+                              op_seeds: Optional[Mapping[str, Optional[int]]] = None) -> Pipelines:
+    """main_double_view.py: two 224 px views, mild jitter, blur p 1.0 / 0.1, solarization 0.2 on view 2.
+    Outputs: image (view 1), label, view2."""
+    views = _large_views(image_size, scale, jitter, blur_p, solarize_p, interpolation)
+    return _build(views, seed, op_seeds, "coke_imagenet_double_view")
+
+
+def coke_imagenet_multi_view(seed: Optional[int] = None, image_size: int = 224, scale=(0.08, 1.0),
+                             jitter=MILD_JITTER, blur_p=(1.0, 0.1), solarize_p: float = 0.2,
+                             num_small_crops: int = 6, small_size: int = 96, small_scale=(0.05, 0.6),
+                             small_jitter=STRONG_JITTER, small_blur_p: float = 0.5, interpolation: str = "bilinear",
+                             op_seeds: Optional[Mapping[str, Optional[int]]] = None) -> Pipelines:
+    """main_multi_view.py: the two large views of the double-view recipe plus `num_small_crops` crops of
+    96 px (scale 0.05-0.6, strong jitter, blur p 0.5). Outputs: image, label, view2, small1, ..., smallN."""
+    if isinstance(num_small_crops, bool) or not isinstance(num_small_crops, int) or num_small_crops < 0:
+        raise ValueError(f"coke_imagenet_multi_view: num_small_crops must be an int >= 0, got {num_small_crops!r}")
+    views = _large_views(image_size, scale, jitter, blur_p, solarize_p, interpolation)
+    views += [dict(name=f"small{i}", image_size=small_size, scale=small_scale, jitter=small_jitter,
+                   blur_p=small_blur_p, interpolation=interpolation) for i in range(1, num_small_crops + 1)]
+    return _build(views, seed, op_seeds, "coke_imagenet_multi_view")
+
+
+def op_seed_names(builder, **kwargs) -> List[str]:
+    """Names of the ops a builder makes (the keys `op_seeds` accepts), e.g. 'view2/solarize'."""
+    pipelines, _ = builder(seed=0, **kwargs)
+    return op_seed_names_of(pipelines)
