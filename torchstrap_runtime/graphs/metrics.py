@@ -6,8 +6,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import connected_components
 
 from .operators import as_tensor, matrix_to_vec
 
@@ -46,6 +44,9 @@ def relative_error(L_true: Any, L_est: Any) -> float:
 
 def component_labels(W: Any, threshold: float = 0.0) -> np.ndarray:
     """Label of each node's connected component (0, 1, ... in order of first node), edges: weights > threshold."""
+    from scipy.sparse import csr_matrix  # imported here: scipy is slow to import
+    from scipy.sparse.csgraph import connected_components
+
     t, _ = as_tensor(W)
     adjacency = (t.detach().cpu() > threshold).numpy()
     _, labels = connected_components(csr_matrix(adjacency), directed=False)

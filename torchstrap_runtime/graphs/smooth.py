@@ -9,7 +9,7 @@ of X) against a prior on the weights, over symmetric non-negative W with zero di
 Both are solved by the forward-backward-forward primal-dual method (Komodakis & Pesquet 2015) that Kalofolias
 uses, on the edge variables (half the objective), written with n x n matrices so that it runs as a few
 dense element-wise operations on any device. `avg_degree` picks the sparsity by the automatic scaling of
-Kalofolias & Perraudin 2019 (log model) or by bisection on the scale of Z (l2 model).
+Kalofolias & Perraudin 2019 (log model only).
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ def log_model_steps(Z: torch.Tensor, alpha: float, beta: float, W: torch.Tensor,
     n = Z.shape[0]
     off = _off_diagonal(n, Z)
     gamma = step_size / (2 * beta + math.sqrt(2 * (n - 1)))
-    v = W.sum(1)
+    d = W.sum(1)  # warm start: the dual's optimum is the gradient of -(alpha/2) log at the degrees
+    v = torch.where(d > 0, -alpha / 2 / d.clamp_min(torch.finfo(W.dtype).tiny), torch.zeros_like(d))
     while True:
         Y = W - gamma * (2 * beta * W + (v[:, None] + v[None, :]) * off)
         y = v + gamma * W.sum(1)
@@ -141,10 +142,6 @@ def _threshold(W: torch.Tensor, edge_tol: float) -> torch.Tensor:
     return torch.where(W >= edge_tol * W.max(), W, torch.zeros_like(W))
 
 
-def _edge_count(W: torch.Tensor) -> int:
-    return int((W > 0).sum()) // 2
-
-
 def fit_smooth_graph(X: Any, avg_degree: float | None = None, alpha: float = 1.0, beta: float = 1.0,
                      edge_tol: float = 1e-2, max_iter: int = 2000, tol: float = 1e-5, w0: Any = None,
                      method: str = "log", step_size: float = 0.5, distances: Any = None) -> SmoothGraphResult:
@@ -159,6 +156,9 @@ def fit_smooth_graph(X: Any, avg_degree: float | None = None, alpha: float = 1.0
         raise ValueError(f"max_iter must be at least 1, got {max_iter}")
     if method == "log" and (alpha <= 0 or beta <= 0):
         raise ValueError(f"the log model needs alpha > 0 and beta > 0, got alpha={alpha}, beta={beta}")
+    if method == "l2" and avg_degree is not None:
+        raise ValueError("avg_degree sets the sparsity of the log model (Kalofolias & Perraudin 2019); with "
+                         "method='l2' choose alpha and beta instead (larger: denser)")
     if method == "l2" and (alpha < 0 or beta <= 0):
         raise ValueError(f"the l2 model needs alpha >= 0 and beta > 0, got alpha={alpha}, beta={beta}")
     if distances is None:
@@ -190,36 +190,8 @@ def fit_smooth_graph(X: Any, avg_degree: float | None = None, alpha: float = 1.0
         W = _threshold(W * scale, edge_tol)
         product = 1 / (2 * theta ** 2)
         return SmoothGraphResult(W, it, converged, math.sqrt(product * ratio), math.sqrt(product / ratio))
-    if avg_degree is not None:
-        return _l2_degree_bisection(Z, avg_degree, alpha, beta, W, edge_tol, max_iter, tol, step_size)
     W, it, converged = _solve(Z, alpha, beta, W, method, max_iter, tol, step_size)
     return SmoothGraphResult(_threshold(W, edge_tol), it, converged, alpha, beta)
-
-
-def _l2_degree_bisection(Z, avg_degree, alpha, beta, W, edge_tol, max_iter, tol, step_size,
-                         rounds: int = 30) -> SmoothGraphResult:
-    """l2 model: bisection on the scale s of (alpha, beta) (equivalently of Z) until about avg_degree edges per node."""
-    n = Z.shape[0]
-    if not 1 <= avg_degree <= n - 2:
-        raise ValueError(f"avg_degree must be between 1 and n - 2 = {n - 2} for {n} nodes, got {avg_degree}")
-    target = avg_degree * n / 2
-    mean_z = float(Z.sum()) / (n * (n - 1))
-    low, high = math.log(1e-4 * mean_z), math.log(1e4 * mean_z)  # larger scale: denser graph
-    best = None
-    for _ in range(rounds):
-        s = math.exp((low + high) / 2)
-        W, it, converged = _solve(Z, alpha * s, beta * s, W, "l2", max_iter, tol, step_size)
-        Wt = _threshold(W, edge_tol)
-        edges = _edge_count(Wt)
-        if best is None or abs(edges - target) < abs(_edge_count(best.W) - target):
-            best = SmoothGraphResult(Wt, it, converged, alpha * s, beta * s)
-        if abs(edges - target) <= 0.02 * target:
-            break
-        if edges < target:
-            low = math.log(s)
-        else:
-            high = math.log(s)
-    return best
 
 
 def learn_smooth_graph(X: Any, avg_degree: float | None = None, alpha: float = 1.0, beta: float = 1.0,
@@ -228,8 +200,8 @@ def learn_smooth_graph(X: Any, avg_degree: float | None = None, alpha: float = 1
     """Weighted adjacency W (n x n) learned from X (nodes x signals, numpy or tensor) under the smoothness model.
 
     method "log": Kalofolias 2016; "l2": Dong et al. 2016 (see the module docstring for both objectives).
-    avg_degree: ask for about this many neighbours per node instead of tuning alpha * beta (alpha / beta then
-    only sets the weights' scale). edge_tol: weights below edge_tol x the largest weight become 0. max_iter,
+    avg_degree (log model): ask for about this many neighbours per node instead of tuning alpha * beta
+    (alpha / beta then only sets the weights' scale). edge_tol: weights below edge_tol x the largest weight become 0. max_iter,
     tol: the solver stops when both relative primal and dual changes fall below tol. w0: warm start (a previous
     W). W comes back as the same kind (numpy or tensor), dtype and device as X.
     """
