@@ -36,7 +36,7 @@ import time
 import numpy as np
 import torch
 
-from common import DATA_DIR, PYTHON, REPO_DIR, parser, write_results
+from common import DATA_DIR, PYTHON, REPO_DIR, RESULTS_DIR, parser, write_results
 
 sys.path.insert(0, str(REPO_DIR))
 from torchstrap_runtime.graphs import (degree_theta, fit_smooth_graph, gaussian_signals,  # noqa: E402
@@ -177,18 +177,24 @@ def main() -> None:
     p.add_argument("--limit", type=float, default=240.0, help="seconds given to each reference run")
     p.add_argument("--smooth-iterations", type=int, default=300)
     p.add_argument("--k-iterations", type=int, default=20)
+    p.add_argument("--parts", nargs="+", choices=["smooth", "k_component"], default=["smooth", "k_component"],
+                   help="run only these (the other's earlier figures are kept in the results file)")
     args = p.parse_args()
     torch.set_num_threads(1)
     sizes = args.sizes or ([40, 100] if args.quick else [100, 200, 500, 1000])
     figure(REPO_DIR / "docs" / "img" / "graphs_rgg.png")
     install_references()
-    smooth = [bench_smooth(n, args.smooth_iterations, args.limit) for n in sizes]
-    show("smoothness (log model): ours vs pyunlocbox mlfbf", smooth)
-    kcomp = [bench_k_component(n, args.k_iterations, args.limit) for n in sizes]
-    show("k-component: ours vs StructuredGraphLearning 0.0.4", kcomp)
-    write_results("bench_graphs" + ("_quick" if args.quick else ""),
-                  {"smooth": smooth, "k_component": kcomp, "limit_s": args.limit, "torch_threads": torch.get_num_threads(),
-                   "device": "cpu", "dtype": "float64"})
+    name = "bench_graphs" + ("_quick" if args.quick else "")
+    previous = RESULTS_DIR / f"{name}.json"
+    results = json.loads(previous.read_text()) if previous.exists() else {}
+    results = {part: results[part] for part in ("smooth", "k_component") if part in results}
+    if "smooth" in args.parts:
+        results["smooth"] = [bench_smooth(n, args.smooth_iterations, args.limit) for n in sizes]
+        show("smoothness (log model): ours vs pyunlocbox mlfbf", results["smooth"])
+    if "k_component" in args.parts:
+        results["k_component"] = [bench_k_component(n, args.k_iterations, args.limit) for n in sizes]
+        show("k-component: ours vs StructuredGraphLearning 0.0.4", results["k_component"])
+    write_results(name, {**results, "limit_s": args.limit, "torch_threads": 1, "device": "cpu", "dtype": "float64"})
 
 
 if __name__ == "__main__":

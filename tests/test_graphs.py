@@ -154,10 +154,9 @@ def test_smooth_solvers_match_numpy_transcription(model):
     z = matrix_to_vec(Z).numpy()
     alpha, beta = (1.5, 0.7) if model == "log" else (0.8, 0.6)
     reference = (numpy_log_model if model == "log" else numpy_l2_model)(z, alpha, beta, n, 60)
-    steps = (log_model_steps if model == "log" else l2_model_steps)(matrix_to_vec(Z), alpha, beta,
-                                                                    torch.zeros(len(z), dtype=Z.dtype))
-    for expected, (w, _, _) in zip(reference, steps):
-        assert np.allclose(w.numpy(), expected, rtol=1e-10, atol=1e-12)
+    steps = (log_model_steps if model == "log" else l2_model_steps)(Z, alpha, beta, torch.zeros_like(Z))
+    for expected, (W, _, _) in zip(reference, steps):
+        assert np.allclose(matrix_to_vec(W).numpy(), expected, rtol=1e-10, atol=1e-12)
     assert np.abs(reference[-1] - reference[-2]).max() > 0  # still moving: 60 steps really compared
 
 

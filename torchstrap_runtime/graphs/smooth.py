@@ -7,7 +7,8 @@ of X) against a prior on the weights, over symmetric non-negative W with zero di
     l2:  min ||W o Z||_1 + alpha ||W 1||^2  + beta ||W||_F^2   s.t. sum(W) = n   (alpha = beta: ||L||_F^2)
 
 Both are solved by the forward-backward-forward primal-dual method (Komodakis & Pesquet 2015) that Kalofolias
-uses, on the edge vector (the upper triangle: half the objective), with the degree operator as index adds. `avg_degree` picks the sparsity by the automatic scaling of
+uses, on the edge variables (half the objective), each edge vector held as its symmetric n x n matrix so
+that every step is a few dense element-wise passes on any device. `avg_degree` picks the sparsity by the automatic scaling of
 Kalofolias & Perraudin 2019 (log model only).
 """
 
@@ -19,7 +20,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .operators import as_tensor, edge_indices, like_input, matrix_to_vec, n_nodes, pairwise_sq_distances, vec_to_matrix
+from .operators import as_tensor, like_input, pairwise_sq_distances
 
 METHODS = ("log", "l2")
 
@@ -35,70 +36,68 @@ class SmoothGraphResult:
     beta: float
 
 
-def _degrees(w: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, n: int) -> torch.Tensor:
-    return w.new_zeros(n).index_add_(0, rows, w).index_add_(0, cols, w)
+def _outer_sum(u: torch.Tensor) -> torch.Tensor:
+    """u_i + u_j off the diagonal, 0 on it (S' u as a matrix)."""
+    return (u[:, None] + u[None, :]).fill_diagonal_(0)
 
 
-def log_model_steps(z: torch.Tensor, alpha: float, beta: float, w: torch.Tensor,
+def log_model_steps(Z: torch.Tensor, alpha: float, beta: float, W: torch.Tensor,
                     step_size: float = 0.5) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield (w, relative primal change, relative dual change) after each primal-dual iteration, log model.
+    """Yield (W, relative primal change, relative dual change) after each primal-dual iteration, log model.
 
     Edge form (w, z: upper triangles, S w = W 1): min z'w + i(w >= 0) - (alpha/2) sum log(S w) + beta ||w||^2;
-    dual variable v on the degrees, step step_size / (2 beta + ||S||), 0 < step_size < 1.
+    dual variable v on the degrees, step step_size / (2 beta + ||S||), 0 < step_size < 1. Each edge vector is
+    held as its symmetric n x n matrix: S w is a row sum, S' v an outer sum, no index operations.
     """
-    n = n_nodes(z.shape[0])
-    rows, cols = edge_indices(n, z.device)
+    n = Z.shape[0]
     gamma = step_size / (2 * beta + math.sqrt(2 * (n - 1)))
-    shrink, gz = 1 - 2 * gamma * beta, gamma * z
-    tiny = torch.finfo(w.dtype).tiny
-    d = _degrees(w, rows, cols, n)  # warm start: the dual's optimum is the gradient of -(alpha/2) log at the degrees
+    shrink, gZ = 1 - 2 * gamma * beta, gamma * Z
+    tiny = torch.finfo(W.dtype).tiny
+    d = W.sum(1)  # warm start: the dual's optimum is the gradient of -(alpha/2) log at the degrees
     v = torch.where(d > 0, -alpha / 2 / d.clamp_min(tiny), torch.zeros_like(d))
     while True:
-        u = -gamma * v
-        Y = torch.add(u[rows] + u[cols], w, alpha=shrink)
-        y = v + gamma * _degrees(w, rows, cols, n)
-        P = (Y - gz).clamp_min_(0)
+        Y = _outer_sum(-gamma * v).add_(W, alpha=shrink)
+        y = v + gamma * W.sum(1)
+        P = torch.sub(Y, gZ).clamp_min_(0)
         p = (y - torch.sqrt(y * y + 2 * gamma * alpha)) / 2  # prox of the conjugate of -(alpha/2) sum log
-        u = -gamma * p
-        D = torch.add(u[rows] + u[cols], P, alpha=shrink).sub_(Y)  # Q - Y
-        q = p + gamma * _degrees(P, rows, cols, n)
-        rel_primal = torch.linalg.norm(D) / torch.linalg.norm(w).clamp_min(tiny)
+        D = _outer_sum(-gamma * p).add_(P, alpha=shrink).sub_(Y)  # Q - Y
+        q = p + gamma * P.sum(1)
+        rel_primal = torch.linalg.norm(D) / torch.linalg.norm(W).clamp_min(tiny)
         rel_dual = torch.linalg.norm(q - y) / torch.linalg.norm(v).clamp_min(tiny)
-        w = D.add_(w)
+        W = D.add_(W)
         v = v - y + q
-        yield w, rel_primal, rel_dual
+        yield W, rel_primal, rel_dual
 
 
-def l2_model_steps(z: torch.Tensor, alpha: float, beta: float, w: torch.Tensor,
+def l2_model_steps(Z: torch.Tensor, alpha: float, beta: float, W: torch.Tensor,
                    step_size: float = 0.5) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield (w, relative primal change, relative dual change) after each primal-dual iteration, l2 model.
+    """Yield (W, relative primal change, relative dual change) after each primal-dual iteration, l2 model.
 
     Edge form: min z'w + i(w >= 0) + (alpha/2) ||S w||^2 + beta ||w||^2 s.t. 2 sum(w) = n; the scalar dual
-    variable v carries the constraint.
+    variable v carries the constraint. Edge vectors held as symmetric matrices, as in `log_model_steps`.
     """
-    n = n_nodes(z.shape[0])
-    rows, cols = edge_indices(n, z.device)
+    n = Z.shape[0]
     lipschitz = 2 * alpha * (n - 1) + 2 * beta  # of the smooth part's gradient, ||S||^2 = 2(n - 1)
-    gamma = step_size / (lipschitz + 2 * math.sqrt(z.shape[0]))
-    tiny = torch.finfo(w.dtype).tiny
+    gamma = step_size / (lipschitz + 2 * math.sqrt(n * (n - 1) / 2))
+    tiny = torch.finfo(W.dtype).tiny
+    off = 1 - torch.eye(n, dtype=W.dtype, device=W.device)
 
-    def grad(u: torch.Tensor) -> torch.Tensor:
-        d = _degrees(u, rows, cols, n)
-        return torch.add(alpha * (d[rows] + d[cols]), u, alpha=2 * beta)
+    def grad(M: torch.Tensor) -> torch.Tensor:
+        return _outer_sum(alpha * M.sum(1)).add_(M, alpha=2 * beta)
 
-    v = 2 * w.sum()
+    v = W.sum()
     while True:
-        Y = w - gamma * (grad(w) + 2 * v)
-        y = v + gamma * 2 * w.sum()
-        P = (Y - gamma * z).clamp_min_(0)
+        Y = W - gamma * (grad(W) + 2 * v * off)
+        y = v + gamma * W.sum()
+        P = (Y - gamma * Z).clamp_min_(0)
         p = y - gamma * n  # prox of the conjugate of the indicator of {n}
-        Q = P - gamma * (grad(P) + 2 * p)
-        q = p + gamma * 2 * P.sum()
-        rel_primal = torch.linalg.norm(Q - Y) / torch.linalg.norm(w).clamp_min(tiny)
+        Q = P - gamma * (grad(P) + 2 * p * off)
+        q = p + gamma * P.sum()
+        rel_primal = torch.linalg.norm(Q - Y) / torch.linalg.norm(W).clamp_min(tiny)
         rel_dual = (q - y).abs() / v.abs().clamp_min(tiny)
-        w = w - Y + Q
+        W = W - Y + Q
         v = v - y + q
-        yield w, rel_primal, rel_dual
+        yield W, rel_primal, rel_dual
 
 
 def degree_theta(Z: torch.Tensor, avg_degree: float) -> float:
@@ -130,14 +129,14 @@ def degree_theta(Z: torch.Tensor, avg_degree: float) -> float:
 def _solve(Z: torch.Tensor, alpha: float, beta: float, W: torch.Tensor, method: str, max_iter: int,
            tol: float, step_size: float) -> tuple[torch.Tensor, int, bool]:
     steps = log_model_steps if method == "log" else l2_model_steps
-    it, converged, w = 0, False, matrix_to_vec(W)
-    for it, (w, rel_primal, rel_dual) in enumerate(steps(matrix_to_vec(Z), alpha, beta, w, step_size), start=1):
+    it, converged = 0, False
+    for it, (W, rel_primal, rel_dual) in enumerate(steps(Z, alpha, beta, W, step_size), start=1):
         if tol > 0 and bool(torch.maximum(rel_primal, rel_dual) < tol):
             converged = True
             break
         if it >= max_iter:
             break
-    return vec_to_matrix(w), it, converged
+    return W, it, converged
 
 
 def _threshold(W: torch.Tensor, edge_tol: float) -> torch.Tensor:
