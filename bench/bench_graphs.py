@@ -28,6 +28,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # one thread each: the machine is shared; set before numpy loads
 os.environ["TQDM_DISABLE"] = "1"  # SGL's progress bars (read when tqdm is imported)
 
+import json
 import multiprocessing as mp
 import subprocess
 import sys
