@@ -93,6 +93,10 @@ def test_kind_dtype_and_errors(rgg):
         learn_smooth_graph(X, alpha=0)
     with pytest.raises(ValueError, match="k must be between 1 and n - 1 = 4"):
         learn_k_component_graph(np.eye(5), 5)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        learn_smooth_graph(np.full((5, 3), np.nan))
+    with pytest.raises(ValueError, match="S contains NaN"):
+        learn_k_component_graph(np.full((5, 5), np.inf), 2)
 
 
 # ----------------------------------------------------------------------------- numpy transcriptions

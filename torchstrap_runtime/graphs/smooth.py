@@ -173,6 +173,8 @@ def fit_smooth_graph(X: Any, avg_degree: float | None = None, alpha: float = 1.0
         Z, _ = as_tensor(distances)
         if Z.ndim != 2 or Z.shape[0] != Z.shape[1] or Z.shape[0] < 3:
             raise ValueError(f"distances must be a square matrix of at least 3 nodes, got {tuple(Z.shape)}")
+    if not torch.isfinite(Z).all():
+        raise ValueError("X (or distances) contains NaN or infinite values")
     n = Z.shape[0]
     W = torch.zeros_like(Z)
     if w0 is not None:

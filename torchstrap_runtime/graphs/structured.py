@@ -96,6 +96,8 @@ def learn_k_component_graph(S: Any, k: int, beta: float = 1e4, lb: float = 0.0, 
         raise ValueError(f"k must be between 1 and n - 1 = {n - 1} components, got {k}")
     if beta <= 0:
         raise ValueError(f"beta must be positive, got {beta}")
+    if not torch.isfinite(St).all():
+        raise ValueError("S contains NaN or infinite values")
     St = (St + St.T) / 2
     if w0 is None:
         A = (-torch.linalg.pinv(St, hermitian=True)).clamp_min(0)
