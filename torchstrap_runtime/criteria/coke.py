@@ -80,9 +80,6 @@ def first_epoch_lr_factor(recipe: dict, epoch: int) -> float:
     return 0.0 if epoch == 0 and recipe.get("scheduler", {}).get("first_epoch_lr_zero") else 1.0
 
 
-# ----------------------------------------------------------------------------- collectives
-
-
 
 # ----------------------------------------------------------------------------- helpers
 

@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.modules.loss import _Loss
 
 from ..config import NONE_WORDS, parse_text
+from ..graphs.training import GraphLaplacianLoss
 from .coke import CoKeDoubleView, CoKeMultiView, CoKeSingleView
 from .wrappers import AdaptiveSoftmaxLoss, MetricLoss, ViewsLoss
 
@@ -35,6 +36,7 @@ COKE_CRITERIA: dict[str, type[nn.Module]] = {
     "coke_double_view": CoKeDoubleView,
     "coke_multi_view": CoKeMultiView,
 }
+GRAPH_CRITERIA: dict[str, type[nn.Module]] = {"graph_laplacian": GraphLaplacianLoss}
 # pytorch-metric-learning classes in `losses` that are bases, not losses.
 PML_BASE_CLASSES = {
     "BaseMetricLossFunction": "abstract base of the metric losses",
@@ -88,7 +90,7 @@ def pml_miners() -> dict[str, type[nn.Module]]:
 def list_criteria() -> list[str]:
     """Every name `build_criterion` accepts: bare names, `nn.`/`pml.` qualified names, CoKe names."""
     nn_names, pml_names = set(torch_losses()), set(pml_losses())
-    names = nn_names | pml_names | set(COKE_CRITERIA)
+    names = nn_names | pml_names | set(COKE_CRITERIA) | set(GRAPH_CRITERIA)
     names |= {f"nn.{n}" for n in nn_names} | {f"pml.{n}" for n in pml_names}
     return sorted(names)
 
@@ -105,11 +107,13 @@ def _suggest(name: str, candidates: list[str]) -> str:
 
 
 def resolve(name: str) -> tuple[str, type[nn.Module]]:
-    """(library, class) for a criterion name; library is "nn", "pml" or "coke"."""
+    """(library, class) for a criterion name; library is "nn", "pml", "coke" or "graphs"."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"criterion name must be a non-empty string, got {name!r}")
     if name in COKE_CRITERIA:
         return "coke", COKE_CRITERIA[name]
+    if name in GRAPH_CRITERIA:
+        return "graphs", GRAPH_CRITERIA[name]
     nn_table, pml_table = torch_losses(), pml_losses()
     prefix, _, bare = name.rpartition(".")
     if prefix == "nn" and bare in nn_table:
@@ -263,7 +267,7 @@ def build_criterion(name: str, params: dict[str, Any] | str | None = None,
     if library == "nn":
         criterion = instantiate(cls, _tensorize(cls, params), name)
         criterion.input_kind = _torch_input_kind(cls)
-    elif library == "coke":
+    elif library in ("coke", "graphs"):
         criterion = instantiate(cls, params, name)
     else:
         criterion = _build_pml(name, cls, params, miner, miner_params)
