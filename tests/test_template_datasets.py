@@ -41,8 +41,8 @@ def small_data(dataset: str, where: Path) -> tuple[list[str], int, list[str]]:
     if dataset == "digits":
         return [], 10, []
     if dataset == "cifar10":
-        make_cifar10(where / "cifar-10-python.tar.gz", per_batch=20)
-        return ["--path", str(where / "cifar-10-python.tar.gz")], 10, ["--data.batch_size", "16"]
+        make_cifar10(where / "cifar-10-python.tar.gz", per_batch=8)
+        return ["--path", str(where / "cifar-10-python.tar.gz")], 10, ["--data.batch_size", "8"]
     if dataset == "cifar100":
         make_cifar100(where / "cifar-100-python.tar.gz", n_train=64, n_val=16)
         return ["--path", str(where / "cifar-100-python.tar.gz")], 100, ["--data.batch_size", "16"]

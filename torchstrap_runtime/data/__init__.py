@@ -13,6 +13,7 @@ from .grayscale import RandomGrayscale
 from .horizontal_flip import RandomHorizontalFlip
 from .invert import RandomInvert
 from .loader import Loader
+from .normalize_on_device import NormalizeOnDevice, batch_device
 from .random_resized_crop import RandomResizedCrop
 from .solarization import RandomSolarization
 from .translation import RandomTranslation
@@ -22,7 +23,7 @@ from .sources import SOURCES, SourceError, prepare, read_classes
 
 __all__ = [
     "Loader", "OrderOption", "write_dataset", "write_digits", "write_image_folder", "write_image_files",
-    "check_beton", "beton_info", "prepare", "read_classes", "SOURCES", "SourceError",
+    "check_beton", "beton_info", "prepare", "read_classes", "SOURCES", "SourceError", "NormalizeOnDevice", "batch_device",
     "SimpleRGBImageDecoder", "RandomResizedCrop", "RandomColorJitter", "RandomErasing", "RandomTranslation",
     "RandomSolarization", "RandomGrayscale", "RandomHorizontalFlip", "RandomVerticalFlip", "RandomInvert",
 ]
