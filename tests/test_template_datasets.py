@@ -92,3 +92,10 @@ def test_update_switches_the_dataset(tpl, tmp_path, capsys):
     assert "--source cifar100" in (exp / "Makefile").read_text()
     assert "0.5071" in (exp / "src" / "my_experiment" / "data.py").read_text()
     commit(exp, "switch to cifar100")
+
+
+def test_computed_values_are_not_answers(tpl, tmp_path, capsys):
+    code = main(["new", str(tmp_path / "exp"), "--template", str(tpl), "-d", "num_classes=5"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Unknown answer key 'num_classes'; the template asks: " in err
+    assert "dataset, model, use_slurm." in err and "mean_std" not in err
