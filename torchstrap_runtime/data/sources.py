@@ -268,7 +268,7 @@ def missing_path_message(source: str, path: Optional[Path]) -> str:
 def prepare(source: str, path: Optional[PathLike], folder: PathLike, *, labels: str = "fine",
             val_fraction: float = 0.1, split_seed: int = 0, subset: int = 0, write_mode: Optional[str] = None,
             max_resolution: Optional[int] = None, jpeg_quality: int = 90, compress_probability: float = 0.5,
-            num_workers: int = 1, chunk_size: int = 100, skip_bad: bool = False,
+            num_workers: Optional[int] = None, chunk_size: int = 100, skip_bad: bool = False,
             image_size: int = 32) -> Dict[str, Path]:
     """Write `source` (one of SOURCES) read from `path` as train/val .beton files in `folder`.
 
@@ -276,7 +276,8 @@ def prepare(source: str, path: Optional[PathLike], folder: PathLike, *, labels: 
     archive or its extracted folder (`labels` 'fine' or 'coarse' for CIFAR-100). image-folder: one subfolder per
     class, with train/ and val/ or split by `val_fraction` and `split_seed`. imagenet: ILSVRC-2012 train/<wnid>/
     and val/<wnid>/; defaults to FFCV's ImageNet settings (write_mode 'proportion', max_resolution 256).
-    `subset` keeps the first N images of each class. Returns {"train": path, "val": path}; raises SourceError.
+    `subset` keeps the first N images of each class. `num_workers`: writer processes, 0 = every core; default
+    every core for imagenet, else 1 (this process). Returns {"train": path, "val": path}; raises SourceError.
     """
     if source not in SOURCES:
         raise SourceError(f"--source must be one of {', '.join(SOURCES)}, got {source!r}")
@@ -310,6 +311,8 @@ def prepare(source: str, path: Optional[PathLike], folder: PathLike, *, labels: 
     if source in CIFAR:
         written, classes, skipped = write_cifar(source, path, folder, labels)
     else:
+        if num_workers is None:
+            num_workers = 0 if source == "imagenet" else 1
         written, classes, skipped = write_folder_source(source, path, folder, num_workers=num_workers,
                                                         chunk_size=chunk_size, **options)
     write_json(folder / "classes.json", classes)
@@ -352,7 +355,8 @@ def parser(default_source: str = "digits", default_path: Optional[str] = None, d
     p.add_argument("--max-resolution", type=int, default=None, help="shrink longer sides above this (imagenet: 256)")
     p.add_argument("--jpeg-quality", type=int, default=90)
     p.add_argument("--compress-probability", type=float, default=0.5, help="write-mode proportion: share as JPEG")
-    p.add_argument("--num-workers", type=int, default=1, help="writer processes (0 = every core)")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="writer processes, 0 = every core (default: every core for imagenet, else 1)")
     p.add_argument("--chunk-size", type=int, default=100, help="images per worker task")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (listed) instead of stopping")
     p.add_argument("--image-size", type=int, default=32, help="digits: side of the images")
