@@ -108,9 +108,9 @@ def export_jpegs(s: Spec) -> Path:
     folder = s.path.with_suffix("")
     if folder.is_dir():
         return folder
+    images, labels = read_jpegs(ensure(s))  # first: ensure's temporary file has the name of the folder below
     tmp = folder.with_name(folder.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
-    images, labels = read_jpegs(ensure(s))
     for i, (jpeg, label) in enumerate(zip(images, labels)):
         (tmp / f"{i:06d}_{label}.jpg").write_bytes(jpeg)
     tmp.replace(folder)

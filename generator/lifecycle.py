@@ -83,7 +83,9 @@ _BOOL_WORDS = {"y", "yes", "t", "true", "on", "1", "n", "no", "f", "false", "off
 
 
 def _check_data(data: Mapping[str, Any], questions: Mapping[str, Any]) -> None:
-    """Unknown keys and non-boolean words for bool questions (copier itself checks choices/validators)."""
+    """Unknown keys and non-boolean words for bool questions (copier itself checks choices/validators).
+    Values the template computes (`when: false`, e.g. num_classes from the dataset) are not answers."""
+    questions = {k: v for k, v in questions.items() if not (isinstance(v, dict) and v.get("when") is False)}
     unknown = sorted(set(data) - set(questions))
     if unknown:
         raise TemplateError(

@@ -77,13 +77,158 @@ class ResNetSmall(nn.Module):
 
 
 def build_model(name: str, num_classes: int, image_size: int = 32, in_channels: int = 3) -> nn.Module:
-    """`mlp` or `resnet-small` (also accepted: `resnet_small`)."""
+    """`mlp`, `resnet-small` (also accepted: `resnet_small`) or `resnet18` / `resnet34` / `resnet50`."""
     key = name.replace("_", "-").lower()
     if key == "mlp":
         return MLP(in_channels * image_size * image_size, num_classes=num_classes)
     if key == "resnet-small":
         return ResNetSmall(num_classes=num_classes, in_channels=in_channels)
-    raise ValueError(f"unknown model '{name}': expected 'mlp' or 'resnet-small'")
+    if key in RESNETS:
+        return RESNETS[key](num_classes=num_classes, image_size=image_size, in_channels=in_channels)
+    raise ValueError(f"unknown model '{name}': expected 'mlp', 'resnet-small', 'resnet18', 'resnet34' or 'resnet50'")
+
+
+# ---------------------------------------------------------------------- ResNet-18/34/50 (torchvision's architecture)
+class ResidualBlock(nn.Module):
+    """torchvision's BasicBlock: two 3x3 convolutions; the shortcut is projected (1x1 conv + BN) when the shape changes."""
+
+    expansion = 1
+
+    def __init__(self, in_channels: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = projection(in_channels, planes * self.expansion, stride)
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class Bottleneck(nn.Module):
+    """torchvision's Bottleneck (ResNet v1.5): 1x1 reduce, 3x3 with the stride, 1x1 expand (x4)."""
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = projection(in_channels, planes * self.expansion, stride)
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+def projection(in_channels: int, out_channels: int, stride: int) -> nn.Module | None:
+    """The shortcut's 1x1 conv + BN when a block changes the shape, else None (identity)."""
+    if stride == 1 and in_channels == out_channels:
+        return None
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels))
+
+
+STEMS = ("imagenet", "cifar")
+
+
+def stem_for(image_size: int) -> str:
+    """'cifar' (3x3/1 conv, no max-pool) for images up to 64 px, else 'imagenet' (7x7/2 conv + 3x3/2 max-pool)."""
+    return "cifar" if image_size <= 64 else "imagenet"
+
+
+class ResNet(nn.Module):
+    """torchvision's ResNet (same layers, names, parameter counts and initialisation), with a choice of stem.
+
+    `stem`: 'imagenet' (7x7 stride-2 conv, then 3x3 stride-2 max-pool) or 'cifar' (3x3 stride-1 conv, no
+    max-pool); None picks it from `image_size` (see stem_for). `num_classes=0` drops the classifier: the output
+    is the pooled feature vector of `out_features` numbers (an SSL backbone). `zero_init_residual` starts each
+    residual branch's last BN at zero, so every block starts as the identity.
+    """
+
+    def __init__(self, block: type, layers: tuple[int, ...], num_classes: int = 1000, stem: str | None = None,
+                 image_size: int = 224, zero_init_residual: bool = False, in_channels: int = 3):
+        super().__init__()
+        stem = stem or stem_for(image_size)
+        if stem not in STEMS:
+            raise ValueError(f"ResNet stem must be one of {', '.join(STEMS)}, got {stem!r}")
+        if num_classes < 0:
+            raise ValueError(f"ResNet num_classes must be >= 0 (0 = features only), got {num_classes}")
+        self.stem = stem
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+        else:
+            self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+            self.maxpool = nn.Identity()
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        width = 64
+        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), layers)):
+            blocks = []
+            for j in range(n):
+                blocks.append(block(width, planes, stride=2 if (i > 0 and j == 0) else 1))
+                width = planes * block.expansion
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.out_features = width
+        self.fc = nn.Linear(width, num_classes) if num_classes > 0 else nn.Identity()
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, (ResidualBlock, Bottleneck)):
+                    nn.init.zeros_(m.last_bn().weight)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features (N, out_features)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return torch.flatten(self.avgpool(x), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
+def resnet18(num_classes: int = 1000, stem: str | None = None, image_size: int = 224,
+             zero_init_residual: bool = False, in_channels: int = 3) -> ResNet:
+    """ResNet-18 (BasicBlocks 2-2-2-2)."""
+    return ResNet(ResidualBlock, (2, 2, 2, 2), num_classes, stem, image_size, zero_init_residual, in_channels)
+
+
+def resnet34(num_classes: int = 1000, stem: str | None = None, image_size: int = 224,
+             zero_init_residual: bool = False, in_channels: int = 3) -> ResNet:
+    """ResNet-34 (BasicBlocks 3-4-6-3)."""
+    return ResNet(ResidualBlock, (3, 4, 6, 3), num_classes, stem, image_size, zero_init_residual, in_channels)
+
+
+def resnet50(num_classes: int = 1000, stem: str | None = None, image_size: int = 224,
+             zero_init_residual: bool = False, in_channels: int = 3) -> ResNet:
+    """ResNet-50 (Bottlenecks 3-4-6-3, v1.5: stride on the 3x3 conv)."""
+    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, stem, image_size, zero_init_residual, in_channels)
+
+
+RESNETS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
 
 
 # ----------------------------------------------------------------------------- CoKe heads (idstcv/CoKe)

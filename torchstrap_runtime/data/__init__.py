@@ -32,14 +32,17 @@ from .grayscale import RandomGrayscale
 from .horizontal_flip import RandomHorizontalFlip
 from .invert import RandomInvert
 from .loader import Loader
+from .normalize_on_device import NormalizeOnDevice, batch_device
 from .random_resized_crop import RandomResizedCrop
 from .solarization import RandomSolarization
 from .translation import RandomTranslation
 from .vertical_flip import RandomVerticalFlip
-from .writers import beton_info, check_beton, write_dataset, write_digits, write_image_folder
+from .writers import beton_info, check_beton, write_dataset, write_digits, write_image_files, write_image_folder
+from .sources import SOURCES, SourceError, prepare, read_classes
 
 __all__ = [
-    "Loader", "OrderOption", "write_dataset", "write_digits", "write_image_folder", "check_beton", "beton_info",
+    "Loader", "OrderOption", "write_dataset", "write_digits", "write_image_folder", "write_image_files",
+    "check_beton", "beton_info", "prepare", "read_classes", "SOURCES", "SourceError", "NormalizeOnDevice", "batch_device",
     "SimpleRGBImageDecoder", "RandomResizedCrop", "RandomColorJitter", "RandomErasing", "RandomTranslation",
     "RandomSolarization", "RandomGrayscale", "RandomHorizontalFlip", "RandomVerticalFlip", "RandomInvert",
     "RandomGaussianBlur", "coke_imagenet_single_view", "coke_imagenet_double_view", "coke_imagenet_multi_view",

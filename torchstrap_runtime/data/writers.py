@@ -121,19 +121,21 @@ def write_samples(writer, dataset, description: str) -> None:
     metadata = np.frombuffer(writer.metadata_sm.buf, dtype=writer.metadata_type)
     try:
         with allocator:
-            for i in tqdm(range(len(dataset)), desc=description, unit="sample"):
+            for i in tqdm(range(len(dataset)), desc=description, unit="img"):
                 handle_sample(dataset[i], i, writer.metadata_type.names, metadata, allocator, writer.fields)
         del metadata  # release the shared buffer before FFCV closes it
         writer.finalize([allocator.allocations])
     finally:
+        metadata = None  # also on an interruption: a live view would make close() fail and hide the error
         writer.metadata_sm.close()
         writer.metadata_sm.unlink()
 
 
-def write_fields(path: PathLike, fields: Dict[str, Field], dataset, num_workers: int) -> Path:
+def write_fields(path: PathLike, fields: Dict[str, Field], dataset, num_workers: int, chunk_size: int = 100) -> Path:
     """Write `dataset` to a temporary file, then rename it to `path`.
 
-    num_workers=1 writes in this process; more use FFCV's worker processes (faster JPEG encoding).
+    num_workers=1 writes in this process; more (0 = every core) use FFCV's worker processes (faster JPEG
+    encoding), each taking `chunk_size` samples at a time.
     """
     from ffcv.writer import DatasetWriter
 
@@ -149,7 +151,7 @@ def write_fields(path: PathLike, fields: Dict[str, Field], dataset, num_workers:
         if writer.num_workers == 1:
             write_samples(writer, dataset, f"writing {path.name}")
         else:
-            writer.from_indexed_dataset(dataset)
+            writer.from_indexed_dataset(dataset, chunksize=chunk_size)
         check_beton(tmp)
         os.replace(tmp, path)
     finally:
@@ -231,6 +233,45 @@ def list_image_folder(src_folder: PathLike) -> Tuple[List[Path], List[int], List
     return files, labels, classes
 
 
+def write_image_files(files: Sequence[PathLike], labels: Sequence[int], path: PathLike, write_mode: str = "smart",
+                      max_resolution: Optional[int] = None, jpeg_quality: int = 90, compress_probability: float = 0.5,
+                      num_workers: int = 1, chunk_size: int = 100, skip_bad: bool = False) -> Tuple[Path, List[Path]]:
+    """Write image files (anything PIL reads, converted to RGB) and their int labels to a .beton.
+
+    `write_mode` is FFCV's: 'raw' (exact pixels), 'jpg' (lossy, smaller), 'smart' (JPEG only for large images)
+    or 'proportion' (JPEG for a random `compress_probability` share); `max_resolution` shrinks images whose
+    longer side is larger. An unreadable image raises ValueError naming every one (nothing is written), or with
+    `skip_bad` is left out. Returns (path, the skipped files).
+    """
+    files, labels = [Path(f) for f in files], list(labels)
+    if write_mode not in ("raw", "jpg", "smart", "proportion"):
+        raise ValueError(f"write_mode must be 'raw', 'jpg', 'smart' or 'proportion', got {write_mode!r}")
+    if not files:
+        raise ValueError(f"no images to write to {path}")
+    image_field = RGBImageField(write_mode=write_mode, max_resolution=max_resolution, jpeg_quality=jpeg_quality,
+                                smart_threshold=64 * 64 * 3 if write_mode == "smart" else None,
+                                compress_probability=compress_probability)
+    fields = {"image": image_field, "label": IntField()}
+    path = Path(path)
+    with tempfile.TemporaryDirectory() as error_dir:
+        written = write_fields(path, fields, FolderDataset(files, labels, error_dir), num_workers, chunk_size)
+        errors = sorted(Path(error_dir).iterdir(), key=lambda p: int(p.stem))
+        if not errors:
+            return written, []
+        written.unlink()
+        details = "\n  ".join(p.read_text() for p in errors)
+        if not skip_bad:
+            raise ValueError(f"{len(errors)} unreadable image(s); fix or remove them, or skip them with --skip-bad:"
+                             f"\n  {details}")
+    bad = {int(p.stem) for p in errors}
+    print(f"skipping {len(bad)} unreadable image(s), writing {path.name} again without them:\n  {details}", flush=True)
+    keep = [i for i in range(len(files)) if i not in bad]
+    written, more = write_image_files([files[i] for i in keep], [labels[i] for i in keep], path, write_mode,
+                                      max_resolution, jpeg_quality, compress_probability, num_workers, chunk_size,
+                                      skip_bad)
+    return written, sorted([files[i] for i in bad] + more)
+
+
 def write_image_folder(src_folder: PathLike, path: PathLike, write_mode: str = "smart",
                        max_resolution: Optional[int] = None, jpeg_quality: int = 90,
                        num_workers: int = 1) -> Path:
@@ -241,20 +282,11 @@ def write_image_folder(src_folder: PathLike, path: PathLike, write_mode: str = "
     every unreadable image (and writes nothing).
     """
     files, labels, _ = list_image_folder(src_folder)
-    if write_mode not in ("raw", "jpg", "smart"):
-        raise ValueError(f"write_image_folder: write_mode must be 'raw', 'jpg' or 'smart', got {write_mode!r}")
-    image_field = RGBImageField(write_mode=write_mode, max_resolution=max_resolution, jpeg_quality=jpeg_quality,
-                                smart_threshold=64 * 64 * 3 if write_mode == "smart" else None)
-    fields = {"image": image_field, "label": IntField()}
-    path = Path(path)
-    with tempfile.TemporaryDirectory() as error_dir:
-        written = write_fields(path, fields, FolderDataset(files, labels, error_dir), num_workers)
-        errors = sorted(Path(error_dir).iterdir(), key=lambda p: int(p.stem))
-        if errors:
-            written.unlink()
-            details = "\n  ".join(p.read_text() for p in errors)
-            raise ValueError(f"write_image_folder: {len(errors)} unreadable image(s) in {src_folder}:\n  {details}")
-    return written
+    try:
+        return write_image_files(files, labels, path, write_mode, max_resolution, jpeg_quality,
+                                 num_workers=num_workers)[0]
+    except ValueError as error:
+        raise ValueError(f"write_image_folder: {src_folder}: {error}") from None
 
 
 # ---------------------------------------------------------------------- digits
