@@ -133,11 +133,11 @@ def final_state(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def log_rows(run_dir: Path) -> list[dict]:
-    """The run's log.jsonl rows without wall-clock fields."""
+    """The run's log.jsonl rows without wall-clock fields (nor the closing `end` line)."""
     import json
 
     rows = [json.loads(line) for line in (Path(run_dir) / "log.jsonl").read_text().splitlines() if line.strip()]
-    return [{k: v for k, v in row.items() if k not in MEASURED_KEYS} for row in rows]
+    return [{k: v for k, v in row.items() if k not in MEASURED_KEYS} for row in rows if row.get("kind") != "end"]
 
 
 def assert_same_run(a: Path, b: Path) -> None:

@@ -192,7 +192,7 @@ def test_untouched_config_default_arrives_touched_one_stays(tpl, tmp_path, capsy
     commit(exp, "my lr")
 
     sub(tpl / T_YAML, r"^(  epochs: )\d+", r"\g<1>37", count=0)
-    sub(tpl / T_CONFIG_PY, r"^(    batch_size=Param\(Int\(\), .*default=)\d+", r"\g<1>96", count=0)
+    sub(tpl / T_CONFIG_PY, r"^(    batch_size=Param\(Int\(min=1\), .*default=)\d+", r"\g<1>96", count=0)
     sub(tpl / T_YAML, r"^(  batch_size: )\d+", r"\g<1>96", count=0)
     tag(tpl, "v2.0.0", "v2: longer training, bigger batches")
 
