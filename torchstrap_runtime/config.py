@@ -1,4 +1,4 @@
-"""Configuration: fastargs 1.2.0's `Section`, with strict checkers and a state of our own.
+"""Configuration: fastargs 1.2.0's `Section` and `Param`, with strict checkers and a state of our own.
 
     Section("optimizer", "the optimizer").params(lr=Param(Float(min=0, min_exclusive=True), "learning rate", 0.1))
 
@@ -7,25 +7,16 @@
 
     load_config(argv)          # defaults < config= mapping < -C/--config-file (YAML or JSON) < --optimizer.lr 0.05
 
-`get_value("optimizer.lr")` reads one value, `config_as_dict()` all of them; `set_values({...})` sets values
-(checked, all or nothing); `reset_config()` starts afresh (tests). `load_config` also takes `-h/--help`
-(every key) and `--print-config` (the resolved config as YAML); both exit 0.
+`get_value(key)` reads one value, `config_as_dict()` all; `set_values({...})` sets values (checked, all or
+nothing); `reset_config()` starts afresh. `load_config` also takes `-h/--help` and `--print-config` (exit 0).
+Checkers (Bool, Int, Float, OptionalInt, Str, OneOf, Dict, ListOf, ListOfInt) convert and check a value; their
+`help()`, e.g. "an int >= 1" or "a float in [0, 1)", ends up in the error sentence.
 
-Checkers convert and check a value; `help()`, what they expect, ends up in the error sentence:
-    Bool()              true/false, 1/0, yes/no, on/off, in any case
-    Int(), Float()      an optional range `min=`, `max=` (inclusive unless `min_exclusive=True`/`max_exclusive=True`):
-                        Int(min=1) "an int >= 1"; Float(min=0, min_exclusive=True) "a float > 0";
-                        Float(min=0, max=1, max_exclusive=True) "a float in [0, 1)"
-    OptionalInt(...)    the same range as Int, or None (also the strings in NONE_WORDS, any case)
-    ListOfInt(...)      a list of such ints: "[30, 60]" or "30,60" on the command line
-    Str(), OneOf([...]), Dict() (a copy: defaults are never shared); a type works too: Param(float, ...)
-
-fastargs's traps fixed here: `Bool` reads "false"/"0"/"no"/"off" as False (fastargs: `bool("false")` is
-True; its own Param(bool) is made strict too) and Int refuses 3.5; a flag set in a config file is not reset
-by the command line; unknown keys (file or CLI) are errors with a close-match suggestion; bad values stop
-before any work, one sentence each (key, value, what is expected, where from) and exit code 2 (fastargs
-exits 0); `@param` functions keep name, docstring and signature, work on methods and pickle; `argv` is a
-parameter (fastargs reads `sys.argv`); environment variables are not read.
+fastargs's traps fixed here: `bool("false")` is True (ours and fastargs's own Param(bool) read false/0/no/off);
+Int took 3.5; a flag set in a config file was reset by the command line; unknown keys were ignored (ours are
+errors with a close-match suggestion); bad values exited 0 (ours: one sentence each naming key, value, what is
+expected and where from, exit code 2, before any work); `@param` lost name, docstring and signature, and did
+not work on methods or pickle; `sys.argv` and environment variables were read implicitly.
 """
 
 from __future__ import annotations
@@ -72,11 +63,8 @@ def parse_text(text: str) -> Any:
         raise ValueError(f"neither JSON nor YAML ({getattr(e, 'problem', None) or e}{where})") from None
 
 
-# ------------------------------------------------------------------------------------------------- checkers
-
 class Checker(fv.Checker):
     """`check(value)` returns the converted value or raises ValueError; `help()` says what is expected."""
-
     expected = "anything"
 
     def help(self) -> str:
@@ -96,7 +84,8 @@ class Bool(Checker):
 
 
 class Int(Checker):
-    """An int in the optional range; "3", 3.0 and "1e3" are accepted, 3.5, NaN and True are not."""
+    """An int in the optional range (inclusive unless `min_exclusive`/`max_exclusive`); "3", 3.0 and "1e3" are
+    accepted, 3.5, NaN and True are not."""
 
     expected = "an int"
 
@@ -133,7 +122,6 @@ class Int(Checker):
 
 class Float(Int):
     """A float in the optional range; ints and numeric strings ("1e-3") are accepted, bools and NaN are not."""
-
     expected = "a float"
 
     def convert(self, value: Any) -> float:
@@ -154,7 +142,6 @@ class OptionalInt(Int):
 
 class Str(Checker):
     """A string; numbers are converted (`version: 1.0` in YAML gives "1.0"), bools and containers are not."""
-
     expected = "a string"
 
     def check(self, value: Any) -> str:
@@ -178,8 +165,7 @@ class OneOf(Checker):
 
 
 class Dict(Checker):
-    """A mapping; on the command line a JSON object (`'{"margin": 0.1}'`) or YAML flow mapping (`'{margin: 0.1}'`)."""
-
+    """A mapping (a copy: defaults are never shared); on the command line JSON or a YAML flow mapping."""
     expected = "a mapping (JSON object on the CLI)"
 
     def check(self, value: Any) -> dict:
@@ -206,41 +192,35 @@ class ListOf(Checker):
 
 
 class ListOfInt(ListOf):
-    """A list of ints in the range given (`ListOfInt(min=1)`); on the command line "[1, 2]" or "1,2"."""
+    """A list of ints in the range given (`ListOfInt(min=1)`)."""
 
     def __init__(self, **int_range: Any):
         super().__init__(Int(**int_range))
 
 
-FASTARGS_LENIENT = {fv.Bool: Bool, fv.Int: Int, fv.Float: Float, fv.Str: Str}
-
-
 def as_checker(checker: Any) -> fv.Checker:
-    """A checker for `checker`: one of ours, a type (int, float, bool, str), or a fastargs checker made strict
-    (applied to every declared Param)."""
+    """Ours as is; a type (int, float, bool, str) or a lenient fastargs checker: our strict one."""
     checker = fv.get_checker(checker)
     if type(checker) is fv.OneOf:
         return OneOf(sorted(checker.possible_values, key=str))
-    return FASTARGS_LENIENT[type(checker)]() if type(checker) in FASTARGS_LENIENT else checker
+    strict = {fv.Bool: Bool, fv.Int: Int, fv.Float: Float, fv.Str: Str}.get(type(checker))
+    return strict() if strict else checker
 
-
-# ------------------------------------------------------------------------------------------------- state
 
 class Config:
-    """The declared params (`entries`, by section), the values given (`content`) and where each came from."""
+    """The declared params (`entries`, in declaration order), the values given (`content`) and their `sources`."""
 
     def __init__(self) -> None:
         self.sections: dict[Key, Section] = {}
-        self.entries: dict[Key, Any] = {}  # in declaration order
+        self.entries: dict[Key, Any] = {}
         self.content: dict[Key, Any] = {}
         self.sources: dict[Key, str] = {}
 
     def add_section(self, section: Section) -> None:  # called by fastargs's Section
         self.sections[section.ns] = section
 
-    def add_entry(self, ns: Key, name: str, entry: Any) -> None:
-        """Declare a param (called by `Section.params`); declaring it again replaces it."""
-        entry.checker = as_checker(entry.checker)  # fastargs's own Param(bool) too
+    def add_entry(self, ns: Key, name: str, entry: Any) -> None:  # called by Section.params; replaces one declared
+        entry.checker = as_checker(entry.checker)
         self.entries[ns + tuple(name.split("."))] = entry
 
     def unknown(self, path: Key, where: str = "") -> ConfigError:
@@ -249,10 +229,10 @@ class Config:
                            + (f"; did you mean '{close[0]}'?" if close else ""))
 
     def collect(self, tree: Any, source: str, prefix: Key = ()) -> list[Key]:
-        """Set (unchecked) every value of a nested or dotted mapping and return their keys; unknown keys:
-        one ConfigError naming each."""
+        """Set (unchecked) every value of a nested or dotted mapping and return their keys; ConfigError naming
+        each unknown key."""
         if not isinstance(tree, Mapping):
-            raise ConfigError(f"{source}: expected a mapping {{section: {{param: value}}}}, got {tree!r}")
+            raise ConfigError(f"{source}: expected a mapping {{section: {{param: value}}}}, got {type(tree).__name__}")
         paths, errors = [], []
         for name, value in tree.items():
             path = prefix + tuple(str(name).split("."))
@@ -323,23 +303,6 @@ class Config:
         return "\n".join(lines)
 
 
-def read_config_file(fname: str | os.PathLike) -> Mapping:
-    """The mapping in a YAML or JSON config file; ConfigError naming the file when it cannot be used."""
-    path = Path(fname)
-    try:
-        data = parse_text(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: '{path}'") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file '{path}' cannot be read: {getattr(e, 'strerror', None) or e}") from None
-    except ValueError as e:
-        raise ConfigError(f"config file '{path}' could not be parsed: {e}") from None
-    if not isinstance(data, (Mapping, type(None))):
-        raise ConfigError(f"config file '{path}': expected a mapping {{section: {{param: value}}}} at the top, "
-                          f"got {type(data).__name__}")
-    return data or {}
-
-
 def get_config() -> Config:
     """The global Config (fastargs's current config; made a torchstrap Config on first use)."""
     config = get_current_config()
@@ -378,9 +341,19 @@ def config_as_dict() -> dict:
     return get_config().as_dict()
 
 
-# ------------------------------------------------------------------------------------------------- command line
+def read_config_file(path: str) -> Any:
+    """The value in a YAML or JSON config file (None when empty); ConfigError naming the file."""
+    try:
+        return parse_text(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: '{path}'") from None
+    except OSError as e:
+        raise ConfigError(f"config file '{path}' cannot be read: {e.strerror or e}") from None
+    except ValueError as e:  # UnicodeDecodeError too
+        raise ConfigError(f"config file '{path}' could not be parsed: {e}") from None
 
-def _parse_argv(config: Config, argv: list[str]) -> tuple[list[str], dict[str, str], list[str]]:
+
+def parse_argv(config: Config, argv: list[str]) -> tuple[list[str], dict[str, str], list[str]]:
     """Split argv into config files, {key: raw value} and errors. Flags may be bare (`--a.flag`)."""
     files, values, errors = [], {}, []
     i = 0
@@ -392,7 +365,7 @@ def _parse_argv(config: Config, argv: list[str]) -> tuple[list[str], dict[str, s
             has_value = i < len(argv) and not (argv[i].startswith("--") or argv[i] == "-C")
             value, i = (argv[i], i + 1) if has_value else (None, i)
         path = tuple(name[2:].split("."))
-        if name in ("-C", "--config-file", "--config_file"):
+        if name in ("-C", "--config-file"):
             if value is None:
                 errors.append(f"{name}: missing the config file path")
             else:
@@ -409,23 +382,19 @@ def _parse_argv(config: Config, argv: list[str]) -> tuple[list[str], dict[str, s
 
 
 def load_config(argv: list[str] | None = None, description: str = "", config: Mapping | None = None) -> Config:
-    """Fill the global config: defaults < `config` < each `-C/--config-file` < `--section.param value`.
-
-    `argv` defaults to `sys.argv[1:]`; previous values are cleared first. `-h/--help` prints every section
-    and param, `--print-config` the resolved config as YAML; both exit 0. Any unknown key, unreadable file,
-    bad or missing value: one sentence each on stderr and exit code 2, before any work (`--debug` or
-    TORCHSTRAP_DEBUG=1 shows the traceback).
-    """
+    """Fill the global config from scratch: defaults < `config` < each `-C FILE` < `--section.param value` in
+    `argv` (default `sys.argv[1:]`). Every unknown key, unreadable file, bad or missing value: one sentence each
+    on stderr, exit code 2 (`--debug` or TORCHSTRAP_DEBUG=1: the traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = reset_config(keep_sections=True)
     if "-h" in argv or "--help" in argv:
         print(cfg.help_text(os.path.basename(sys.argv[0]) or "python", description))
         raise SystemExit(0)
-    files, values, errors = _parse_argv(cfg, [a for a in argv if a not in ("--print-config", DEBUG_FLAG)])
-    sources = [(config or {}, "from load_config(config=...)"), *((f, f"in {f}") for f in files)]
-    for tree, source in [*sources, (values, "on the command line")]:  # in order of precedence
+    files, values, errors = parse_argv(cfg, [a for a in argv if a not in ("--print-config", DEBUG_FLAG)])
+    sources = [(config or {}, "from load_config(config=...)"), *((f, f"in {f}") for f in files), (values, "on the command line")]
+    for tree, source in sources:  # in order of precedence
         try:
-            cfg.collect(read_config_file(tree) if isinstance(tree, str) else tree, source)
+            cfg.collect((read_config_file(tree) or {}) if isinstance(tree, str) else tree, source)
         except ConfigError as e:
             errors.append(str(e))
     errors += cfg.errors()
@@ -437,13 +406,9 @@ def load_config(argv: list[str] | None = None, description: str = "", config: Ma
     return cfg
 
 
-# ------------------------------------------------------------------------------------------------- @param
-
 def param(key: str, alias: str | None = None) -> Callable[[F], F]:
-    """Fill argument `alias` (default: the last part of `key`) from config value `key` unless given by hand.
-
-    Works on functions, methods, static and class methods (above or below their decorator), and stacks.
-    """
+    """Fill argument `alias` (default: the last part of `key`) from config value `key` unless given by hand;
+    on functions, methods, static and class methods (above or below their decorator); stacks."""
     alias = alias or key.split(".")[-1]
 
     def decorator(fn: Any) -> Any:
