@@ -308,6 +308,8 @@ class Trainer:
         with self.autocast():
             outputs = self.test_time_augmentation(inputs)
             loss = self.criterion(outputs, targets)
+            if hasattr(self.criterion, "log_prob"):  # the loss holds the output layer (AdaptiveLogSoftmaxWithLoss)
+                outputs = self.criterion.log_prob(outputs)
         top1, top5 = topk_correct(outputs.float(), targets, (1, 5))
         n = targets.shape[0]
         self.val_sums["loss"] += float(loss) * n
