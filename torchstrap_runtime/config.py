@@ -228,11 +228,10 @@ class Config:
         return ConfigError(f"unknown config key '{'.'.join(path)}'{where}"
                            + (f"; did you mean '{close[0]}'?" if close else ""))
 
-    def collect(self, tree: Any, source: str, prefix: Key = ()) -> list[Key]:
-        """Set (unchecked) every value of a nested or dotted mapping and return their keys; ConfigError naming
-        each unknown key."""
+    def collect(self, tree: Any, source: str, prefix: Key = ()) -> tuple[list[Key], list[str]]:
+        """Set (unchecked) every value of a nested or dotted mapping: (their keys, a sentence per unknown key)."""
         if not isinstance(tree, Mapping):
-            raise ConfigError(f"{source}: expected a mapping {{section: {{param: value}}}}, got {type(tree).__name__}")
+            return [], [f"{source}: expected a mapping {{section: {{param: value}}}}, got {type(tree).__name__}"]
         paths, errors = [], []
         for name, value in tree.items():
             path = prefix + tuple(str(name).split("."))
@@ -240,15 +239,11 @@ class Config:
                 self.content[path], self.sources[path] = value, source
                 paths.append(path)
             elif isinstance(value, Mapping) and value:  # a section (or a typo of one: its leaves are reported)
-                try:
-                    paths += self.collect(value, source, path)
-                except ConfigError as e:
-                    errors.append(str(e))
+                found, unknown = self.collect(value, source, path)
+                paths, errors = paths + found, errors + unknown
             else:
                 errors.append(str(self.unknown(path, f" ({source})")))
-        if errors:
-            raise ConfigError("\n".join(errors))
-        return paths
+        return paths, errors
 
     def __getitem__(self, key: str | Key) -> Any:
         """The checked value of `key`; ConfigError when unknown, bad or missing."""
@@ -327,13 +322,11 @@ def set_values(mapping: Mapping, source: str = "set_values") -> None:
     """Set values from a nested or dotted mapping; unknown keys or bad values: ConfigError, and nothing set."""
     config = get_config()
     saved = (dict(config.content), dict(config.sources))
-    try:
-        bad = config.errors(config.collect(mapping, source))
-        if bad:
-            raise ConfigError("\n".join(bad))
-    except ConfigError:
+    paths, errors = config.collect(mapping, source)
+    errors += config.errors(paths)
+    if errors:
         config.content, config.sources = saved
-        raise
+        raise ConfigError("\n".join(errors))
 
 
 def config_as_dict() -> dict:
@@ -341,21 +334,22 @@ def config_as_dict() -> dict:
     return get_config().as_dict()
 
 
-def read_config_file(path: str) -> Any:
-    """The value in a YAML or JSON config file (None when empty); ConfigError naming the file."""
+def collect_file(config: Config, path: str) -> list[str]:
+    """Collect a YAML or JSON config file into `config`; a sentence per problem (the file, or a key in it)."""
     try:
-        return parse_text(Path(path).read_text())
+        return config.collect(parse_text(Path(path).read_text()) or {}, f"in {path}")[1]
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: '{path}'") from None
+        return [f"config file not found: '{path}'"]
     except OSError as e:
-        raise ConfigError(f"config file '{path}' cannot be read: {e.strerror or e}") from None
+        return [f"config file '{path}' cannot be read: {e.strerror or e}"]
     except ValueError as e:  # UnicodeDecodeError too
-        raise ConfigError(f"config file '{path}' could not be parsed: {e}") from None
+        return [f"config file '{path}' could not be parsed: {e}"]
 
 
-def parse_argv(config: Config, argv: list[str]) -> tuple[list[str], dict[str, str], list[str]]:
-    """Split argv into config files, {key: raw value} and errors. Flags may be bare (`--a.flag`)."""
-    files, values, errors = [], {}, []
+def parse_argv(config: Config, argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Collect each -C/--config-file into `config`, in order; return the command line's {key: raw value} and a
+    sentence per problem. Flags may be bare (`--a.flag`)."""
+    values, errors = {}, []
     i = 0
     while i < len(argv):
         token = argv[i]
@@ -366,10 +360,7 @@ def parse_argv(config: Config, argv: list[str]) -> tuple[list[str], dict[str, st
             value, i = (argv[i], i + 1) if has_value else (None, i)
         path = tuple(name[2:].split("."))
         if name in ("-C", "--config-file"):
-            if value is None:
-                errors.append(f"{name}: missing the config file path")
-            else:
-                files.append(value)
+            errors += collect_file(config, value) if value is not None else [f"{name}: missing the config file path"]
         elif not name.startswith("--") or len(name) == 2:
             errors.append(f"unexpected command-line argument {token!r}: use --section.param VALUE or -C FILE")
         elif path not in config.entries:
@@ -378,7 +369,7 @@ def parse_argv(config: Config, argv: list[str]) -> tuple[list[str], dict[str, st
             values[name[2:]] = "true" if value is None else value
         else:
             errors.append(f"{name[2:]}: missing value on the command line")
-    return files, values, errors
+    return values, errors
 
 
 def load_config(argv: list[str] | None = None, description: str = "", config: Mapping | None = None) -> Config:
@@ -390,14 +381,9 @@ def load_config(argv: list[str] | None = None, description: str = "", config: Ma
     if "-h" in argv or "--help" in argv:
         print(cfg.help_text(os.path.basename(sys.argv[0]) or "python", description))
         raise SystemExit(0)
-    files, values, errors = parse_argv(cfg, [a for a in argv if a not in ("--print-config", DEBUG_FLAG)])
-    sources = [(config or {}, "from load_config(config=...)"), *((f, f"in {f}") for f in files), (values, "on the command line")]
-    for tree, source in sources:  # in order of precedence
-        try:
-            cfg.collect((read_config_file(tree) or {}) if isinstance(tree, str) else tree, source)
-        except ConfigError as e:
-            errors.append(str(e))
-    errors += cfg.errors()
+    errors = cfg.collect(config or {}, "from load_config(config=...)")[1]  # in order of precedence
+    values, argv_errors = parse_argv(cfg, [a for a in argv if a not in ("--print-config", DEBUG_FLAG)])
+    errors += argv_errors + cfg.collect(values, "on the command line")[1] + cfg.errors()
     if errors:
         fail(ConfigError("\n".join(errors)), "config error", argv)
     if "--print-config" in argv:
