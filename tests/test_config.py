@@ -201,7 +201,7 @@ def test_missing_config_file(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         load_config(["-C", str(missing)])
     assert e.value.code == 2
-    assert f"config file not found: '{missing}'" in capsys.readouterr().err
+    assert f"config file '{missing}' cannot be read: No such file or directory" in capsys.readouterr().err
 
 
 def test_top_level_must_be_a_mapping(tmp_path, capsys):

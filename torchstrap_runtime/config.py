@@ -9,8 +9,7 @@
 
 `get_value(key)` reads one value, `config_as_dict()` all; `set_values({...})` sets values (checked, all or
 nothing); `reset_config()` starts afresh. `load_config` also takes `-h/--help` and `--print-config` (exit 0).
-Checkers (Bool, Int, Float, OptionalInt, Str, OneOf, Dict, ListOf, ListOfInt) convert and check a value; their
-`help()`, e.g. "an int >= 1" or "a float in [0, 1)", ends up in the error sentence.
+Checkers convert and check a value; their `help()` ("an int >= 1", "a float in [0, 1)") ends up in the errors.
 
 fastargs's traps fixed here: `bool("false")` is True (ours and fastargs's own Param(bool) read false/0/no/off);
 Int took 3.5; a flag set in a config file was reset by the command line; unknown keys were ignored (ours are
@@ -76,11 +75,10 @@ class Bool(Checker):
     WORDS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 
     def check(self, value: Any) -> bool:
-        if isinstance(value, bool) or (type(value) is int and value in (0, 1)):
-            return bool(value)
-        if isinstance(value, str) and value.strip().lower() in self.WORDS:
-            return self.WORDS[value.strip().lower()]
-        raise ValueError(f"not a boolean: {value!r}")
+        word = str(value).strip().lower() if isinstance(value, (str, int)) else None  # True: "true", 1: "1"
+        if word not in self.WORDS:
+            raise ValueError(f"not a boolean: {value!r}")
+        return self.WORDS[word]
 
 
 class Int(Checker):
@@ -338,9 +336,7 @@ def collect_file(config: Config, path: str) -> list[str]:
     """Collect a YAML or JSON config file into `config`; a sentence per problem (the file, or a key in it)."""
     try:
         return config.collect(parse_text(Path(path).read_text()) or {}, f"in {path}")[1]
-    except FileNotFoundError:
-        return [f"config file not found: '{path}'"]
-    except OSError as e:
+    except OSError as e:  # missing, a folder, no permission
         return [f"config file '{path}' cannot be read: {e.strerror or e}"]
     except ValueError as e:  # UnicodeDecodeError too
         return [f"config file '{path}' could not be parsed: {e}"]
