@@ -12,10 +12,11 @@ nothing); `reset_config()` starts afresh. `load_config` also takes `-h/--help` a
 Checkers convert and check a value; their `help()` ("an int >= 1", "a float in [0, 1)") ends up in the errors.
 
 fastargs's traps fixed here (a param declared with fastargs's own checker or a type gets ours): `bool("false")`
-was True; Int took 3.5; OneOf refused the command line's "3"; a flag set in a file was reset by the command line; unknown keys were ignored (ours are
-errors with a close-match suggestion); bad values exited 0 (ours: one sentence each naming key, value, what is
-expected and where from, exit code 2, before any work); `@param` lost name, docstring and signature, and did
-not work on methods or pickle; `sys.argv` and environment variables were read implicitly.
+was True; Int took 3.5; OneOf refused the command line's "3"; a flag set in a file was reset by the command
+line; unknown keys were ignored (ours are errors with a close-match suggestion); bad values exited 0 (ours: one
+sentence each naming key, value, what is expected and where from, exit code 2, before any work); `@param` lost
+name, docstring and signature, and did not work on methods or pickle; `sys.argv` and environment variables
+were read implicitly.
 """
 
 from __future__ import annotations
