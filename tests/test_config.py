@@ -106,6 +106,23 @@ def test_plain_fastargs_bool_param_is_fixed():
     assert get_value("extra.flag") is False
 
 
+def test_plain_fastargs_checkers_are_made_strict():
+    """fastargs's Param(int) takes 3.5 as 3 and its OneOf([1, 2]) refuses the command line's string "2"."""
+    Section("extra").params(n=fastargs.Param(int, "an int", default=1),
+                            k=fastargs.Param(fastargs.validation.OneOf([1, 2]), "a choice", default=1))
+    load_config(["--extra.n", "3", "--extra.k", "2"])
+    assert (get_value("extra.n"), get_value("extra.k")) == (3, 2)
+    with pytest.raises(ConfigError, match="extra.n: got 3.5, expected an int"):
+        set_values({"extra.n": 3.5})
+
+
+def test_environment_is_not_read(monkeypatch):
+    """fastargs's collect_env_variables reads a variable named "optimizer.lr"; ours come only from argv and files."""
+    monkeypatch.setenv("optimizer.lr", "0.7")
+    load_config([])
+    assert get_value("optimizer.lr") == 0.1
+
+
 def test_bare_flag_means_true():
     load_config(["--training.eval_only", "--optimizer.lr", "0.5"])
     assert get_value("training.eval_only") is True and get_value("optimizer.lr") == 0.5
@@ -184,7 +201,7 @@ def test_missing_config_file(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         load_config(["-C", str(missing)])
     assert e.value.code == 2
-    assert f"config file not found: '{missing}'" in capsys.readouterr().err
+    assert f"config file '{missing}' cannot be read: No such file or directory" in capsys.readouterr().err
 
 
 def test_top_level_must_be_a_mapping(tmp_path, capsys):

@@ -163,14 +163,16 @@ def test_adaptive_log_softmax_trains_in_the_supervised_trainer(sections, tmp_pat
     load_config(["--criterion.name", "AdaptiveLogSoftmaxWithLoss", "--criterion.params",
                  "{in_features: 16, n_classes: 6, cutoffs: [2, 4], div_value: 2.0}", "--training.epochs", "6", "--scheduler.name",
                  "none", "--logging.folder", str(tmp_path), "--logging.run_id", "adaptive", "--logging.progress",
-                 "false", "--logging.eval_each_epoch", "false"])
+                 "false"])
     trainer = Features()
     assert trainer.criterion.input_kind == "logits_targets"
     head = trainer.criterion.adaptive.head.weight.detach().clone()
     trainer.run()
     assert not torch.equal(head, trainer.criterion.adaptive.head.weight)  # the optimizer trains the layer
-    losses = [row["train_loss"] for row in read_log(tmp_path / "adaptive") if row.get("kind") == "epoch"]
+    epochs = [row for row in read_log(tmp_path / "adaptive") if row.get("kind") == "epoch"]
+    losses = [row["train_loss"] for row in epochs]
     assert len(losses) == 6 and losses[-1] < 0.5 * losses[0], losses
+    assert epochs[-1]["val_top1"] > 0.9, epochs[-1]  # scored on the layer's log_prob, not on the 16 features
     with torch.no_grad():
         features = trainer.model(inputs)
         assert trainer.criterion.log_prob(features).shape == (len(labels), 6)

@@ -124,6 +124,46 @@ def test_corrupt_beton_and_missing_checkpoint_are_user_errors(experiment, tmp_pa
         load_torch(tmp_path / "garbage.pt")
 
 
+def test_checkpoint_of_another_architecture_is_one_sentence(experiment, tmp_path):
+    """model.load_from of another network: one sentence naming the file and the first keys that differ."""
+    import torch
+
+    other = tmp_path / "other.pt"
+    torch.save({"model": torch.nn.Sequential(torch.nn.Linear(7, 3)).state_dict()}, other)
+    assert_one_sentence(train(experiment, "--model.load_from", str(other), "--training.eval_only", "true"),
+                        f"checkpoint {other} does not fit the model", "not in the model: 0.weight, 0.bias")
+
+
+def test_last_checkpoint_after_the_model_changed_is_a_user_error(tmp_path):
+    """Resuming a run whose last.pt was written by a model the researcher has since changed."""
+    import torch
+
+    from torchstrap_runtime.config import load_config
+    from torchstrap_runtime.errors import UserError
+    from torchstrap_runtime.trainer import Trainer
+
+    class Tiny(Trainer):
+        width = 2
+
+        def initialize_model(self):
+            self.model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, self.width))
+
+        def initialize_train_loader(self):
+            self.train_loader = [(torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 0, 1]))]
+
+        def initialize_val_loader(self):
+            self.val_loader = self.train_loader
+
+    load_config(["--training.epochs", "1", "--logging.progress", "false", "--logging.folder", str(tmp_path),
+                 "--logging.run_id", "changed"])
+    Tiny().run()
+    Tiny.width = 3
+    last = tmp_path / "changed" / "checkpoints" / "last.pt"
+    with pytest.raises(UserError, match=rf"checkpoint {last} does not fit the model \(other shapes: 1.weight "
+                                        r"\(2, 12\) in the file, \(3, 12\) in the model, 1.bias"):
+        Tiny()
+
+
 # ------------------------------------------------------------------------------------------- run-folder lock
 
 TINY_RUN = textwrap.dedent("""

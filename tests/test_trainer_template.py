@@ -22,6 +22,7 @@ TASKS = yaml.safe_load((CHECKOUT / "copier.yml").read_text())["task"]["choices"]
 # trains 2 steps with the generated trainer.py, edits its loss line, reloads the module, trains 2 steps again
 _SCRIPT = """
 import importlib, json, re, sys
+from pathlib import Path
 sys.path.insert(0, "src")
 from torchstrap_runtime.config import load_config, set_values
 from torchstrap_runtime.loggers import read_log
@@ -84,3 +85,24 @@ def test_make_eval_uses_best_pt_when_there_is_one(template_and_digits, tmp_path)
     (checkpoints / "best.pt").write_bytes(b"")
     assert re.search(r"--model.load_from runs/one/checkpoints/best.pt\b", eval_command())
     assert re.search(r"--model.load_from runs/one/checkpoints/best.pt\b", eval_command("RUN=runs/one/"))
+
+
+@pytest.mark.slow  # 4 digits epochs in a generated experiment (the runtime's eval_step: test_criteria_registry.py)
+def test_adaptive_log_softmax_is_scored_on_its_classes(template_and_digits, tmp_path):
+    """With AdaptiveLogSoftmaxWithLoss the model outputs features: the generated eval_step scores the loss
+    layer's log_prob, so val_top1 is the digits accuracy, not the argmax of 32 features."""
+    tpl, digits = template_and_digits
+    exp = new_experiment(tmp_path / "exp", {}, template=str(tpl))
+    env = {**os.environ, "PYTHONPATH": f"{exp / 'src'}{os.pathsep}{CHECKOUT}",
+           "NUMBA_CACHE_DIR": str(CHECKOUT / ".numba_cache")}
+    result = subprocess.run(
+        [sys.executable, "-m", "my_experiment.train", "-C", "configs/default.yaml", "--data.train_path",
+         str(digits["train"]), "--data.val_path", str(digits["val"]), "--training.epochs", "4",
+         "--scheduler.warmup_epochs", "0", "--model.num_classes", "32", "--criterion.name",
+         "AdaptiveLogSoftmaxWithLoss", "--criterion.params", "{in_features: 32, n_classes: 10, cutoffs: [5]}",
+         "--logging.progress", "false", "--logging.run_id", "adaptive"],
+        cwd=exp, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (exp / "runs" / "adaptive" / "log.jsonl").read_text().splitlines()]
+    last = [row for row in rows if row.get("kind") == "epoch"][-1]
+    assert last["val_top1"] > 0.9, last

@@ -1,18 +1,37 @@
-"""docs/workflow.txt is the spec's hook order: the README shows it verbatim and the trainer tests read it."""
+"""docs/workflow.txt is the spec's hook order: the README and the generated trainer.py's docstring show it
+verbatim and the trainer tests read it."""
 
 from __future__ import annotations
 
+import ast
 import re
+
+import jinja2
+import pytest
+import yaml
 
 from workflow_spec import SPEC_FILE, spec_epoch, spec_hooks
 
-README = SPEC_FILE.parents[1] / "README.md"
+ROOT = SPEC_FILE.parents[1]
+README = ROOT / "README.md"
+TEMPLATE_TRAINER = ROOT / "template" / "src" / "{{package_name}}" / "trainer.py.jinja"
+TASKS = yaml.safe_load((ROOT / "copier.yml").read_text())["task"]["choices"]
 
 
 def test_readme_workflow_block_is_docs_workflow_txt():
     block = re.search(r"## The workflow\n\n```\n(.*?)```", README.read_text(), re.S)
     assert block, "README.md needs a '## The workflow' section with a code block"
     assert block.group(1) == SPEC_FILE.read_text(), "README's workflow block must equal docs/workflow.txt"
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_generated_trainer_docstring_shows_docs_workflow_txt(task):
+    rendered = jinja2.Environment(keep_trailing_newline=True).from_string(TEMPLATE_TRAINER.read_text()).render(
+        task=task, project_name="My Experiment", package_name="my_experiment")
+    docstring = ast.get_docstring(ast.parse(rendered), clean=False)
+    block = re.search(r"\nThe hook order \(torchstrap's docs/workflow.txt\):\n(.*?\n)\n", docstring, re.S)
+    assert block, "the generated trainer.py's docstring needs its hook-order block"
+    assert block.group(1) == SPEC_FILE.read_text(), "the trainer.py docstring's order must equal docs/workflow.txt"
 
 
 def test_spec_hooks_are_read_in_order():

@@ -1,6 +1,7 @@
 """Checkpoint files and RNG state: what an exact resume needs besides the Trainer's own fields.
 
 `save_torch_atomic` never leaves a half-written file behind; `load_torch` loads with `weights_only=True`;
+`check_model_fits` turns weights of another architecture into one sentence;
 `rng_state`/`set_rng_state` carry python, numpy, torch (and CUDA) RNGs in types `weights_only` accepts;
 `truncate_run_logs` cuts the logs back to a checkpoint; `BestCheckpoints` keeps `best.pt` and the top-k.
 """
@@ -76,6 +77,27 @@ def load_torch(path: Path) -> dict[str, Any]:
     except Exception as error:
         raise BadFileError(f"checkpoint {path} cannot be loaded: corrupt, truncated or not a torch checkpoint "
                            f"({type(error).__name__})") from error
+
+
+def check_model_fits(state: dict[str, Any], model: torch.nn.Module, path: Path) -> None:
+    """A BadFileError naming the file and the first keys or shapes that differ when the checkpoint's weights
+    do not fit `model` (another architecture, or the model changed since the checkpoint was written)."""
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise BadFileError(f"checkpoint {path} has no model weights (expected a .pt file saved by a torchstrap run)")
+    ours, theirs = model.state_dict(), state["model"]
+
+    def first(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+    shapes = [f"{k} {tuple(theirs[k].shape)} in the file, {tuple(v.shape)} in the model" for k, v in ours.items()
+              if k in theirs and tuple(getattr(theirs[k], "shape", ())) != tuple(v.shape)]
+    problems = [f"{label} {first(keys)}" for label, keys in (
+        ("missing from the file:", [k for k in ours if k not in theirs]),
+        ("not in the model:", [k for k in theirs if k not in ours]),
+        ("other shapes:", shapes)) if keys]
+    if problems:
+        raise BadFileError(f"checkpoint {path} does not fit the model ({'; '.join(problems)}): it was saved from "
+                           "another architecture, or the model changed since")
 
 
 def truncate_run_logs(run_dir: Path, log_bytes: int, hdf5_rows: dict[str, int]) -> None:

@@ -1,4 +1,4 @@
-"""Configuration: fastargs 1.2.0's `Section`, with strict checkers and a state of our own.
+"""Configuration: fastargs 1.2.0's `Section` and `Param`, with strict checkers and a state of our own.
 
     Section("optimizer", "the optimizer").params(lr=Param(Float(min=0, min_exclusive=True), "learning rate", 0.1))
 
@@ -7,25 +7,16 @@
 
     load_config(argv)          # defaults < config= mapping < -C/--config-file (YAML or JSON) < --optimizer.lr 0.05
 
-`get_value("optimizer.lr")` reads one value, `config_as_dict()` all of them; `set_values({...})` sets values
-(checked, all or nothing); `reset_config()` starts afresh (tests). `load_config` also takes `-h/--help`
-(every key) and `--print-config` (the resolved config as YAML); both exit 0.
+`get_value(key)` reads one value, `config_as_dict()` all; `set_values({...})` sets values (checked, all or
+nothing); `reset_config()` starts afresh. `load_config` also takes `-h/--help` and `--print-config` (exit 0).
+Checkers convert and check a value; their `help()` ("an int >= 1", "a float in [0, 1)") ends up in the errors.
 
-Checkers convert and check a value; `help()`, what they expect, ends up in the error sentence:
-    Bool()              true/false, 1/0, yes/no, on/off, in any case
-    Int(), Float()      an optional range `min=`, `max=` (inclusive unless `min_exclusive=True`/`max_exclusive=True`):
-                        Int(min=1) "an int >= 1"; Float(min=0, min_exclusive=True) "a float > 0";
-                        Float(min=0, max=1, max_exclusive=True) "a float in [0, 1)"
-    OptionalInt(...)    the same range as Int, or None (also the strings in NONE_WORDS, any case)
-    ListOfInt(...)      a list of such ints: "[30, 60]" or "30,60" on the command line
-    Str(), OneOf([...]), Dict() (a copy: defaults are never shared); a type works too: Param(float, ...)
-
-fastargs's traps fixed here: `Bool` reads "false"/"0"/"no"/"off" as False (fastargs: `bool("false")` is
-True; its own Param(bool) is made strict too) and Int refuses 3.5; a flag set in a config file is not reset
-by the command line; unknown keys (file or CLI) are errors with a close-match suggestion; bad values stop
-before any work, one sentence each (key, value, what is expected, where from) and exit code 2 (fastargs
-exits 0); `@param` functions keep name, docstring and signature, work on methods and pickle; `argv` is a
-parameter (fastargs reads `sys.argv`); environment variables are not read.
+fastargs's traps fixed here (a param declared with fastargs's own checker or a type gets ours): `bool("false")`
+was True; Int took 3.5; OneOf refused the command line's "3"; a flag set in a file was reset by the command
+line; unknown keys were ignored (ours are errors with a close-match suggestion); bad values exited 0 (ours: one
+sentence each naming key, value, what is expected and where from, exit code 2, before any work); `@param` lost
+name, docstring and signature, and did not work on methods or pickle; `sys.argv` and environment variables
+were read implicitly.
 """
 
 from __future__ import annotations
@@ -72,11 +63,8 @@ def parse_text(text: str) -> Any:
         raise ValueError(f"neither JSON nor YAML ({getattr(e, 'problem', None) or e}{where})") from None
 
 
-# ------------------------------------------------------------------------------------------------- checkers
-
 class Checker(fv.Checker):
     """`check(value)` returns the converted value or raises ValueError; `help()` says what is expected."""
-
     expected = "anything"
 
     def help(self) -> str:
@@ -88,15 +76,15 @@ class Bool(Checker):
     WORDS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 
     def check(self, value: Any) -> bool:
-        if isinstance(value, bool) or (type(value) is int and value in (0, 1)):
-            return bool(value)
-        if isinstance(value, str) and value.strip().lower() in self.WORDS:
-            return self.WORDS[value.strip().lower()]
-        raise ValueError(f"not a boolean: {value!r}")
+        word = str(value).strip().lower() if isinstance(value, (str, int)) else None  # True: "true", 1: "1"
+        if word not in self.WORDS:
+            raise ValueError(f"not a boolean: {value!r}")
+        return self.WORDS[word]
 
 
 class Int(Checker):
-    """An int in the optional range; "3", 3.0 and "1e3" are accepted, 3.5, NaN and True are not."""
+    """An int in the optional range (inclusive unless `min_exclusive`/`max_exclusive`); "3", 3.0 and "1e3" are
+    accepted, 3.5, NaN and True are not."""
 
     expected = "an int"
 
@@ -133,7 +121,6 @@ class Int(Checker):
 
 class Float(Int):
     """A float in the optional range; ints and numeric strings ("1e-3") are accepted, bools and NaN are not."""
-
     expected = "a float"
 
     def convert(self, value: Any) -> float:
@@ -154,7 +141,6 @@ class OptionalInt(Int):
 
 class Str(Checker):
     """A string; numbers are converted (`version: 1.0` in YAML gives "1.0"), bools and containers are not."""
-
     expected = "a string"
 
     def check(self, value: Any) -> str:
@@ -178,8 +164,7 @@ class OneOf(Checker):
 
 
 class Dict(Checker):
-    """A mapping; on the command line a JSON object (`'{"margin": 0.1}'`) or YAML flow mapping (`'{margin: 0.1}'`)."""
-
+    """A mapping (a copy: defaults are never shared); on the command line JSON or a YAML flow mapping."""
     expected = "a mapping (JSON object on the CLI)"
 
     def check(self, value: Any) -> dict:
@@ -206,41 +191,35 @@ class ListOf(Checker):
 
 
 class ListOfInt(ListOf):
-    """A list of ints in the range given (`ListOfInt(min=1)`); on the command line "[1, 2]" or "1,2"."""
+    """A list of ints in the range given (`ListOfInt(min=1)`)."""
 
     def __init__(self, **int_range: Any):
         super().__init__(Int(**int_range))
 
 
-FASTARGS_LENIENT = {fv.Bool: Bool, fv.Int: Int, fv.Float: Float, fv.Str: Str}
-
-
 def as_checker(checker: Any) -> fv.Checker:
-    """A checker for `checker`: one of ours, a type (int, float, bool, str), or a fastargs checker made strict
-    (applied to every declared Param)."""
+    """Ours as is; a type (int, float, bool, str) or a lenient fastargs checker: our strict one."""
     checker = fv.get_checker(checker)
     if type(checker) is fv.OneOf:
         return OneOf(sorted(checker.possible_values, key=str))
-    return FASTARGS_LENIENT[type(checker)]() if type(checker) in FASTARGS_LENIENT else checker
+    strict = {fv.Bool: Bool, fv.Int: Int, fv.Float: Float, fv.Str: Str}.get(type(checker))
+    return strict() if strict else checker
 
-
-# ------------------------------------------------------------------------------------------------- state
 
 class Config:
-    """The declared params (`entries`, by section), the values given (`content`) and where each came from."""
+    """The declared params (`entries`, in declaration order), the values given (`content`) and their `sources`."""
 
     def __init__(self) -> None:
         self.sections: dict[Key, Section] = {}
-        self.entries: dict[Key, Any] = {}  # in declaration order
+        self.entries: dict[Key, Any] = {}
         self.content: dict[Key, Any] = {}
         self.sources: dict[Key, str] = {}
 
     def add_section(self, section: Section) -> None:  # called by fastargs's Section
         self.sections[section.ns] = section
 
-    def add_entry(self, ns: Key, name: str, entry: Any) -> None:
-        """Declare a param (called by `Section.params`); declaring it again replaces it."""
-        entry.checker = as_checker(entry.checker)  # fastargs's own Param(bool) too
+    def add_entry(self, ns: Key, name: str, entry: Any) -> None:  # called by Section.params; replaces one declared
+        entry.checker = as_checker(entry.checker)
         self.entries[ns + tuple(name.split("."))] = entry
 
     def unknown(self, path: Key, where: str = "") -> ConfigError:
@@ -248,11 +227,10 @@ class Config:
         return ConfigError(f"unknown config key '{'.'.join(path)}'{where}"
                            + (f"; did you mean '{close[0]}'?" if close else ""))
 
-    def collect(self, tree: Any, source: str, prefix: Key = ()) -> list[Key]:
-        """Set (unchecked) every value of a nested or dotted mapping and return their keys; unknown keys:
-        one ConfigError naming each."""
+    def collect(self, tree: Any, source: str, prefix: Key = ()) -> tuple[list[Key], list[str]]:
+        """Set (unchecked) every value of a nested or dotted mapping: (their keys, a sentence per unknown key)."""
         if not isinstance(tree, Mapping):
-            raise ConfigError(f"{source}: expected a mapping {{section: {{param: value}}}}, got {tree!r}")
+            return [], [f"{source}: expected a mapping {{section: {{param: value}}}}, got {type(tree).__name__}"]
         paths, errors = [], []
         for name, value in tree.items():
             path = prefix + tuple(str(name).split("."))
@@ -260,15 +238,11 @@ class Config:
                 self.content[path], self.sources[path] = value, source
                 paths.append(path)
             elif isinstance(value, Mapping) and value:  # a section (or a typo of one: its leaves are reported)
-                try:
-                    paths += self.collect(value, source, path)
-                except ConfigError as e:
-                    errors.append(str(e))
+                found, unknown = self.collect(value, source, path)
+                paths, errors = paths + found, errors + unknown
             else:
                 errors.append(str(self.unknown(path, f" ({source})")))
-        if errors:
-            raise ConfigError("\n".join(errors))
-        return paths
+        return paths, errors
 
     def __getitem__(self, key: str | Key) -> Any:
         """The checked value of `key`; ConfigError when unknown, bad or missing."""
@@ -323,23 +297,6 @@ class Config:
         return "\n".join(lines)
 
 
-def read_config_file(fname: str | os.PathLike) -> Mapping:
-    """The mapping in a YAML or JSON config file; ConfigError naming the file when it cannot be used."""
-    path = Path(fname)
-    try:
-        data = parse_text(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: '{path}'") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file '{path}' cannot be read: {getattr(e, 'strerror', None) or e}") from None
-    except ValueError as e:
-        raise ConfigError(f"config file '{path}' could not be parsed: {e}") from None
-    if not isinstance(data, (Mapping, type(None))):
-        raise ConfigError(f"config file '{path}': expected a mapping {{section: {{param: value}}}} at the top, "
-                          f"got {type(data).__name__}")
-    return data or {}
-
-
 def get_config() -> Config:
     """The global Config (fastargs's current config; made a torchstrap Config on first use)."""
     config = get_current_config()
@@ -364,13 +321,11 @@ def set_values(mapping: Mapping, source: str = "set_values") -> None:
     """Set values from a nested or dotted mapping; unknown keys or bad values: ConfigError, and nothing set."""
     config = get_config()
     saved = (dict(config.content), dict(config.sources))
-    try:
-        bad = config.errors(config.collect(mapping, source))
-        if bad:
-            raise ConfigError("\n".join(bad))
-    except ConfigError:
+    paths, errors = config.collect(mapping, source)
+    errors += config.errors(paths)
+    if errors:
         config.content, config.sources = saved
-        raise
+        raise ConfigError("\n".join(errors))
 
 
 def config_as_dict() -> dict:
@@ -378,11 +333,20 @@ def config_as_dict() -> dict:
     return get_config().as_dict()
 
 
-# ------------------------------------------------------------------------------------------------- command line
+def collect_file(config: Config, path: str) -> list[str]:
+    """Collect a YAML or JSON config file into `config`; a sentence per problem (the file, or a key in it)."""
+    try:
+        return config.collect(parse_text(Path(path).read_text()) or {}, f"in {path}")[1]
+    except OSError as e:  # missing, a folder, no permission
+        return [f"config file '{path}' cannot be read: {e.strerror or e}"]
+    except ValueError as e:  # UnicodeDecodeError too
+        return [f"config file '{path}' could not be parsed: {e}"]
 
-def _parse_argv(config: Config, argv: list[str]) -> tuple[list[str], dict[str, str], list[str]]:
-    """Split argv into config files, {key: raw value} and errors. Flags may be bare (`--a.flag`)."""
-    files, values, errors = [], {}, []
+
+def parse_argv(config: Config, argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Collect each -C/--config-file into `config`, in order; return the command line's {key: raw value} and a
+    sentence per problem. Flags may be bare (`--a.flag`)."""
+    values, errors = {}, []
     i = 0
     while i < len(argv):
         token = argv[i]
@@ -392,11 +356,8 @@ def _parse_argv(config: Config, argv: list[str]) -> tuple[list[str], dict[str, s
             has_value = i < len(argv) and not (argv[i].startswith("--") or argv[i] == "-C")
             value, i = (argv[i], i + 1) if has_value else (None, i)
         path = tuple(name[2:].split("."))
-        if name in ("-C", "--config-file", "--config_file"):
-            if value is None:
-                errors.append(f"{name}: missing the config file path")
-            else:
-                files.append(value)
+        if name in ("-C", "--config-file"):
+            errors += collect_file(config, value) if value is not None else [f"{name}: missing the config file path"]
         elif not name.startswith("--") or len(name) == 2:
             errors.append(f"unexpected command-line argument {token!r}: use --section.param VALUE or -C FILE")
         elif path not in config.entries:
@@ -405,30 +366,21 @@ def _parse_argv(config: Config, argv: list[str]) -> tuple[list[str], dict[str, s
             values[name[2:]] = "true" if value is None else value
         else:
             errors.append(f"{name[2:]}: missing value on the command line")
-    return files, values, errors
+    return values, errors
 
 
 def load_config(argv: list[str] | None = None, description: str = "", config: Mapping | None = None) -> Config:
-    """Fill the global config: defaults < `config` < each `-C/--config-file` < `--section.param value`.
-
-    `argv` defaults to `sys.argv[1:]`; previous values are cleared first. `-h/--help` prints every section
-    and param, `--print-config` the resolved config as YAML; both exit 0. Any unknown key, unreadable file,
-    bad or missing value: one sentence each on stderr and exit code 2, before any work (`--debug` or
-    TORCHSTRAP_DEBUG=1 shows the traceback).
-    """
+    """Fill the global config from scratch: defaults < `config` < each `-C FILE` < `--section.param value` in
+    `argv` (default `sys.argv[1:]`). Every unknown key, unreadable file, bad or missing value: one sentence each
+    on stderr, exit code 2 (`--debug` or TORCHSTRAP_DEBUG=1: the traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = reset_config(keep_sections=True)
     if "-h" in argv or "--help" in argv:
         print(cfg.help_text(os.path.basename(sys.argv[0]) or "python", description))
         raise SystemExit(0)
-    files, values, errors = _parse_argv(cfg, [a for a in argv if a not in ("--print-config", DEBUG_FLAG)])
-    sources = [(config or {}, "from load_config(config=...)"), *((f, f"in {f}") for f in files)]
-    for tree, source in [*sources, (values, "on the command line")]:  # in order of precedence
-        try:
-            cfg.collect(read_config_file(tree) if isinstance(tree, str) else tree, source)
-        except ConfigError as e:
-            errors.append(str(e))
-    errors += cfg.errors()
+    errors = cfg.collect(config or {}, "from load_config(config=...)")[1]  # in order of precedence
+    values, argv_errors = parse_argv(cfg, [a for a in argv if a not in ("--print-config", DEBUG_FLAG)])
+    errors += argv_errors + cfg.collect(values, "on the command line")[1] + cfg.errors()
     if errors:
         fail(ConfigError("\n".join(errors)), "config error", argv)
     if "--print-config" in argv:
@@ -437,13 +389,9 @@ def load_config(argv: list[str] | None = None, description: str = "", config: Ma
     return cfg
 
 
-# ------------------------------------------------------------------------------------------------- @param
-
 def param(key: str, alias: str | None = None) -> Callable[[F], F]:
-    """Fill argument `alias` (default: the last part of `key`) from config value `key` unless given by hand.
-
-    Works on functions, methods, static and class methods (above or below their decorator), and stacks.
-    """
+    """Fill argument `alias` (default: the last part of `key`) from config value `key` unless given by hand;
+    on functions, methods, static and class methods (above or below their decorator); stacks."""
     alias = alias or key.split(".")[-1]
 
     def decorator(fn: Any) -> Any:

@@ -36,8 +36,8 @@ import torch
 from torch import nn
 
 from . import sections as _sections  # noqa: F401  (declares the standard config sections)
-from .checkpoint import (BestCheckpoints, load_torch, rng_state, save_torch_atomic, seed_everything,  # noqa: F401
-                         set_rng_state, truncate_run_logs)
+from .checkpoint import (BestCheckpoints, check_model_fits, load_torch, rng_state,  # noqa: F401
+                         save_torch_atomic, seed_everything, set_rng_state, truncate_run_logs)
 from .config import param
 from .distributed import (all_reduce_sum, all_reduce_sums, any_rank, broadcast_object, convert_sync_batchnorm,
                           drop_padding, has_batchnorm, setup_distributed)
@@ -210,11 +210,14 @@ class Trainer:
         from `model.load_from` when given (the model, and optionally optimizer, scheduler and epoch)."""
         last = self.checkpoint_path
         if last.exists():
-            self.load_state_dict(load_torch(last), resume=True)
+            state = load_torch(last)
+            check_model_fits(state, self.raw_model, last)
+            self.load_state_dict(state, resume=True)
             if self.is_main:
                 print(f"resumed from {last} at epoch {self.epoch}, batch {self.start_batch}", file=sys.stderr)
         elif load_from:
             state = load_torch(Path(load_from))
+            check_model_fits(state, self.raw_model, Path(load_from))
             self.raw_model.load_state_dict(state["model"])
             if self.ema is not None:
                 self.ema = {k: v.detach().clone() for k, v in self.raw_model.state_dict().items()}
@@ -308,6 +311,8 @@ class Trainer:
         with self.autocast():
             outputs = self.test_time_augmentation(inputs)
             loss = self.criterion(outputs, targets)
+            if hasattr(self.criterion, "log_prob"):  # the loss holds the output layer (AdaptiveLogSoftmaxWithLoss)
+                outputs = self.criterion.log_prob(outputs)
         top1, top5 = topk_correct(outputs.float(), targets, (1, 5))
         n = targets.shape[0]
         self.val_sums["loss"] += float(loss) * n
