@@ -41,31 +41,49 @@ def _outer_sum(u: torch.Tensor) -> torch.Tensor:
     return (u[:, None] + u[None, :]).fill_diagonal_(0)
 
 
-def log_model_steps(Z: torch.Tensor, alpha: float, beta: float, W: torch.Tensor,
-                    step_size: float = 0.5) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def _outer_factors(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B) with A @ B = u_i + u_j: the outer sum as a rank-2 product, so addmm adds it in one pass."""
+    ones = torch.ones_like(u)
+    return torch.stack([u, ones], 1), torch.stack([ones, u], 0)
+
+
+def log_model_steps(Z: torch.Tensor, alpha: float, beta: float, W: torch.Tensor, step_size: float = 0.5,
+                    track_change: bool = True) -> Iterator[tuple[torch.Tensor, Any, torch.Tensor]]:
     """Yield (W, relative primal change, relative dual change) after each primal-dual iteration, log model.
 
     Edge form (w, z: upper triangles, S w = W 1): min z'w + i(w >= 0) - (alpha/2) sum log(S w) + beta ||w||^2;
     dual variable v on the degrees, step step_size / (2 beta + ||S||), 0 < step_size < 1. Each edge vector is
-    held as its symmetric n x n matrix: S w is a row sum, S' v an outer sum, no index operations.
+    held as its symmetric n x n matrix: S w is a row sum, S' v an outer sum (added by addmm as a rank-2
+    product). One copy of W is updated in place (copy a yielded W to keep it); track_change=False skips the
+    primal change (yielded as None), two passes over n x n of the seven to nine an iteration makes.
     """
     n = Z.shape[0]
     gamma = step_size / (2 * beta + math.sqrt(2 * (n - 1)))
-    shrink, gZ = 1 - 2 * gamma * beta, gamma * Z
+    shrink = 1 - 2 * gamma * beta  # in (0, 1): P = shrink * U below, so every addmm adds without scaling
+    gZ = gamma / shrink * Z
     tiny = torch.finfo(W.dtype).tiny
+    W = W.clone()
     d = W.sum(1)  # warm start: the dual's optimum is the gradient of -(alpha/2) log at the degrees
     v = torch.where(d > 0, -alpha / 2 / d.clamp_min(tiny), torch.zeros_like(d))
+    U, D = torch.empty_like(W), torch.empty_like(W) if track_change else None
     while True:
-        Y = _outer_sum(-gamma * v).add_(W, alpha=shrink)
-        y = v + gamma * W.sum(1)
-        P = torch.sub(Y, gZ).clamp_min_(0)
+        # forward: Y = shrink W - gamma S'v, y = v + gamma S w; backward: P = max(0, Y - gamma z) = shrink U
+        y = v + gamma * d
+        torch.sub(W, gZ, out=U).addmm_(*_outer_factors(-gamma / shrink * v)).clamp_min_(0).fill_diagonal_(0)
         p = (y - torch.sqrt(y * y + 2 * gamma * alpha)) / 2  # prox of the conjugate of -(alpha/2) sum log
-        D = _outer_sum(-gamma * p).add_(P, alpha=shrink).sub_(Y)  # Q - Y
-        q = p + gamma * P.sum(1)
-        rel_primal = torch.linalg.norm(D) / torch.linalg.norm(W).clamp_min(tiny)
-        rel_dual = torch.linalg.norm(q - y) / torch.linalg.norm(v).clamp_min(tiny)
-        W = D.add_(W)
+        q = p + gamma * shrink * U.sum(1)
+        # forward again: Q = shrink P - gamma S'p; W <- W - Y + Q = (1 - shrink) W + shrink P + gamma S'(v - p)
+        factors = _outer_factors(gamma * (v - p))
+        rel_primal = None
+        if D is not None:
+            torch.sub(U, W, alpha=1 / shrink, out=D).addmm_(*factors, beta=shrink ** 2).fill_diagonal_(0)  # Q - Y
+            rel_primal = torch.linalg.vector_norm(D) / torch.linalg.vector_norm(W).clamp_min(tiny)
+            W.add_(D)
+        else:
+            W.addmm_(*factors, beta=1 - shrink).add_(U, alpha=shrink ** 2).fill_diagonal_(0)
+        rel_dual = torch.linalg.vector_norm(q - y) / torch.linalg.vector_norm(v).clamp_min(tiny)
         v = v - y + q
+        d = W.sum(1)
         yield W, rel_primal, rel_dual
 
 
@@ -128,9 +146,10 @@ def degree_theta(Z: torch.Tensor, avg_degree: float) -> float:
 
 def _solve(Z: torch.Tensor, alpha: float, beta: float, W: torch.Tensor, method: str, max_iter: int,
            tol: float, step_size: float) -> tuple[torch.Tensor, int, bool]:
-    steps = log_model_steps if method == "log" else l2_model_steps
+    steps = log_model_steps(Z, alpha, beta, W, step_size, track_change=tol > 0) if method == "log" \
+        else l2_model_steps(Z, alpha, beta, W, step_size)
     it, converged = 0, False
-    for it, (W, rel_primal, rel_dual) in enumerate(steps(Z, alpha, beta, W, step_size), start=1):
+    for it, (W, rel_primal, rel_dual) in enumerate(steps, start=1):
         if tol > 0 and bool(torch.maximum(rel_primal, rel_dual) < tol):
             converged = True
             break
