@@ -363,7 +363,7 @@ def test_documented_training_hooks_run_in_a_metric_learning_trainer(tmp_path):
         @param("graph.loss_weight")
         def train_step(self, loss_weight: float) -> torch.Tensor:
             if self.graph is not None and self.graph_probe is None:
-                self.graph_probe = self.to_device(self.data)[0][:256]
+                self.graph_probe = self.to_device(self.data)[0][:256].clone()  # loaders may reuse the memory
             loss = super().train_step()   # the task's own loss; the loop does backward and the steps
             if self.graph is not None and self.graph.W is not None and loss_weight > 0:
                 with self.autocast():
