@@ -326,7 +326,6 @@ def test_documented_training_hooks_run_in_a_metric_learning_trainer(tmp_path):
     from torchstrap_runtime.config import Bool, Float, Int, Param, Section, param, reset_config, set_values
     from torchstrap_runtime.loggers import read_log
     from torchstrap_runtime.models import MLP
-    from torchstrap_runtime.optim import PER_EPOCH_SCHEDULERS
     from torchstrap_runtime.sections import declare_standard_sections
     from torchstrap_runtime.tasks import EmbeddingNet, KNNValLoader, MetricLearningTrainer
 
@@ -362,20 +361,14 @@ def test_documented_training_hooks_run_in_a_metric_learning_trainer(tmp_path):
             self.graph_probe = None   # the first training batch's inputs: the graph's nodes, every epoch
 
         @param("graph.loss_weight")
-        def train_step(self, loss_weight: float) -> None:
+        def train_step(self, loss_weight: float) -> torch.Tensor:
             if self.graph is not None and self.graph_probe is None:
-                self.graph_probe = self.to_device(self.data)[0][:256]
-            if self.graph is None or self.graph.W is None or loss_weight == 0:
-                return super().train_step()
-            inputs, targets = self.to_device(self.data)
-            with self.autocast():
-                loss = self.criterion(self.model(inputs), targets)
-                loss = loss + loss_weight * self.graph_loss(self.model(self.graph_probe), self.graph.laplacian)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.backward_and_step(loss)
-            if self.scheduler is not None and not isinstance(self.scheduler, PER_EPOCH_SCHEDULERS):
-                self.scheduler.step()
-            self.loss = loss.detach()
+                self.graph_probe = self.to_device(self.data)[0][:256].clone()  # loaders may reuse the memory
+            loss = super().train_step()   # the task's own loss; the loop does backward and the steps
+            if self.graph is not None and self.graph.W is not None and loss_weight > 0:
+                with self.autocast():
+                    loss = loss + loss_weight * self.graph_loss(self.model(self.graph_probe), self.graph.laplacian)
+            return loss
 
         def after_train_epoch(self) -> None:
             super().after_train_epoch()
@@ -390,11 +383,15 @@ def test_documented_training_hooks_run_in_a_metric_learning_trainer(tmp_path):
         set_values({"logging.folder": str(tmp_path), "logging.progress": False, "logging.log_every": 0,
                     "criterion.name": "TripletMarginLoss", "training.epochs": 3, "logging.run_id": "off"})
         Experiment().run()
-        assert not any("graph_edges" in r for r in read_log(tmp_path / "off"))  # off by default
+        off = [r for r in read_log(tmp_path / "off") if r.get("kind") == "epoch"]
+        assert not any("graph_edges" in r for r in off)  # off by default
         set_values({"graph.learn": True, "graph.loss_weight": 0.1, "logging.run_id": "on"})
         Experiment().run()
         epochs = [r for r in read_log(tmp_path / "on") if r.get("kind") == "epoch"]
         assert len(epochs) == 3 and all(r["graph_nodes"] == 32 and r["graph_edges"] > 0 for r in epochs)
         assert "graph_edge_f_vs_previous" in epochs[1] and all(np.isfinite(r["train_loss"]) for r in epochs)
+        # epoch 1 has no graph yet (same loss as off); from epoch 2 on the graph loss joins the training loss
+        assert epochs[0]["train_loss"] == pytest.approx(off[0]["train_loss"], rel=1e-6)
+        assert epochs[1]["train_loss"] != pytest.approx(off[1]["train_loss"], rel=1e-3)
     finally:
         reset_config(keep_sections=True)

@@ -8,15 +8,15 @@ of X) against a prior on the weights, over symmetric non-negative W with zero di
 
 Both are solved by the forward-backward-forward primal-dual method (Komodakis & Pesquet 2015) that Kalofolias
 uses, on the edge variables (half the objective), each edge vector held as its symmetric n x n matrix so
-that every step is a few dense element-wise passes on any device. `avg_degree` picks the sparsity by the automatic scaling of
-Kalofolias & Perraudin 2019 (log model only).
+that every step is a few dense passes on any device (one iteration shared by both, `_primal_dual_steps`).
+`avg_degree` picks the sparsity by the automatic scaling of Kalofolias & Perraudin 2019 (log model only).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -36,68 +36,91 @@ class SmoothGraphResult:
     beta: float
 
 
-def _outer_sum(u: torch.Tensor) -> torch.Tensor:
-    """u_i + u_j off the diagonal, 0 on it (S' u as a matrix)."""
-    return (u[:, None] + u[None, :]).fill_diagonal_(0)
+def _outer_factors(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B) with A @ B = u_i + u_j: the outer sum as a rank-2 product, so addmm adds it in one pass."""
+    ones = torch.ones_like(u)
+    return torch.stack([u, ones], 1), torch.stack([ones, u], 0)
 
 
-def log_model_steps(Z: torch.Tensor, alpha: float, beta: float, W: torch.Tensor,
-                    step_size: float = 0.5) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield (W, relative primal change, relative dual change) after each primal-dual iteration, log model.
+def _primal_dual_steps(Z: torch.Tensor, W: torch.Tensor, v: torch.Tensor, gamma: float, shrink: float,
+                       forward: Callable, backward: Callable,
+                       track_change: bool) -> Iterator[tuple[torch.Tensor, Any, torch.Tensor]]:
+    """The forward-backward-forward iteration both models share, on edge vectors held as n x n matrices.
 
-    Edge form (w, z: upper triangles, S w = W 1): min z'w + i(w >= 0) - (alpha/2) sum log(S w) + beta ||w||^2;
-    dual variable v on the degrees, step step_size / (2 beta + ||S||), 0 < step_size < 1. Each edge vector is
-    held as its symmetric n x n matrix: S w is a row sum, S' v an outer sum, no index operations.
+    Primal: Y = shrink W - gamma S'a, P = max(0, Y - gamma z), Q = shrink P - gamma S'b, W <- W - Y + Q, where
+    S'u (u_i + u_j off the diagonal) is added by addmm as a rank-2 product and P is kept as shrink * U so those
+    adds need no scaling; W is updated in place (copy a yielded W to keep it). Dual: (a, y) = forward(v, W 1),
+    (b, q) = backward(y, P 1), v <- v - y + q. track_change=False skips the primal change (yielded as None):
+    two of the seven to nine passes over n x n an iteration makes.
     """
-    n = Z.shape[0]
-    gamma = step_size / (2 * beta + math.sqrt(2 * (n - 1)))
-    shrink, gZ = 1 - 2 * gamma * beta, gamma * Z
+    gZ = gamma / shrink * Z
     tiny = torch.finfo(W.dtype).tiny
-    d = W.sum(1)  # warm start: the dual's optimum is the gradient of -(alpha/2) log at the degrees
-    v = torch.where(d > 0, -alpha / 2 / d.clamp_min(tiny), torch.zeros_like(d))
+    U, D = torch.empty_like(W), torch.empty_like(W) if track_change else None
+    d = W.sum(1)
     while True:
-        Y = _outer_sum(-gamma * v).add_(W, alpha=shrink)
-        y = v + gamma * W.sum(1)
-        P = torch.sub(Y, gZ).clamp_min_(0)
-        p = (y - torch.sqrt(y * y + 2 * gamma * alpha)) / 2  # prox of the conjugate of -(alpha/2) sum log
-        D = _outer_sum(-gamma * p).add_(P, alpha=shrink).sub_(Y)  # Q - Y
-        q = p + gamma * P.sum(1)
-        rel_primal = torch.linalg.norm(D) / torch.linalg.norm(W).clamp_min(tiny)
-        rel_dual = torch.linalg.norm(q - y) / torch.linalg.norm(v).clamp_min(tiny)
-        W = D.add_(W)
+        a, y = forward(v, d)
+        torch.sub(W, gZ, out=U).addmm_(*_outer_factors(-gamma / shrink * a)).clamp_min_(0).fill_diagonal_(0)
+        b, q = backward(y, shrink * U.sum(1))
+        factors = _outer_factors(gamma * (a - b))  # W - Y + Q = (1 - shrink) W + shrink P + gamma S'(a - b)
+        rel_primal = None
+        if D is not None:
+            torch.sub(U, W, alpha=1 / shrink, out=D).addmm_(*factors, beta=shrink ** 2).fill_diagonal_(0)  # Q - Y
+            rel_primal = torch.linalg.vector_norm(D) / torch.linalg.vector_norm(W).clamp_min(tiny)
+            W.add_(D)
+        else:
+            W.addmm_(*factors, beta=1 - shrink).add_(U, alpha=shrink ** 2).fill_diagonal_(0)
+        rel_dual = torch.linalg.vector_norm(q - y) / torch.linalg.vector_norm(v).clamp_min(tiny)
         v = v - y + q
+        d = W.sum(1)
         yield W, rel_primal, rel_dual
 
 
-def l2_model_steps(Z: torch.Tensor, alpha: float, beta: float, W: torch.Tensor,
-                   step_size: float = 0.5) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def log_model_steps(Z: torch.Tensor, alpha: float, beta: float, W: torch.Tensor, step_size: float = 0.5,
+                    track_change: bool = True) -> Iterator[tuple[torch.Tensor, Any, torch.Tensor]]:
+    """Yield (W, relative primal change, relative dual change) after each primal-dual iteration, log model.
+
+    Edge form (w, z: upper triangles, S w = W 1): min z'w + i(w >= 0) - (alpha/2) sum log(S w) + beta ||w||^2;
+    dual variable v on the degrees, step step_size / (2 beta + ||S||), 0 < step_size < 1. W is updated in
+    place and the primal change skipped with track_change=False (see `_primal_dual_steps`).
+    """
+    n = Z.shape[0]
+    gamma = step_size / (2 * beta + math.sqrt(2 * (n - 1)))
+    tiny = torch.finfo(W.dtype).tiny
+    W = W.clone()
+    d = W.sum(1)  # warm start: the dual's optimum is the gradient of -(alpha/2) log at the degrees
+    v = torch.where(d > 0, -alpha / 2 / d.clamp_min(tiny), torch.zeros_like(d))
+
+    def forward(v: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return v, v + gamma * d
+
+    def backward(y: torch.Tensor, degrees_P: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        p = (y - torch.sqrt(y * y + 2 * gamma * alpha)) / 2  # prox of the conjugate of -(alpha/2) sum log
+        return p, p + gamma * degrees_P
+
+    return _primal_dual_steps(Z, W, v, gamma, 1 - 2 * gamma * beta, forward, backward, track_change)
+
+
+def l2_model_steps(Z: torch.Tensor, alpha: float, beta: float, W: torch.Tensor, step_size: float = 0.5,
+                   track_change: bool = True) -> Iterator[tuple[torch.Tensor, Any, torch.Tensor]]:
     """Yield (W, relative primal change, relative dual change) after each primal-dual iteration, l2 model.
 
     Edge form: min z'w + i(w >= 0) + (alpha/2) ||S w||^2 + beta ||w||^2 s.t. 2 sum(w) = n; the scalar dual
-    variable v carries the constraint. Edge vectors held as symmetric matrices, as in `log_model_steps`.
+    variable v carries the constraint. The gradient alpha S'S w + 2 beta w joins the primal steps: the
+    2 beta w part as the shrink factor, alpha S'(S w) with the dual's 2 v in the outer sums.
     """
     n = Z.shape[0]
     lipschitz = 2 * alpha * (n - 1) + 2 * beta  # of the smooth part's gradient, ||S||^2 = 2(n - 1)
     gamma = step_size / (lipschitz + 2 * math.sqrt(n * (n - 1) / 2))
-    tiny = torch.finfo(W.dtype).tiny
-    off = 1 - torch.eye(n, dtype=W.dtype, device=W.device)
+    W = W.clone()
 
-    def grad(M: torch.Tensor) -> torch.Tensor:
-        return _outer_sum(alpha * M.sum(1)).add_(M, alpha=2 * beta)
+    def forward(v: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return alpha * d + v, v + gamma * d.sum()
 
-    v = W.sum()
-    while True:
-        Y = W - gamma * (grad(W) + 2 * v * off)
-        y = v + gamma * W.sum()
-        P = (Y - gamma * Z).clamp_min_(0)
+    def backward(y: torch.Tensor, degrees_P: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         p = y - gamma * n  # prox of the conjugate of the indicator of {n}
-        Q = P - gamma * (grad(P) + 2 * p * off)
-        q = p + gamma * P.sum()
-        rel_primal = torch.linalg.norm(Q - Y) / torch.linalg.norm(W).clamp_min(tiny)
-        rel_dual = (q - y).abs() / v.abs().clamp_min(tiny)
-        W = W - Y + Q
-        v = v - y + q
-        yield W, rel_primal, rel_dual
+        return alpha * degrees_P + p, p + gamma * degrees_P.sum()
+
+    return _primal_dual_steps(Z, W, W.sum(), gamma, 1 - 2 * gamma * beta, forward, backward, track_change)
 
 
 def degree_theta(Z: torch.Tensor, avg_degree: float) -> float:
@@ -128,9 +151,9 @@ def degree_theta(Z: torch.Tensor, avg_degree: float) -> float:
 
 def _solve(Z: torch.Tensor, alpha: float, beta: float, W: torch.Tensor, method: str, max_iter: int,
            tol: float, step_size: float) -> tuple[torch.Tensor, int, bool]:
-    steps = log_model_steps if method == "log" else l2_model_steps
+    steps = (log_model_steps if method == "log" else l2_model_steps)(Z, alpha, beta, W, step_size, tol > 0)
     it, converged = 0, False
-    for it, (W, rel_primal, rel_dual) in enumerate(steps(Z, alpha, beta, W, step_size), start=1):
+    for it, (W, rel_primal, rel_dual) in enumerate(steps, start=1):
         if tol > 0 and bool(torch.maximum(rel_primal, rel_dual) < tol):
             converged = True
             break
