@@ -69,8 +69,8 @@ class Loader(FFCVLoader):
         - distributed with `drop_last=True`: each rank takes `N // world_size` samples and drops its last
           partial batch (FFCV pads to `ceil(N / world_size)` first, repeating samples in training).
         - `order=QUASI_RANDOM` is ours, not FFCV's `QuasiRandom`: seeded by (seed, epoch) like RANDOM, any seed,
-          sharded across ranks (FFCV raises NotImplementedError), every sample once per epoch (FFCV's visits a
-          sample once per page it has data on), and files without page data (labels only) work too.
+          sharded across ranks (FFCV raises NotImplementedError), mixing windows of `quasi_random_window` pages
+          (FFCV: a sliding buffer of `2 * batch_size` pages), and files without page data (labels only) work too.
         - a custom `TraversalOrder` class for `order` is refused (resume and sharding need our order).
         - `filter()` keeps the loader's resolved order seed (ops whose seed is None draw anew, as in any new
           Loader); the condition sees each sample of the field as its pipeline outputs it (like FFCV), and the
