@@ -85,11 +85,12 @@ class Loader(FFCVLoader):
                  recompile: bool = False, custom_field_mapper: Optional[Mapping[str, str]] = None,
                  start_epoch: int = 0, start_batch: int = 0, rank: Optional[int] = None,
                  world_size: Optional[int] = None, quasi_random_window: Optional[int] = None):
+        # what filter() builds its loaders from
         self._args = dict(fname=fname, batch_size=batch_size, num_workers=num_workers, os_cache=os_cache,
                           order=order, distributed=distributed, seed=seed, indices=indices, pipelines=pipelines,
                           custom_fields=custom_fields, drop_last=drop_last, batches_ahead=batches_ahead,
                           recompile=recompile, custom_field_mapper=custom_field_mapper, rank=rank,
-                          world_size=world_size, quasi_random_window=quasi_random_window)  # what filter() builds its loaders from
+                          world_size=world_size, quasi_random_window=quasi_random_window)
         fname = str(check_beton(fname, custom_fields or {}))
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"Loader: batch_size must be an int >= 1, got {batch_size!r}")
@@ -110,8 +111,8 @@ class Loader(FFCVLoader):
         self._args["seed"] = seed
         pipelines = map_custom_fields(fname, pipelines or {}, custom_field_mapper or {}, custom_fields or {})
 
-        super().__init__(fname, batch_size, num_workers=num_workers, os_cache=os_cache,
-                         order=OrderOption.SEQUENTIAL, distributed=False, seed=seed, indices=indices, pipelines=pipelines,
+        super().__init__(fname, batch_size, num_workers=num_workers, os_cache=os_cache, order=OrderOption.SEQUENTIAL,
+                         distributed=False, seed=seed, indices=indices, pipelines=pipelines,
                          custom_fields=custom_fields or {}, drop_last=drop_last, batches_ahead=batches_ahead,
                          recompile=recompile)
         self.op_seeds: Dict[int, int] = {id(op): (op.seed if op.seed is not None else fresh_seed())
