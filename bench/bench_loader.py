@@ -5,6 +5,8 @@ Same .beton / same JPEG bytes, same augmentations, 2 workers, random order, uint
   32 px (32×32 JPEGs):       decode + horizontal flip, batch 256
 plus the decode ceiling: libjpeg-turbo (FFCV's own `imdecode`, fast DCT) over the same bytes from
 memory, one core, no augmentation; ×2 gives the 2-core ceiling each loader is reported against.
+At 256 px also `os_cache=False` (datasets larger than RAM: pages read into the process, QUASI_RANDOM order),
+ours against ours with `os_cache=True` and against upstream FFCV's QUASI_RANDOM with `os_cache=False`.
 
 One round = one full epoch per contender (loaders built and warmed up once, outside the timing).
 
@@ -12,6 +14,7 @@ One round = one full epoch per contender (loaders built and warmed up once, outs
 """
 from __future__ import annotations
 
+import functools
 import io
 import subprocess
 import sys
@@ -109,8 +112,8 @@ def pil_loader(spec: datasets.Spec, from_files: bool = False) -> Iterable:
 
 
 # ---------------------------------------------------------------- upstream FFCV (unseeded ops)
-def ffcv_loader(spec: datasets.Spec) -> Iterable:
-    """ffcv.loader.Loader with the same pipeline built from upstream FFCV ops."""
+def ffcv_loader(spec: datasets.Spec, os_cache: bool = True) -> Iterable:
+    """ffcv.loader.Loader with the same pipeline built from upstream FFCV ops (os_cache off: QUASI_RANDOM)."""
     from ffcv.fields.basics import IntDecoder
     from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder, SimpleRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
@@ -122,13 +125,15 @@ def ffcv_loader(spec: datasets.Spec) -> Iterable:
         decoder = SimpleRGBImageDecoder()
     pipelines = {"image": [decoder, RandomHorizontalFlip(), ToTensor(), ToTorchImage()],
                  "label": [IntDecoder(), ToTensor()]}
-    return Loader(str(spec.path), batch_size=BATCH[size_of(spec)], num_workers=WORKERS,
-                  order=OrderOption.RANDOM, pipelines=pipelines, drop_last=True)
+    return Loader(str(spec.path), batch_size=BATCH[size_of(spec)], num_workers=WORKERS, os_cache=os_cache,
+                  order=OrderOption.RANDOM if os_cache else OrderOption.QUASI_RANDOM, pipelines=pipelines,
+                  drop_last=True, seed=None if os_cache else 0)
 
 
 # ---------------------------------------------------------------- torchstrap seeded pipeline
-def torchstrap_loader(spec: datasets.Spec) -> Iterable:
-    """torchstrap_runtime.data.Loader with the seeded ops (every op and the order seeded)."""
+def torchstrap_loader(spec: datasets.Spec, os_cache: bool = True) -> Iterable:
+    """torchstrap_runtime.data.Loader with the seeded ops (every op and the order seeded; os_cache off:
+    QUASI_RANDOM, as the template picks)."""
     from ffcv.fields.basics import IntDecoder
     from ffcv.transforms import ToTensor, ToTorchImage
 
@@ -140,8 +145,9 @@ def torchstrap_loader(spec: datasets.Spec) -> Iterable:
         decoder = ts.SimpleRGBImageDecoder() if hasattr(ts, "SimpleRGBImageDecoder") else _simple_decoder()
     pipelines = {"image": [decoder, ts.RandomHorizontalFlip(seed=2), ToTensor(), ToTorchImage()],
                  "label": [IntDecoder(), ToTensor()]}
-    return ts.Loader(str(spec.path), batch_size=BATCH[size_of(spec)], num_workers=WORKERS,
-                     order=ts.OrderOption.RANDOM, pipelines=pipelines, seed=0, drop_last=True)
+    order = ts.OrderOption.RANDOM if os_cache else ts.OrderOption.QUASI_RANDOM
+    return ts.Loader(str(spec.path), batch_size=BATCH[size_of(spec)], num_workers=WORKERS, os_cache=os_cache,
+                     order=order, pipelines=pipelines, seed=0, drop_last=True)
 
 
 def _simple_decoder():
@@ -222,6 +228,9 @@ def bench_size(size: int, quick: bool, rounds: int) -> dict:
     print(f"\n=== {size} px: {spec.count} images, {spec.path.name}, batch {BATCH[size]}, {WORKERS} workers ===")
     # The PIL workers fork first, before numba starts its threads in this process.
     builders = {"PIL DataLoader": pil_loader, "upstream FFCV": ffcv_loader, "torchstrap seeded": torchstrap_loader}
+    if size == 256:  # datasets larger than RAM: pages read into the process in a quasi-random order
+        builders["upstream FFCV, os_cache off"] = functools.partial(ffcv_loader, os_cache=False)
+        builders["torchstrap seeded, os_cache off"] = functools.partial(torchstrap_loader, os_cache=False)
     contenders: dict[str, Callable[[], float]] = {}
     notes: dict[str, str] = {}
     for name, build in builders.items():
@@ -249,11 +258,15 @@ def bench_size(size: int, quick: bool, rounds: int) -> dict:
         ratios["torchstrap / upstream FFCV"] = med["torchstrap seeded"] / med["upstream FFCV"]
         ratios["torchstrap / PIL DataLoader"] = med["torchstrap seeded"] / med["PIL DataLoader"]
         ratios["torchstrap / 2-core decode ceiling"] = med["torchstrap seeded"] / ceiling_2core
+    if "torchstrap seeded, os_cache off" in med:
+        ratios["torchstrap os_cache off / on"] = med["torchstrap seeded, os_cache off"] / med["torchstrap seeded"]
+        ratios["torchstrap os_cache off / upstream FFCV os_cache off"] = (
+            med["torchstrap seeded, os_cache off"] / med["upstream FFCV, os_cache off"])
     ratios["upstream FFCV / PIL DataLoader"] = med["upstream FFCV"] / med["PIL DataLoader"]
     ratios["upstream FFCV / 2-core decode ceiling"] = med["upstream FFCV"] / ceiling_2core
     ratios["PIL DataLoader / 2-core decode ceiling"] = med["PIL DataLoader"] / ceiling_2core
     for k, v in ratios.items():
-        print(f"  {k:<40s} {v:.2f}")
+        print(f"  {k:<52s} {v:.2f}")
     return {"images": spec.count, "batch_size": BATCH[size], "workers": WORKERS, "rounds": rounds,
             "contenders": [s.as_dict() for s in summaries], "decode_ceiling_2core": ceiling_2core,
             "ratios": ratios, "notes": notes}

@@ -15,7 +15,6 @@ from torchstrap_runtime.config import reset_config, set_values
 from torchstrap_runtime.data import (Loader, OrderOption, RandomColorJitter, RandomErasing, RandomGrayscale,
                                      RandomHorizontalFlip, RandomInvert, RandomResizedCrop, RandomSolarization,
                                      RandomTranslation, RandomVerticalFlip, SimpleRGBImageDecoder, write_dataset)
-from torchstrap_runtime.data.loader import QUASI_RANDOM_SEED_LIMIT
 from torchstrap_runtime.distributed import drop_padding
 from torchstrap_runtime.trainer import Trainer
 
@@ -60,13 +59,13 @@ def test_beton_with_a_custom_field_opens(tmp_path):
 
 
 def test_quasi_random_with_seed_none_builds_and_covers_the_dataset(beton):
-    for _ in range(3):
+    seeds = set()
+    for _ in range(3):  # a page-less file (labels only read) works too; FFCV's QuasiRandom refuses it
         loader = Loader(beton, batch_size=4, num_workers=1, order=OrderOption.QUASI_RANDOM, os_cache=False,
                         drop_last=False, pipelines=LABELS_ONLY)
-        assert 0 <= loader.seed < 2**31  # what FFCV draws; 63-bit seeds overflow its seed * 912300 + epoch
+        seeds.add(loader.seed)  # any 63-bit seed (FFCV's own overflows above 2**63 / 912300)
         assert sorted(sum(labels(loader), [])) == list(range(N))
-    with pytest.raises(ValueError, match="QUASI_RANDOM"):
-        Loader(beton, batch_size=4, order=OrderOption.QUASI_RANDOM, os_cache=False, seed=QUASI_RANDOM_SEED_LIMIT)
+    assert len(seeds) == 3
 
 
 def test_filter_selects_like_ffcv(beton):

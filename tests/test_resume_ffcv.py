@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = r"""
 import json, os, signal, sys
-exp, run_ids, stops = sys.argv[1], sys.argv[2].split(","), json.loads(sys.argv[3])
+exp, run_ids, stops, extra = sys.argv[1], sys.argv[2].split(","), json.loads(sys.argv[3]), json.loads(sys.argv[4])
 sys.path.insert(0, os.path.join(exp, "src"))
 os.chdir(exp)
 import toyexp.config  # noqa: F401  (the experiment's sections)
@@ -41,8 +41,8 @@ sys.modules["__main__"].Cut = Cut
 results = []
 for run_id in run_ids:   # runs in order; after a stopped run the process ends (its FFCV iterator is left)
     cfg.load_config(["-C", "configs/default.yaml", "--training.epochs", "2", "--logging.log_every", "1",
-                     "--logging.progress", "false", "--logging.run_id", run_id])
-    trainer = "__main__:Cut" if run_id == "cut" else "toyexp.trainer:Trainer"
+                     "--logging.progress", "false", "--logging.run_id", run_id, *extra])
+    trainer = "__main__:Cut" if run_id.endswith("cut") else "toyexp.trainer:Trainer"
     results.append(launcher.run_training(cfg.config_as_dict(), trainer))
     if not results[-1]["finished"]:
         break
@@ -69,24 +69,26 @@ def _env() -> dict:
     return dict(os.environ, NUMBA_CACHE_DIR=os.environ.get("NUMBA_CACHE_DIR", str(ROOT / ".numba_cache")))
 
 
-def run_segment(experiment: Path, run_ids: str, stops: list[int]) -> list[dict]:
-    """One process: train (or resume) the runs `run_ids` in order until done, or a USR2 at one of `stops`."""
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(experiment), run_ids, json.dumps(stops)], env=_env(),
-                          capture_output=True, text=True, timeout=300)
+def run_segment(experiment: Path, run_ids: str, stops: list[int], extra: tuple = ()) -> list[dict]:
+    """One process: train (or resume) the runs `run_ids` in order until done, or a USR2 at one of `stops`
+    (`extra`: more command-line config values)."""
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(experiment), run_ids, json.dumps(stops),
+                           json.dumps(list(extra))], env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.split("RESULT ", 1)[1])
 
 
-def test_generated_experiment_resumes_exactly_on_ffcv(experiment):
+@pytest.mark.parametrize("os_cache", ["true", "false"])  # false: the quasi-random order (issue 15)
+def test_generated_experiment_resumes_exactly_on_ffcv(experiment, os_cache):
     """USR2 mid-epoch 0, resume in a new process through epoch 1: bitwise weights, identical logs."""
-    stops = [7]
-    ref, *cut = run_segment(experiment, "ref,cut", stops)   # one FFCV warm-up for the reference and a first part
+    stops, extra, prefix = [7], ("--data.os_cache", os_cache), "" if os_cache == "true" else "quasi-"
+    ref, *cut = run_segment(experiment, f"{prefix}ref,{prefix}cut", stops, extra)  # one FFCV warm-up for both
     assert ref["finished"]
     while not cut[-1]["finished"] and len(cut) < 6:       # a requeued job: a fresh process each time
-        cut += run_segment(experiment, "cut", stops)
+        cut += run_segment(experiment, f"{prefix}cut", stops, extra)
     assert [r["step"] for r in cut[:-1]] == [s + 1 for s in stops]
     assert cut[-1]["finished"] and cut[-1]["step"] == ref["step"]
-    toy.assert_same_run(experiment / "runs" / "ref", experiment / "runs" / "cut")
+    toy.assert_same_run(experiment / "runs" / f"{prefix}ref", experiment / "runs" / f"{prefix}cut")
 
 
 def test_generated_scripts(experiment):

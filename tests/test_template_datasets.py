@@ -53,26 +53,37 @@ def small_data(dataset: str, where: Path) -> tuple[list[str], int, list[str]]:
     return ["--path", str(where / "ilsvrc"), "--max-resolution", "160"], 3, ["--data.batch_size", "4"]
 
 
-DATASETS = [pytest.param("cifar10", id="cifar10")] + [
-    pytest.param(name, id=name, marks=pytest.mark.slow) for name in ("digits", "cifar100", "image-folder", "imagenet")]
+DATASETS = ("digits", "cifar10", "cifar100", "image-folder", "imagenet")
 
 
-@pytest.mark.parametrize("dataset", DATASETS)
-def test_dataset_answer_prepares_its_data_and_trains_one_epoch(tpl, tmp_path, dataset):
-    exp = new_experiment(tmp_path / "exp", {"dataset": dataset, "use_slurm": False}, template=str(tpl))
+def prepared_experiment(tpl: Path, where: Path, dataset: str) -> tuple[Path, dict, list[str]]:
+    """An experiment of the `dataset` answer with its data written by its own prepare_data.py, its config, and
+    the training-run options for the small data."""
+    exp = new_experiment(where / "exp", {"dataset": dataset, "use_slurm": False}, template=str(tpl))
     config = yaml.safe_load((exp / "configs" / "default.yaml").read_text())
     expected = {"digits": ("mlp", 10, 32), "cifar10": ("resnet18", 10, 32), "cifar100": ("resnet18", 100, 32),
                 "image-folder": ("resnet18", 10, 224), "imagenet": ("resnet50", 1000, 224)}[dataset]
     assert (config["model"]["name"], config["model"]["num_classes"], config["data"]["image_size"]) == expected
     assert f"--source {dataset}" in (exp / "Makefile").read_text() or dataset == "digits"
 
-    path_args, num_classes, options = small_data(dataset, tmp_path)
+    path_args, num_classes, options = small_data(dataset, where)
     run(exp, "scripts/prepare_data.py", *path_args)  # --source comes from the answer, --folder from the default
     for split in ("train", "val"):
         assert Path(exp / config["data"][f"{split}_path"]).is_file()
     if dataset != "digits":
         assert len(json.loads((exp / "data" / dataset / "classes.json").read_text())) == num_classes
+    return exp, config, options
 
+
+def test_cifar10_answer_prepares_its_data(tpl, tmp_path):
+    """The fast check kept in the default suite (training each answer's experiment is the slow test below)."""
+    prepared_experiment(tpl, tmp_path, "cifar10")
+
+
+@pytest.mark.slow  # two fresh processes (torch, FFCV, numba) per answer: about a minute each on 2 cores
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_dataset_answer_prepares_its_data_and_trains_one_epoch(tpl, tmp_path, dataset):
+    exp, config, options = prepared_experiment(tpl, tmp_path, dataset)
     run(exp, "-m", "my_experiment.train", "-C", "configs/default.yaml", "--training.epochs", "1",
         "--data.num_workers", "1", "--data.val_batch_size", "8", "--logging.folder", "runs",
         "--logging.run_id", "one", "--logging.progress", "false", *options)

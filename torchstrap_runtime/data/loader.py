@@ -9,8 +9,12 @@ What differs from FFCV's loader:
 - the compiled pipeline receives each seeded op's key for the epoch (see `rng.py`); a sample's
   augmentation therefore depends only on (op seed, epoch, dataset index).
 - `start_epoch`, `start_batch`, `set_epoch(epoch, start_batch)` resume exactly inside an epoch.
-- `distributed=True` splits each epoch's order into per-rank shards order[rank::world_size] (padded like
-  FFCV's when `drop_last=False`; `distributed.drop_padding` keeps padding out of evaluation sums).
+- `order=QUASI_RANDOM` is our own seeded order (see `quasi_random_order`): the file's pages in a random order,
+  samples shuffled within windows of pages, so a loader with `os_cache=False` holds only a window of pages
+  in memory; it shards across ranks (FFCV's refuses to).
+- `distributed=True` splits each epoch's order into per-rank shards order[rank::world_size] (QUASI_RANDOM:
+  contiguous blocks, so each rank reads its own pages), padded like FFCV's when `drop_last=False`
+  (`distributed.drop_padding` keeps padding out of evaluation sums).
 - `custom_field_mapper={'view2': 'image'}` decodes a stored field again under another output name.
 - the batch buffers are allocated once and reused by the following epochs (FFCV allocates, and the
   kernel zero-fills, them again every epoch); an epoch starts in the slot after the previous epoch's last
@@ -54,6 +58,8 @@ class Loader(FFCVLoader):
         start_epoch: epoch of the first `__iter__` (later ones count up).
         start_batch: batch at which the first `__iter__` starts (0 = the full epoch).
         rank, world_size: shard explicitly; with `distributed=True` they default to torch.distributed's.
+        quasi_random_window: with `order=QUASI_RANDOM`, how many of the file's pages are mixed together
+            (default `2 * batch_size`, FFCV's buffer); with `os_cache=False` a rank holds about this many pages.
 
     Differences from FFCV's Loader that stay on purpose:
         - `seed` drives the order only (ops have their own seeds), and RANDOM's permutation of epoch e is
@@ -62,8 +68,9 @@ class Loader(FFCVLoader):
           sharding comes from our own order, not torch's DistributedSampler (same shard sizes, other samples).
         - distributed with `drop_last=True`: each rank takes `N // world_size` samples and drops its last
           partial batch (FFCV pads to `ceil(N / world_size)` first, repeating samples in training).
-        - `order=QUASI_RANDOM` is refused with more than one rank (FFCV raises NotImplementedError too),
-          and its seed must stay below `QUASI_RANDOM_SEED_LIMIT` (FFCV overflows int64 above it).
+        - `order=QUASI_RANDOM` is ours, not FFCV's `QuasiRandom`: seeded by (seed, epoch) like RANDOM, any seed,
+          sharded across ranks (FFCV raises NotImplementedError), mixing windows of `quasi_random_window` pages
+          (FFCV: a sliding buffer of `2 * batch_size` pages), and files without page data (labels only) work too.
         - a custom `TraversalOrder` class for `order` is refused (resume and sharding need our order).
         - `filter()` keeps the loader's resolved order seed (ops whose seed is None draw anew, as in any new
           Loader); the condition sees each sample of the field as its pipeline outputs it (like FFCV), and the
@@ -77,12 +84,13 @@ class Loader(FFCVLoader):
                  custom_fields: Optional[Mapping] = None, drop_last: bool = True, batches_ahead: int = 3,
                  recompile: bool = False, custom_field_mapper: Optional[Mapping[str, str]] = None,
                  start_epoch: int = 0, start_batch: int = 0, rank: Optional[int] = None,
-                 world_size: Optional[int] = None):
+                 world_size: Optional[int] = None, quasi_random_window: Optional[int] = None):
+        # what filter() builds its loaders from
         self._args = dict(fname=fname, batch_size=batch_size, num_workers=num_workers, os_cache=os_cache,
                           order=order, distributed=distributed, seed=seed, indices=indices, pipelines=pipelines,
                           custom_fields=custom_fields, drop_last=drop_last, batches_ahead=batches_ahead,
                           recompile=recompile, custom_field_mapper=custom_field_mapper, rank=rank,
-                          world_size=world_size)  # what filter() builds its loaders from
+                          world_size=world_size, quasi_random_window=quasi_random_window)
         fname = str(check_beton(fname, custom_fields or {}))
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"Loader: batch_size must be an int >= 1, got {batch_size!r}")
@@ -90,18 +98,20 @@ class Loader(FFCVLoader):
         if order not in (OrderOption.RANDOM, OrderOption.SEQUENTIAL, OrderOption.QUASI_RANDOM):
             raise ValueError(f"Loader: order must be an OrderOption, got {order!r}")
         self.rank, self.world_size = resolve_shard(distributed, rank, world_size)
-        if order is OrderOption.QUASI_RANDOM and self.world_size > 1:
-            raise ValueError("Loader: order=QUASI_RANDOM cannot be sharded across ranks; use RANDOM")
         self.order_option = order
+        if quasi_random_window is None:
+            quasi_random_window = 2 * batch_size
+        if isinstance(quasi_random_window, bool) or not isinstance(quasi_random_window, (int, np.integer)) \
+                or quasi_random_window < 1:
+            raise ValueError(f"Loader: quasi_random_window must be an int >= 1 (pages), got {quasi_random_window!r}")
+        self.quasi_random_window = int(quasi_random_window)
+        self.sample_pages: Optional[np.ndarray] = None  # QUASI_RANDOM: page of each sample, read once
         seed = check_seed(seed, "Loader")
-        if order is OrderOption.QUASI_RANDOM:
-            seed = check_quasi_random_seed(seed)
         seed = resolve_order_seed(seed, self.world_size, distributed, shuffled=order is not OrderOption.SEQUENTIAL)
         self._args["seed"] = seed
         pipelines = map_custom_fields(fname, pipelines or {}, custom_field_mapper or {}, custom_fields or {})
 
-        super().__init__(fname, batch_size, num_workers=num_workers, os_cache=os_cache,
-                         order=order if order is OrderOption.QUASI_RANDOM else OrderOption.SEQUENTIAL,
+        super().__init__(fname, batch_size, num_workers=num_workers, os_cache=os_cache, order=OrderOption.SEQUENTIAL,
                          distributed=False, seed=seed, indices=indices, pipelines=pipelines,
                          custom_fields=custom_fields or {}, drop_last=drop_last, batches_ahead=batches_ahead,
                          recompile=recompile)
@@ -144,7 +154,11 @@ class Loader(FFCVLoader):
         size = min(self.batch_size, self.samples_per_epoch() - batch * self.batch_size)
         if self.drop_last:
             return max(0, size)
-        real = len(range(self.rank, len(self.indices), self.world_size))
+        total = len(self.indices)
+        if self.order_option is OrderOption.QUASI_RANDOM:  # contiguous shards: the padding is at the end
+            real = min(self.samples_per_epoch(), max(0, total - self.rank * self.samples_per_epoch()))
+        else:
+            real = len(range(self.rank, total, self.world_size))
         return max(0, min(size, real - batch * self.batch_size))
 
     def epoch_order(self, epoch: int) -> np.ndarray:
@@ -152,11 +166,16 @@ class Loader(FFCVLoader):
         if self.order_option is OrderOption.RANDOM:
             order = np.random.default_rng([self.seed, epoch]).permutation(self.indices)
         elif self.order_option is OrderOption.QUASI_RANDOM:
-            order = self.traversal_order.sample_order(epoch)
+            if self.sample_pages is None:
+                self.sample_pages = sample_pages(self.reader, self.batch_size)
+            order = quasi_random_order(self.indices, self.sample_pages, self.seed, epoch, self.quasi_random_window)
         else:
             order = np.asarray(self.indices)
         if not self.drop_last and self.world_size > 1:  # like DistributedSampler: repeat the start
             order = np.resize(order, -(-len(order) // self.world_size) * self.world_size)
+        if self.order_option is OrderOption.QUASI_RANDOM:  # a contiguous block: this rank reads its own pages
+            share = len(order) // self.world_size
+            return order[self.rank * share:(self.rank + 1) * share][:self.samples_per_epoch()]
         return order[self.rank::self.world_size][:self.samples_per_epoch()]
 
     def next_traversal_order(self) -> np.ndarray:
@@ -354,17 +373,36 @@ def resolve_shard(distributed: bool, rank: Optional[int], world_size: Optional[i
     return rank, world_size
 
 
-QUASI_RANDOM_SEED_LIMIT = 2**63 // 912300 - 2**20  # FFCV seeds epoch e with seed * 912300 + e (int64)
+def sample_pages(reader, block: int) -> np.ndarray:
+    """Page of the file holding each sample's first stored byte (int64, one per sample).
+
+    Samples with nothing stored in pages (fields kept in the metadata only, like labels) get made-up pages
+    of `block` consecutive samples each, after the file's last page.
+    """
+    table = reader.alloc_table
+    first = np.full(reader.num_samples, np.iinfo(np.uint64).max, dtype=np.uint64)
+    np.minimum.at(first, table["sample_id"].astype(np.int64), table["ptr"].astype(np.uint64))
+    stored = first != np.iinfo(np.uint64).max
+    pages = np.empty(reader.num_samples, dtype=np.int64)
+    pages[stored] = (first[stored] // np.uint64(reader.page_size)).astype(np.int64)
+    after = int(pages[stored].max()) + 1 if stored.any() else 0
+    pages[~stored] = after + np.flatnonzero(~stored) // block
+    return pages
 
 
-def check_quasi_random_seed(seed: Optional[int]) -> int:
-    """A seed FFCV's QUASI_RANDOM order can use: None draws one below 2**31 (as FFCV does)."""
-    if seed is None:
-        return fresh_seed() % 2**31
-    if seed >= QUASI_RANDOM_SEED_LIMIT:
-        raise ValueError(f"Loader: with order=QUASI_RANDOM the seed must be below {QUASI_RANDOM_SEED_LIMIT} "
-                         f"(FFCV's quasi-random order overflows int64 above it), got {seed}")
-    return seed
+def quasi_random_order(indices: Sequence[int], pages: np.ndarray, seed: int, epoch: int, window: int) -> np.ndarray:
+    """`indices` in the quasi-random order of `epoch`: the pages they sit on in a random order, cut into windows
+    of `window` consecutive pages, the samples of each window shuffled together (`default_rng([seed, epoch])`).
+
+    Reading the order front to back touches one window of pages at a time, so a loader with `os_cache=False`
+    holds about `window` pages in memory (a random permutation needs every page for the whole epoch).
+    """
+    indices = np.asarray(indices)
+    rng = np.random.default_rng([seed, epoch])
+    visited, page_of_sample = np.unique(pages[indices.astype(np.int64)], return_inverse=True)
+    page_rank = rng.permutation(len(visited))  # position of each page in the epoch's visit order
+    window_of_sample = page_rank[page_of_sample.ravel()] // window
+    return indices[np.lexsort((rng.random(len(indices)), window_of_sample))]
 
 
 def resolve_order_seed(seed: Optional[int], world_size: int, distributed: bool, shuffled: bool = True) -> int:
