@@ -1,0 +1,130 @@
+"""CoKe's three recipes trained by the SSL trainer on the digits .beton (32 px, crops scaled down from
+224/96 px to 32/16 px): the loss goes down and the backbone's kNN accuracy beats the random encoder's.
+
+Each run is the whole training side: the recipe's seeded FFCV pipeline with each sample's dataset index
+(SampleIndexDecoder), CoKe's heads (projector + predictor) on a small ResNet, views of two sizes through
+the backbone once per size, `criterion(projections, indices, predictions)`, `end_epoch()` after each
+epoch, and the recipe's first epoch with lr 0 (a pure clustering epoch).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from torchstrap_runtime.config import Int, Param, Section, reset_config, set_values
+from torchstrap_runtime.criteria.coke import COKE_RECIPES
+from torchstrap_runtime.loggers import read_log
+from torchstrap_runtime.models import CoKeHeads, ResNetSmall
+from torchstrap_runtime.sections import declare_standard_sections
+from torchstrap_runtime.tasks import KNNValLoader, SSLMultiViewTrainer
+
+MEAN = np.array([0.5, 0.5, 0.5]) * 255
+# the authors' recipes, scaled down for 1437 digits: fewer and smaller clusterings, 64-d embeddings
+SMALL = {"embedding_size": 64, "num_clusters": [10, 20]}
+
+
+@pytest.fixture(autouse=True)
+def config(tmp_path):
+    reset_config(keep_sections=True)
+    declare_standard_sections()
+    Section("evaluation", "kNN evaluation (the template's config.py declares it)").params(
+        knn_k=Param(Int(), "neighbours voting", default=20))
+    set_values({"logging.folder": str(tmp_path), "logging.progress": False, "logging.log_every": 0,
+                "optimizer.name": "adamw", "optimizer.lr": 0.002, "optimizer.weight_decay": 0.0001,
+                "scheduler.warmup_epochs": 0.0})
+    yield
+    reset_config(keep_sections=True)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> dict:
+    from torchstrap_runtime.data import write_digits
+
+    return write_digits(tmp_path_factory.mktemp("digits"))
+
+
+def recipe_trainer(recipe_name: str, paths: dict, small_crops: int = 2) -> type:
+    """SSLMultiViewTrainer with the recipe's pipeline at 32 px (small crops 16 px), CoKe heads, its criterion."""
+    from ffcv.fields.decoders import IntDecoder
+    from ffcv.transforms import Convert, NormalizeImage, ToTensor, ToTorchImage
+
+    from torchstrap_runtime.data import Loader, OrderOption, SimpleRGBImageDecoder
+    from torchstrap_runtime.data import coke_pipelines as cp
+
+    recipe = COKE_RECIPES[recipe_name]
+
+    def to_input() -> list:
+        return [NormalizeImage(MEAN, MEAN, np.float32), ToTensor(), ToTorchImage(), Convert(torch.float32)]
+
+    options = dict(seed=0, image_size=32, scale=(0.3, 1.0), flip_p=0.0, to_input=to_input, index=True)
+    if recipe_name == "coke_multi":
+        options.update(num_small_crops=small_crops, small_size=16, small_scale=(0.2, 0.6))
+
+    def plain(path) -> Loader:
+        return Loader(path, 256, num_workers=2, order=OrderOption.SEQUENTIAL, drop_last=False,
+                      pipelines={"image": [SimpleRGBImageDecoder(), *to_input()], "label": [IntDecoder(), ToTensor()]})
+
+    class RecipeOnDigits(SSLMultiViewTrainer):
+        def initialize_model(self) -> None:
+            backbone = ResNetSmall(num_classes=0)
+            self.model = CoKeHeads(backbone, backbone.out_features, dim=SMALL["embedding_size"], hidden_dim=128)
+
+        def initialize_train_loader(self) -> None:
+            pipelines, mapper = getattr(cp, recipe["pipeline"])(**options)
+            self.train_loader = Loader(paths["train"], 64, num_workers=2, order=OrderOption.RANDOM, seed=0,
+                                       pipelines=pipelines, custom_field_mapper=mapper, drop_last=True)
+
+        def initialize_val_loader(self) -> None:
+            self.val_loader = KNNValLoader(plain(paths["val"]), bank=plain(paths["train"]))
+
+    RecipeOnDigits.recipe = recipe
+    params = {**recipe["criterion"]["params"], **SMALL}
+    if recipe_name == "coke_multi":
+        params["num_small_crops"] = small_crops
+    set_values({"criterion.name": recipe["criterion"]["name"], "criterion.params": params})
+    return RecipeOnDigits
+
+
+def random_encoder_knn(trainer) -> float:
+    trainer.epoch_record = {}
+    trainer.evaluate()
+    return trainer.epoch_record["val_knn_top1"]
+
+
+@pytest.mark.parametrize("recipe, epochs, margin", [
+    pytest.param("coke_double", 3, 0.05, id="coke_double"),
+    pytest.param("coke_single", 4, 0.05, id="coke_single", marks=pytest.mark.slow),
+    pytest.param("coke_multi", 3, 0.05, id="coke_multi", marks=pytest.mark.slow),
+])
+def test_recipe_lowers_the_loss_and_beats_the_random_encoder(digits, tmp_path, recipe, epochs, margin):
+    set_values({"training.epochs": epochs, "logging.run_id": recipe})
+    trainer = recipe_trainer(recipe, digits)()
+    assert trainer.criterion.num_samples == 1437  # the training set's size, filled in by the trainer
+    random_knn = random_encoder_knn(trainer)
+    start = time.perf_counter()
+    record = trainer.run()
+    epochs_log = [r for r in read_log(tmp_path / recipe) if r.get("kind") == "epoch"]
+    losses = [round(r["train_loss"], 3) for r in epochs_log]
+    knn = [round(r["val_knn_top1"], 3) for r in epochs_log]
+    print(f"\n{recipe}: {time.perf_counter() - start:.0f} s, train loss per epoch {losses}, kNN top-1 "
+          f"random encoder {random_knn:.3f} -> {knn}, lr per epoch {[r['lr'] for r in epochs_log]}")
+    assert "coke/head0/dual_mean" in record  # end_epoch() ran
+    assert losses[-1] < losses[1], losses  # epoch 0 is the clustering epoch: compare from epoch 1
+    assert record["val_knn_top1"] > random_knn + margin, (random_knn, knn)
+
+
+def test_first_epoch_of_a_recipe_only_clusters(digits):
+    """Epoch 0 runs with lr 0: the weights stay as they were, the centers move (the recipe's clustering epoch)."""
+    set_values({"training.epochs": 1, "training.limit_train_batches": 3, "logging.eval_each_epoch": False,
+                "logging.run_id": "clustering", "scheduler.name": "none"})
+    trainer = recipe_trainer("coke_double", digits)()
+    weights = {k: v.clone() for k, v in trainer.raw_model.named_parameters()}
+    centers = trainer.criterion.centers_0.clone()
+    trainer.run()
+    assert all(torch.equal(weights[k], v) for k, v in trainer.raw_model.named_parameters())
+    assert not torch.equal(trainer.criterion.centers_0, centers)
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.002  # given back after each step (no scheduler)
