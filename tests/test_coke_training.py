@@ -95,26 +95,32 @@ def random_encoder_knn(trainer) -> float:
     return trainer.epoch_record["val_knn_top1"]
 
 
-@pytest.mark.parametrize("recipe, epochs, margin", [
-    pytest.param("coke_double", 3, 0.05, id="coke_double"),
-    pytest.param("coke_single", 4, 0.05, id="coke_single", marks=pytest.mark.slow),
-    pytest.param("coke_multi", 3, 0.05, id="coke_multi", marks=pytest.mark.slow),
+@pytest.mark.parametrize("recipe, epochs", [
+    pytest.param("coke_double", 2, id="coke_double"),
+    pytest.param("coke_single", 3, id="coke_single", marks=pytest.mark.slow),
+    pytest.param("coke_multi", 2, id="coke_multi", marks=pytest.mark.slow),
 ])
-def test_recipe_lowers_the_loss_and_beats_the_random_encoder(digits, tmp_path, recipe, epochs, margin):
-    set_values({"training.epochs": epochs, "logging.run_id": recipe})
+def test_recipe_lowers_the_loss_and_beats_the_random_encoder(digits, tmp_path, recipe, epochs):
+    set_values({"training.epochs": epochs, "logging.run_id": recipe, "logging.log_every": 1,
+                "scheduler.name": "none"})
     trainer = recipe_trainer(recipe, digits)()
     assert trainer.criterion.num_samples == 1437  # the training set's size, filled in by the trainer
     random_knn = random_encoder_knn(trainer)
     start = time.perf_counter()
     record = trainer.run()
-    epochs_log = [r for r in read_log(tmp_path / recipe) if r.get("kind") == "epoch"]
-    losses = [round(r["train_loss"], 3) for r in epochs_log]
-    knn = [round(r["val_knn_top1"], 3) for r in epochs_log]
-    print(f"\n{recipe}: {time.perf_counter() - start:.0f} s, train loss per epoch {losses}, kNN top-1 "
-          f"random encoder {random_knn:.3f} -> {knn}, lr per epoch {[r['lr'] for r in epochs_log]}")
+    log = read_log(tmp_path / recipe)
+    knn = [round(r["val_knn_top1"], 3) for r in log if r.get("kind") == "epoch"]
+    # within an epoch the targets (last epoch's labels) and the logit centers stay fixed: the loss the
+    # optimizer lowers. Epoch 0 runs with lr 0 (clustering only): its loss stays where it started.
+    steps = {e: [r["train_loss"] for r in log if r.get("kind") == "train_step" and r["epoch"] == e]
+             for e in range(epochs)}
+    first, last = (float(np.mean(steps[epochs - 1][:5])), float(np.mean(steps[epochs - 1][-5:])))
+    print(f"\n{recipe}: {time.perf_counter() - start:.0f} s; last epoch's loss, first 5 steps {first:.3f} -> "
+          f"last 5 {last:.3f}; epoch 0 (lr 0) {np.mean(steps[0][:5]):.3f} -> {np.mean(steps[0][-5:]):.3f}; "
+          f"kNN top-1 random encoder {random_knn:.3f} -> per epoch {knn}")
     assert "coke/head0/dual_mean" in record  # end_epoch() ran
-    assert losses[-1] < losses[1], losses  # epoch 0 is the clustering epoch: compare from epoch 1
-    assert record["val_knn_top1"] > random_knn + margin, (random_knn, knn)
+    assert last < first - 0.05, steps[epochs - 1]
+    assert record["val_knn_top1"] > random_knn + 0.05, (random_knn, knn)
 
 
 def test_first_epoch_of_a_recipe_only_clusters(digits):

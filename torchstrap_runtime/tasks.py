@@ -203,11 +203,12 @@ class SSLMultiViewTrainer(EmbeddingTrainer):
         super().initialize_criterion(name, params, miner, miner_params)
 
     def num_training_samples(self) -> int:
-        """Size of the training set (all ranks): the train loader's, else the kNN bank's (eval only)."""
+        """Samples in the training .beton (its largest dataset index + 1, whatever subset the loader reads):
+        the train loader's, else the kNN bank's (eval only)."""
         loader = getattr(self, "train_loader", None) or getattr(self.val_loader, "bank", None)
-        indices = getattr(loader, "indices", None)
-        if indices is not None:
-            return len(indices)
+        reader = getattr(loader, "reader", None)
+        if reader is not None:
+            return int(reader.num_samples)
         return sum(len(batch[1]) for batch in loader)  # an in-memory list of batches
 
     def check_criterion(self, criterion: nn.Module, name: str) -> None:
