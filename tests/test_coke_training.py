@@ -134,3 +134,37 @@ def test_first_epoch_of_a_recipe_only_clusters(digits):
     assert all(torch.equal(weights[k], v) for k, v in trainer.raw_model.named_parameters())
     assert not torch.equal(trainer.criterion.centers_0, centers)
     assert trainer.optimizer.param_groups[0]["lr"] == 0.002  # given back after each step (no scheduler)
+
+
+def test_index_output_is_each_samples_dataset_index_in_ours_and_upstream_ffcv(digits):
+    """`index=True` adds 'index' (SampleIndexDecoder over 'label'), last in the batch; upstream FFCV reads it too."""
+    from ffcv.loader import Loader as FFCVLoader
+    from ffcv.pipeline import PipelineSpec
+    from ffcv.transforms import ToTensor
+
+    from torchstrap_runtime.data import Loader, OrderOption, SampleIndexDecoder, coke_imagenet_double_view
+
+    pipelines, mapper = coke_imagenet_double_view(seed=0, image_size=16, index=True)
+    assert list(pipelines)[-1] == "index" and mapper["index"] == "label"
+    loader = Loader(digits["train"], 50, num_workers=1, order=OrderOption.RANDOM, seed=3, pipelines=pipelines,
+                    custom_field_mapper=mapper)
+    batch = next(iter(loader))
+    assert len(batch) == 4 and batch[-1].dtype == torch.int64
+    assert batch[-1].reshape(-1).tolist() == loader.epoch_order(0)[:50].tolist()
+    upstream = FFCVLoader(str(digits["train"]), 50, num_workers=1, order=OrderOption.SEQUENTIAL,
+                          pipelines={"index": PipelineSpec("label", transforms=[SampleIndexDecoder(), ToTensor()])})
+    assert next(iter(upstream))[-1].reshape(-1).tolist() == list(range(50))
+
+
+def test_coke_heads_run_the_backbone_once_per_resolution():
+    backbone = ResNetSmall(num_classes=0)
+    calls = []
+    backbone.register_forward_hook(lambda module, inputs, output: calls.append(tuple(inputs[0].shape)))
+    heads = CoKeHeads(backbone, backbone.out_features, dim=8, hidden_dim=16).eval()
+    views = [torch.randn(3, 3, 32, 32), torch.randn(3, 3, 32, 32), *[torch.randn(3, 3, 16, 16) for _ in range(4)]]
+    projections, predictions = heads(views)
+    assert calls == [(6, 3, 32, 32), (12, 3, 16, 16)]  # 2 large views together, then 4 small crops together
+    assert [tuple(p.shape) for p in projections + predictions] == [(3, 8)] * 12
+    alone = heads(views[4])  # eval mode: the same as one view on its own
+    torch.testing.assert_close(projections[4], alone[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(predictions[4], alone[1], rtol=1e-4, atol=1e-5)
