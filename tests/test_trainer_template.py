@@ -22,6 +22,7 @@ TASKS = yaml.safe_load((CHECKOUT / "copier.yml").read_text())["task"]["choices"]
 # trains 2 steps with the generated trainer.py, edits its loss line, reloads the module, trains 2 steps again
 _SCRIPT = """
 import importlib, json, re, sys
+from pathlib import Path
 sys.path.insert(0, "src")
 from torchstrap_runtime.config import load_config, set_values
 from torchstrap_runtime.loggers import read_log
