@@ -175,3 +175,23 @@ def test_coke_heads_run_the_backbone_once_per_resolution():
     alone = heads(views[4])  # eval mode: the same as one view on its own
     torch.testing.assert_close(projections[4], alone[0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(predictions[4], alone[1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_make_augmentations_draws_the_multi_crop_views_for_coke_multi(tmp_path):
+    """The template's show_augmentations.py (`make augmentations`) adds coke_multicrop.png when the
+    experiment's config says ssl.recipe: coke_multi, and only then."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    for recipe, expected in (("coke_multi", True), ("coke_double", False)):
+        work = tmp_path / recipe
+        (work / "configs").mkdir(parents=True)
+        (work / "configs" / "default.yaml").write_text(f"ssl:\n  recipe: {recipe}\n  seed: 1\n")
+        out = subprocess.run([sys.executable, str(root / "template" / "scripts" / "show_augmentations.py")], cwd=work,
+                             capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": str(root)})
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert (work / "augmentations" / "coke_multicrop.png").exists() == expected
