@@ -20,11 +20,12 @@ import numpy as np
 import pytest
 import torch
 
-from torchstrap_runtime.config import Int, Param, Section, reset_config, set_values
+from test_tasks import config  # noqa: F401  (the fixture)
+
+from torchstrap_runtime.config import set_values
 from torchstrap_runtime.criteria.coke import COKE_RECIPES
 from torchstrap_runtime.loggers import read_log
 from torchstrap_runtime.models import CoKeHeads, ResNetSmall
-from torchstrap_runtime.sections import declare_standard_sections
 from torchstrap_runtime.tasks import KNNValLoader, SSLMultiViewTrainer
 
 MEAN = np.array([0.5, 0.5, 0.5]) * 255
@@ -33,16 +34,10 @@ SMALL = {"embedding_size": 64, "num_clusters": [10, 20]}
 
 
 @pytest.fixture(autouse=True)
-def config(tmp_path):
-    reset_config(keep_sections=True)
-    declare_standard_sections()
-    Section("evaluation", "kNN evaluation (the template's config.py declares it)").params(
-        knn_k=Param(Int(), "neighbours voting", default=20))
-    set_values({"logging.folder": str(tmp_path), "logging.progress": False, "logging.log_every": 0,
-                "optimizer.name": "adamw", "optimizer.lr": 0.002, "optimizer.weight_decay": 0.0001,
+def optimizer_settings(config):
+    """test_tasks' config fixture (standard sections, the evaluation section, a quiet run folder), then AdamW."""
+    set_values({"optimizer.name": "adamw", "optimizer.lr": 0.002, "optimizer.weight_decay": 0.0001,
                 "scheduler.warmup_epochs": 0.0})
-    yield
-    reset_config(keep_sections=True)
 
 
 @pytest.fixture(scope="module")
