@@ -21,7 +21,7 @@ from common import BENCH_DIR, REPO_DIR, RESULTS_DIR, fmt, numba_env
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 SCRIPTS = {"loader": "bench_loader.py", "startup": "bench_startup.py", "trainer": "bench_trainer.py",
            "logging": "bench_logging.py", "generator": "bench_generator.py", "demo": "bench_demo.py",
-           "runs": "bench_runs.py", "mirrors": "bench_mirrors.py"}
+           "runs": "bench_runs.py", "mirrors": "bench_mirrors.py", "coke_pipeline": "bench_coke_pipeline.py"}
 NOTES = BENCH_DIR / "NOTES.md"  # hand-written analysis, appended under the table
 
 
@@ -244,6 +244,23 @@ def runs_rows(results: Results) -> list[list[str]]:
     return rows
 
 
+def coke_rows(results: Results) -> list[list[str]]:
+    """bench_coke_pipeline.py: CoKe's multi-crop pipeline (2 x 224 + 6 x 96 px from 256 px JPEGs); a quick run's
+    figures stand in (and say so) until a full run exists."""
+    res, mode = results.get("coke_pipeline"), ""
+    quick = RESULTS_DIR / "coke_pipeline_quick.json"
+    if res is None and quick.exists():
+        res, mode = json.loads(quick.read_text()), " (quick run)"
+    if not res:
+        return []
+    ours, upstream, pil = (contender(res, n) for n in ("torchstrap seeded", "upstream FFCV", "PIL DataLoader"))
+    label = f"CoKe multi-crop loader, 256 px JPEG → 2 × 224 + 6 × 96 px, batch {res['batch_size']}, {res['workers']} workers{mode}"
+    return [[f"{label}: seeded pipeline (the authors' ops) vs upstream FFCV (the ops it has: crop, brightness, "
+             f"contrast, saturation, flip; no hue, grayscale, blur or solarization)", cell(ours), cell(upstream), rtext(ratio(ours, upstream)), "reported", "—"],
+            [f"{label}: vs PIL DataLoader (the authors' torchvision transforms)", cell(ours), cell(pil),
+             rtext(ratio(ours, pil)), "reported", "—"]]
+
+
 def describe_machine(results: Results) -> str:
     for name in ("loader_256px", "trainer", "startup", "logging"):
         res = results.get(name)
@@ -258,7 +275,7 @@ def describe_machine(results: Results) -> str:
 def table(results: Results, notes: Path | None = NOTES) -> str:
     """The markdown performance table (and the hand-written notes under it)."""
     rows = (loader_rows(results) + startup_rows(results) + trainer_rows(results) + logging_rows(results)
-            + generator_rows(results) + demo_rows(results) + runs_rows(results))
+            + generator_rows(results) + demo_rows(results) + runs_rows(results) + coke_rows(results))
     head = ["what", "torchstrap", "compared with", "ratio", "target", "met"]
     lines = [
         "### Performance (CPU figures)",

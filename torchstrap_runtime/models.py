@@ -262,10 +262,32 @@ class CoKePredictor(nn.Module):
         return self.net(x)
 
 
+def same_size_runs(views: list[torch.Tensor]) -> list[tuple[int, int]]:
+    """(start, end) of each run of consecutive views with the same shape (2 x 224 then 6 x 96: two runs)."""
+    runs, start = [], 0
+    for i in range(1, len(views) + 1):
+        if i == len(views) or views[i].shape[1:] != views[start].shape[1:]:
+            runs.append((start, i))
+            start = i
+    return runs
+
+
+def forward_by_resolution(module: nn.Module, views: list[torch.Tensor]) -> list[torch.Tensor]:
+    """`module` on every view, one call per run of same-sized views (as SwAV and DINO), one output per view."""
+    outputs = []
+    for start, end in same_size_runs(views):
+        out = module(torch.cat(views[start:end]))
+        outputs += list(out.split([v.shape[0] for v in views[start:end]]))
+    return outputs
+
+
 class CoKeHeads(nn.Module):
     """backbone -> projector -> (projection, prediction): what the CoKe criteria take as views/predictions.
 
-    `backbone` maps images to [B, in_dim] features (e.g. a ResNet with its fc removed).
+    `backbone` maps images to [B, in_dim] features (e.g. a ResNet with its fc removed). Called on a list of
+    views (large views first, then small crops), the backbone runs once per resolution and the heads once
+    per view (their BatchNorm statistics are per view, as in the authors' code); it then returns
+    (projections, predictions), one [B, dim] per view.
     """
 
     def __init__(self, backbone: nn.Module, in_dim: int, dim: int = 128, hidden_dim: int | None = None,
@@ -276,6 +298,12 @@ class CoKeHeads(nn.Module):
         self.predictor = CoKePredictor(dim, hidden_dim or in_dim) if predictor else None
         self.embedding_dim = dim
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        projection = self.projector(self.backbone(x))
+    def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        projection = self.projector(features)
         return projection, (self.predictor(projection) if self.predictor is not None else projection)
+
+    def forward(self, x):
+        if isinstance(x, torch.Tensor):
+            return self.heads(self.backbone(x))
+        outputs = [self.heads(f) for f in forward_by_resolution(self.backbone, list(x))]
+        return [p for p, _ in outputs], [q for _, q in outputs]

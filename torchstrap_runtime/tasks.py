@@ -7,9 +7,10 @@ Each subclasses `Trainer` and overrides only what differs from supervised classi
   evaluation logs `val_loss`, `val_precision_at_1` (leave-one-out on the validation set) and
   `val_knn_top1` (validation embeddings voted by their k nearest training embeddings), with
   `val_top1 = val_knn_top1` so that summaries and curves read the same as a supervised run.
-- `SSLMultiViewTrainer`: batches are (view 1, label, view 2[, view 3]); the criterion (CoKe by default)
-  gets the list of view embeddings, labels are never used for training; CoKe's `end_epoch()` runs after
-  each training epoch; evaluation is the kNN accuracy of the backbone's features (`val_knn_top1`, `val_top1`).
+- `SSLMultiViewTrainer`: batches are (view 1, label, view 2, ...[, index]); the model runs once per
+  resolution of views; the criterion (CoKe by default) gets the projections, the dataset indices and the
+  predictions, labels are never used for training; CoKe's `end_epoch()` runs after each training epoch;
+  evaluation is the kNN accuracy of the backbone's features (`val_knn_top1`, `val_top1`).
 
 Both need the kNN reference set: the validation loader is a `KNNValLoader(val, bank)`, where `bank` is
 a plain (non-augmented) loader over the training .beton. Embeddings used for evaluation are
@@ -21,6 +22,7 @@ These are the defaults a plain subclass runs; a generated experiment's `trainer.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Iterable, Iterator
 
 import torch
@@ -29,7 +31,9 @@ from torch import nn
 
 from .config import param
 from .criteria import knn_accuracy, precision_at_1
+from .criteria.coke import CoKeSingleView, first_epoch_lr_factor
 from .distributed import all_reduce_sums, drop_padding, gather_rows
+from .models import forward_by_resolution
 from .trainer import Trainer
 
 
@@ -53,8 +57,12 @@ class EmbeddingNet(nn.Module):
         else:
             self.head = nn.Linear(width, embedding_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.head(self.backbone(x)), dim=1)
+    def forward(self, x):
+        """Unit embeddings of a batch; of a list of views, one [B, embedding_dim] per view (the backbone runs
+        once per resolution)."""
+        if isinstance(x, torch.Tensor):
+            return F.normalize(self.head(self.backbone(x)), dim=1)
+        return [F.normalize(self.head(f), dim=1) for f in forward_by_resolution(self.backbone, list(x))]
 
 
 class KNNValLoader:
@@ -168,11 +176,40 @@ class MetricLearningTrainer(EmbeddingTrainer):
 
 
 class SSLMultiViewTrainer(EmbeddingTrainer):
-    """Self-supervised learning from 2+ augmented views per sample (CoKe by default), scored by the kNN
-    accuracy of the backbone's features. Batches: (view 1, label, view 2[, view 3, ...])."""
+    """Self-supervised learning from augmented views of each sample (CoKe by default), scored by the kNN
+    accuracy of the backbone's features. Batches: (view 1, label, view 2, ...[, index]); a last integer
+    element is the samples' dataset indices (the loader's 'index' output, see SampleIndexDecoder).
+
+    The model takes the list of views (the backbone runs once per resolution) and returns one embedding
+    per view, or (projections, predictions) as `CoKeHeads` does; the criterion gets
+    `criterion(projections, indices, predictions)` when it takes indices (CoKe), else `criterion(embeddings)`.
+    A CoKe criterion without `num_samples` gets the training set's size. `recipe` (a `COKE_RECIPES` entry,
+    or None) makes epoch 0 train with lr 0 when the recipe says so (`first_epoch_lr_factor`).
+    """
 
     expected_input_kind = "views"
     example_criterion = "coke_multi_view, SelfSupervisedLoss, VICRegLoss"
+    recipe: dict | None = None
+
+    @param("criterion.name")
+    @param("criterion.params")
+    @param("criterion.miner")
+    @param("criterion.miner_params")
+    def initialize_criterion(self, name: str, params: dict, miner: str, miner_params: dict) -> None:
+        """The criterion section's loss on views; CoKe's `num_samples` defaults to the training set's size."""
+        params = dict(params or {})
+        if name.startswith("coke_") and params.get("num_samples") is None:
+            params["num_samples"] = self.num_training_samples()
+        super().initialize_criterion(name, params, miner, miner_params)
+
+    def num_training_samples(self) -> int:
+        """Samples in the training .beton (its largest dataset index + 1, whatever subset the loader reads):
+        the train loader's, else the kNN bank's (eval only)."""
+        loader = getattr(self, "train_loader", None) or getattr(self.val_loader, "bank", None)
+        reader = getattr(loader, "reader", None)
+        if reader is not None:
+            return int(reader.num_samples)
+        return sum(len(batch[1]) for batch in loader)  # an in-memory list of batches
 
     def check_criterion(self, criterion: nn.Module, name: str) -> None:
         """A loss on views; CoKe's `embedding_size` must be the model's output size."""
@@ -182,25 +219,62 @@ class SSLMultiViewTrainer(EmbeddingTrainer):
             raise ValueError(f"criterion.params.embedding_size is {size} but the model outputs {out} numbers "
                              f"(model.embedding_dim): make them equal")
 
-    def views(self) -> list[torch.Tensor]:
-        """The batch's image views on the device: element 0, then elements 2, 3, ... (element 1 is the label)."""
-        batch = self.data
-        if len(batch) < 3:
+    def split_batch(self) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """The batch's image views on the device (element 0, then 2, 3, ...; element 1 is the label) and the
+        samples' dataset indices (a last integer element) or None."""
+        batch = list(self.data)
+        indices = None
+        if len(batch) > 2 and not torch.is_floating_point(batch[-1]):
+            indices = batch.pop().reshape(-1).to(self.device, non_blocking=True)
+        needed = 1 if isinstance(self.criterion, CoKeSingleView) else 2
+        views = [batch[0], *batch[2:]]
+        if len(views) < needed:
             raise ValueError(f"{type(self).__name__} needs batches (view 1, label, view 2, ...), got {len(batch)} "
                              f"tensors: build the train loader with custom_field_mapper={{'view2': 'image'}}")
-        views = [batch[0], *batch[2:]]
         views = [v.to(self.device, non_blocking=True) for v in views]
         if self.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-        return views
+        return views, indices
+
+    def views(self) -> list[torch.Tensor]:
+        """The batch's image views on the device."""
+        return self.split_batch()[0]
+
+    def takes_indices(self) -> bool:
+        """True when the criterion takes (views, indices, predictions) (CoKe), not the views alone."""
+        return "indices" in inspect.signature(self.criterion.forward).parameters
 
     def train_step(self) -> torch.Tensor:
-        """One forward over all views together; returns the criterion on the list of view embeddings."""
-        views = self.views()
+        """The model on the list of views (one forward per resolution), then the criterion."""
+        views, indices = self.split_batch()
         with self.autocast():
-            embeddings = self.model(torch.cat(views)).chunk(len(views))
-            loss = self.criterion(list(embeddings))
+            outputs = self.model(views)
+            projections, predictions = outputs if isinstance(outputs, tuple) else (outputs, None)
+            if self.takes_indices():
+                loss = self.criterion(projections, indices, predictions)
+            else:
+                loss = self.criterion(projections)
         return loss
+
+    def before_train_step(self) -> None:
+        """The recipe's pure clustering first epoch: every step of epoch 0 runs with lr 0 (the centers,
+        duals and label memory still update)."""
+        super().before_train_step()
+        factor = 1.0 if self.recipe is None else first_epoch_lr_factor(self.recipe, self.epoch)
+        self.scheduled_lrs = None
+        if factor != 1.0:
+            self.scheduled_lrs = [group["lr"] for group in self.optimizer.param_groups]
+            for group in self.optimizer.param_groups:
+                group["lr"] *= factor
+
+    def after_train_step(self) -> None:
+        """Log the step, then give back the lrs that `before_train_step` scaled (unless the scheduler has set
+        new ones)."""
+        super().after_train_step()
+        if getattr(self, "scheduled_lrs", None) is not None:
+            for group, lr in zip(self.optimizer.param_groups, self.scheduled_lrs):
+                if group["lr"] == 0.0:
+                    group["lr"] = lr
 
     def after_train_epoch(self) -> None:
         """Mean training loss and lr, then the criterion's end of epoch (CoKe: new centers) and its stats."""

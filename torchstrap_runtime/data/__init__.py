@@ -34,6 +34,7 @@ from .invert import RandomInvert
 from .loader import Loader
 from .normalize_on_device import NormalizeOnDevice, batch_device
 from .random_resized_crop import RandomResizedCrop
+from .sample_index import SampleIndexDecoder
 from .solarization import RandomSolarization
 from .translation import RandomTranslation
 from .vertical_flip import RandomVerticalFlip
@@ -46,5 +47,5 @@ __all__ = [
     "SimpleRGBImageDecoder", "RandomResizedCrop", "RandomColorJitter", "RandomErasing", "RandomTranslation",
     "RandomSolarization", "RandomGrayscale", "RandomHorizontalFlip", "RandomVerticalFlip", "RandomInvert",
     "RandomGaussianBlur", "coke_imagenet_single_view", "coke_imagenet_double_view", "coke_imagenet_multi_view",
-    "op_seed_names",
+    "op_seed_names", "SampleIndexDecoder",
 ]

@@ -10,11 +10,15 @@ normalisation, float32 NCHW. The authors blur with PIL's radius-sigma filter, wh
 here the kernel is torchvision's with an odd size of about a tenth of the crop (23 px at 224, 9 px at 96).
 Crops use bilinear interpolation, as torchvision does on PIL images (`interpolation="area"` is faster).
 
+Every builder also takes `flip_p` (0 for digits), `to_input` (a function returning the ops that follow
+the flip, e.g. a GPU normalisation; default: `to_model_input()`) and `index` (True adds an 'index' output,
+each sample's dataset index, last in the batch: CoKe's label memory needs it; see SampleIndexDecoder).
+
 Seeds: `seed` is one base seed; every op of every view gets its own seed derived from it and its name
 ("view2/blur", ...), so no two ops share draws; `seed=None` leaves every op fresh. `op_seeds` overrides
 single ops by name (e.g. {"image/crop": 7}); `op_seed_names(builder)` lists the names.
 """
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -26,6 +30,7 @@ from .gaussian_blur import RandomGaussianBlur
 from .grayscale import RandomGrayscale
 from .horizontal_flip import RandomHorizontalFlip
 from .random_resized_crop import RandomResizedCrop
+from .sample_index import SampleIndexDecoder
 from .rng import mix64_py, stream_id
 from .solarization import RandomSolarization
 
@@ -57,7 +62,7 @@ def coke_view(name: str, seed: Optional[int], op_seeds: Mapping[str, Optional[in
               scale: Tuple[float, float], jitter: Tuple[float, float, float, float], blur_p: float,
               solarize_p: float = 0.0, jitter_p: float = 0.8, grayscale_p: float = 0.2,
               blur_sigma: Tuple[float, float] = (0.1, 2.0), flip_p: float = 0.5, interpolation: str = "bilinear",
-              mean=IMAGENET_MEAN, std=IMAGENET_STD) -> list:
+              mean=IMAGENET_MEAN, std=IMAGENET_STD, to_input: Optional[Callable[[], list]] = None) -> list:
     """One view's ops (output `name`); op seeds are op_seeds[f"{name}/{op}"] or derived from `seed`."""
     def seed_of(op: str) -> Optional[int]:
         key = f"{name}/{op}"
@@ -73,7 +78,8 @@ def coke_view(name: str, seed: Optional[int], op_seeds: Mapping[str, Optional[in
     ]
     if solarize_p > 0:
         ops.append(RandomSolarization(p=solarize_p, threshold=128, seed=seed_of("solarize")))
-    return [*ops, RandomHorizontalFlip(p=flip_p, seed=seed_of("flip")), *to_model_input(mean, std)]
+    tail = to_input() if to_input is not None else to_model_input(mean, std)
+    return [*ops, RandomHorizontalFlip(p=flip_p, seed=seed_of("flip")), *tail]
 
 
 def _check_op_seeds(op_seeds: Optional[Mapping], pipelines: Dict[str, list], builder: str) -> Mapping:
@@ -92,22 +98,28 @@ def op_seed_names_of(pipelines: Dict[str, list]) -> List[str]:
             for op in ops if type(op) in kinds]
 
 
-def _build(views: List[dict], seed: Optional[int], op_seeds: Optional[Mapping], builder: str) -> Pipelines:
-    plain = {v["name"]: coke_view(seed=seed, op_seeds={}, **v) for v in views}  # names, to check op_seeds
+def _build(views: List[dict], seed: Optional[int], op_seeds: Optional[Mapping], builder: str,
+           index: bool = False, **options) -> Pipelines:
+    plain = {v["name"]: coke_view(seed=seed, op_seeds={}, **v, **options) for v in views}  # names, to check op_seeds
     op_seeds = _check_op_seeds(op_seeds, plain, builder)
-    pipelines = {v["name"]: coke_view(seed=seed, op_seeds=op_seeds, **v) for v in views} if op_seeds else plain
+    pipelines = ({v["name"]: coke_view(seed=seed, op_seeds=op_seeds, **v, **options) for v in views} if op_seeds
+                 else plain)
     pipelines["label"] = [IntDecoder(), ToTensor()]
     mapper = {v["name"]: "image" for v in views if v["name"] != "image"}
+    if index:  # last output: each sample's dataset index, read through the label field
+        pipelines["index"] = [SampleIndexDecoder(), ToTensor()]
+        mapper["index"] = "label"
     return pipelines, mapper
 
 
 def coke_imagenet_single_view(seed: Optional[int] = None, image_size: int = 224, scale=(0.08, 1.0),
                               jitter=STRONG_JITTER, blur_p: float = 0.5, interpolation: str = "bilinear",
-                              op_seeds: Optional[Mapping[str, Optional[int]]] = None) -> Pipelines:
+                              op_seeds: Optional[Mapping[str, Optional[int]]] = None, flip_p: float = 0.5,
+                              to_input: Optional[Callable[[], list]] = None, index: bool = False) -> Pipelines:
     """main_single_view.py: one 224 px view, strong jitter, blur p 0.5. Outputs: image, label."""
     view = dict(name="image", image_size=image_size, scale=scale, jitter=jitter, blur_p=blur_p,
                 interpolation=interpolation)
-    return _build([view], seed, op_seeds, "coke_imagenet_single_view")
+    return _build([view], seed, op_seeds, "coke_imagenet_single_view", index, flip_p=flip_p, to_input=to_input)
 
 
 def _large_views(image_size, scale, jitter, blur_p, solarize_p, interpolation) -> List[dict]:
@@ -120,18 +132,20 @@ def _large_views(image_size, scale, jitter, blur_p, solarize_p, interpolation) -
 def coke_imagenet_double_view(seed: Optional[int] = None, image_size: int = 224, scale=(0.08, 1.0),
                               jitter=MILD_JITTER, blur_p=(1.0, 0.1), solarize_p: float = 0.2,
                               interpolation: str = "bilinear",
-                              op_seeds: Optional[Mapping[str, Optional[int]]] = None) -> Pipelines:
+                              op_seeds: Optional[Mapping[str, Optional[int]]] = None, flip_p: float = 0.5,
+                              to_input: Optional[Callable[[], list]] = None, index: bool = False) -> Pipelines:
     """main_double_view.py: two 224 px views, mild jitter, blur p 1.0 / 0.1, solarization 0.2 on view 2.
     Outputs: image (view 1), label, view2."""
     views = _large_views(image_size, scale, jitter, blur_p, solarize_p, interpolation)
-    return _build(views, seed, op_seeds, "coke_imagenet_double_view")
+    return _build(views, seed, op_seeds, "coke_imagenet_double_view", index, flip_p=flip_p, to_input=to_input)
 
 
 def coke_imagenet_multi_view(seed: Optional[int] = None, image_size: int = 224, scale=(0.08, 1.0),
                              jitter=MILD_JITTER, blur_p=(1.0, 0.1), solarize_p: float = 0.2,
                              num_small_crops: int = 6, small_size: int = 96, small_scale=(0.05, 0.6),
                              small_jitter=STRONG_JITTER, small_blur_p: float = 0.5, interpolation: str = "bilinear",
-                             op_seeds: Optional[Mapping[str, Optional[int]]] = None) -> Pipelines:
+                             op_seeds: Optional[Mapping[str, Optional[int]]] = None, flip_p: float = 0.5,
+                             to_input: Optional[Callable[[], list]] = None, index: bool = False) -> Pipelines:
     """main_multi_view.py: the two large views of the double-view recipe plus `num_small_crops` crops of
     96 px (scale 0.05-0.6, strong jitter, blur p 0.5). Outputs: image, label, view2, small1, ..., smallN."""
     if isinstance(num_small_crops, bool) or not isinstance(num_small_crops, int) or num_small_crops < 0:
@@ -139,7 +153,7 @@ def coke_imagenet_multi_view(seed: Optional[int] = None, image_size: int = 224, 
     views = _large_views(image_size, scale, jitter, blur_p, solarize_p, interpolation)
     views += [dict(name=f"small{i}", image_size=small_size, scale=small_scale, jitter=small_jitter,
                    blur_p=small_blur_p, interpolation=interpolation) for i in range(1, num_small_crops + 1)]
-    return _build(views, seed, op_seeds, "coke_imagenet_multi_view")
+    return _build(views, seed, op_seeds, "coke_imagenet_multi_view", index, flip_p=flip_p, to_input=to_input)
 
 
 def op_seed_names(builder, **kwargs) -> List[str]:
