@@ -34,9 +34,11 @@ GRID = [(lr, seed) for lr in (0.1, 0.02) for seed in (0, 1)]
 
 def toy_config(folder: Path, run_id: str, lr: float = 0.1, seed: int = 0, **overrides: dict) -> dict:
     """test_resume's toy run, EPOCHS epochs at learning rate `lr` and `seed`, the default schedule."""
-    return resume_toy_config(folder, run_id, **{"training": {"epochs": EPOCHS, "seed": seed}, "optimizer": {"lr": lr},
-                                                "scheduler": {"warmup_epochs": 0.0}, "logging": {"log_every": 5},
-                                                **overrides})
+    config = resume_toy_config(folder, run_id, training={"epochs": EPOCHS, "seed": seed}, optimizer={"lr": lr},
+                               scheduler={"warmup_epochs": 0.0}, logging={"log_every": 5})
+    for section, values in overrides.items():
+        config[section].update(values)
+    return config
 
 
 @pytest.fixture(scope="module")
