@@ -5,26 +5,18 @@ in the first process travelling in the checkpoint and recorded in config.json.""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 import test_cluster_toy as toy
+from experiments import Experiment
 from test_resume import launcher, run_until_finished, toy_config
-from test_resume_ffcv import SCRIPT, _env, experiment  # noqa: F401  (the module-scoped generated experiment)
+from test_resume_ffcv import experiment, run_segment  # noqa: F401  (the module-scoped generated experiment)
 from torchstrap_runtime.trainer import load_torch
-
-ROOT = Path(__file__).resolve().parents[1]
 
 NULL_SEEDS = ["--data.loader_seed", "null", "--augmentation.crop_seed", "null", "--augmentation.translate_seed",
               "null", "--augmentation.flip_seed", "null"]
 SEED_KEYS = {"RandomResizedCrop": "crop_seed", "RandomTranslation": "translate_seed", "RandomHorizontalFlip": "flip_seed"}
-# the generated experiment's training script, with extra command-line arguments (argv[4], JSON)
-SCRIPT_WITH_ARGS = SCRIPT.replace('"--logging.run_id", run_id]', '"--logging.run_id", run_id] + json.loads(sys.argv[4])')
-assert SCRIPT_WITH_ARGS != SCRIPT
 
 
 def test_cpu_bfloat16_usr2_resume_is_bitwise(tmp_path):
@@ -35,28 +27,23 @@ def test_cpu_bfloat16_usr2_resume_is_bitwise(tmp_path):
     assert json.loads((tmp_path / "cut" / "config.json").read_text())["config"]["training"]["dtype"] == "bfloat16"
 
 
-def segment(experiment: Path, run_id: str, stops: list[int], args: list[str]) -> list[dict]:
-    """One process training (or resuming) `run_id`, stopping on USR2 after a step in `stops`; it imports this
-    checkout's torchstrap_runtime (PYTHONPATH), not whichever one is installed."""
-    env = _env()
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    done = subprocess.run([sys.executable, "-c", SCRIPT_WITH_ARGS, str(experiment), run_id, json.dumps(stops),
-                           json.dumps(args)], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout.split("RESULT ", 1)[1])
+def segment(experiment: Experiment, run_id: str, stops: list[int], args: list[str]) -> list[dict]:
+    """One process training (or resuming) `run_id`, stopping on USR2 after a step in `stops`."""
+    return run_segment(experiment, run_id, stops, tuple(args), timeout=600)
 
 
 @pytest.mark.slow  # three training processes of the generated experiment (about 3 min on 2 idle cores)
 def test_generated_experiment_with_null_seeds_resumes_bitwise(experiment):  # noqa: F811
+    runs = experiment.path / "runs"
     cut = segment(experiment, "cut", [7], NULL_SEEDS)
     assert not cut[-1]["finished"]
-    first = json.loads((experiment / "runs" / "cut" / "config.json").read_text())["seeds"]["train_loader_resolved"]
+    first = json.loads((runs / "cut" / "config.json").read_text())["seeds"]["train_loader_resolved"]
     while not cut[-1]["finished"] and len(cut) < 4:  # a requeued job: a new process draws other seeds, then resumes
         cut += segment(experiment, "cut", [7], NULL_SEEDS)
     assert cut[-1]["finished"]
 
-    drawn = json.loads((experiment / "runs" / "cut" / "config.json").read_text())["seeds"]["train_loader_resolved"]
-    saved = load_torch(experiment / "runs" / "cut" / "checkpoints" / "last.pt")["loader_seeds"]
+    drawn = json.loads((runs / "cut" / "config.json").read_text())["seeds"]["train_loader_resolved"]
+    saved = load_torch(runs / "cut" / "checkpoints" / "last.pt")["loader_seeds"]
     assert drawn == first, "config.json keeps the seeds of the first process"
     assert saved["order"] == drawn["order"] is not None
     assert saved["ops"] == [list(op) for op in drawn["augmentations"]["image"]], "checkpoint seeds == config.json"
@@ -65,4 +52,4 @@ def test_generated_experiment_with_null_seeds_resumes_bitwise(experiment):  # no
     for op, seed in drawn["augmentations"]["image"]:
         replay += [f"--augmentation.{SEED_KEYS[op]}", str(seed)]
     assert segment(experiment, "replay", [], replay)[-1]["finished"]
-    toy.assert_same_run(experiment / "runs" / "replay", experiment / "runs" / "cut")
+    toy.assert_same_run(runs / "replay", runs / "cut")

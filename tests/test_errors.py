@@ -13,39 +13,24 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
-from generator.cli import new_experiment
-from generator.template_repo import build_template_repo, tag
-from torchstrap_runtime.data import write_digits
+from experiments import Experiment, make_experiment, subprocess_env
 from torchstrap_runtime.run_lock import LOCK_FILE, RunFolderBusyError, RunLock
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("errors")
-    template = build_template_repo(root / "tpl")
-    tag(template, "v1.0.0")
-    exp = new_experiment(root / "exp", {"use_slurm": False}, template=str(template))
-    digits = write_digits(root / "digits")
-    env = {**os.environ, "PYTHONPATH": f"{exp / 'src'}{os.pathsep}{REPO}",
-           "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR", str(REPO / ".numba_cache"))}
-    env.pop("TORCHSTRAP_DEBUG", None)
-    return {"exp": exp, "root": root, "train": str(digits["train"]), "val": str(digits["val"]), "env": env}
+def experiment(tmp_path_factory) -> Experiment:
+    return make_experiment(tmp_path_factory.mktemp("errors"), {"use_slurm": False})
 
 
-def train(experiment: dict, *args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def train(experiment: Experiment, *args: str, **run) -> subprocess.CompletedProcess:
     """`python -m my_experiment.train -C configs/default.yaml` on the digits, one epoch, with `args`."""
-    argv = [sys.executable, "-m", "my_experiment.train", "-C", "configs/default.yaml", "--data.train_path",
-            experiment["train"], "--data.val_path", experiment["val"], "--training.epochs", "1",
-            "--logging.progress", "false", "--logging.folder", str(experiment["root"] / "runs"), *args]
-    return subprocess.run(argv, cwd=experiment["exp"], env={**experiment["env"], **(env or {})},
-                          capture_output=True, text=True, timeout=timeout)
+    return experiment.run_train("--training.epochs", "1", *args, **run)
 
 
 def assert_one_sentence(result: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -69,7 +54,7 @@ def assert_one_sentence(result: subprocess.CompletedProcess, *fragments: str) ->
 def test_value_out_of_range_stops_before_any_work(experiment, args, sentence):
     result = train(experiment, *args, "--logging.run_id", "never")
     assert_one_sentence(result, sentence)
-    assert not (experiment["root"] / "runs" / "never").exists()
+    assert not (experiment.root / "runs" / "never").exists()
 
 
 def test_debug_flag_and_env_show_the_traceback(experiment):
@@ -94,13 +79,13 @@ def test_print_config_prints_the_resolved_config(experiment):
     assert result.returncode == 0, result.stderr
     printed = yaml.safe_load(result.stdout)
     assert printed["optimizer"]["lr"] == 0.05 and printed["training"]["epochs"] == 1
-    assert printed["data"]["train_path"] == experiment["train"] and "augmentation" in printed
+    assert printed["data"]["train_path"] == str(experiment.train) and "augmentation" in printed
 
 
 def test_missing_beton_and_corrupt_last_checkpoint(experiment):
-    missing = experiment["root"] / "missing.beton"
+    missing = experiment.root / "missing.beton"
     assert_one_sentence(train(experiment, "--data.train_path", str(missing)), f"FFCV dataset {missing} does not exist")
-    last = experiment["root"] / "runs" / "corrupt-last" / "checkpoints" / "last.pt"  # the run being resumed
+    last = experiment.root / "runs" / "corrupt-last" / "checkpoints" / "last.pt"  # the run being resumed
     last.parent.mkdir(parents=True)
     last.write_bytes(b"PK\x03\x04 truncated zip")
     assert_one_sentence(train(experiment, "--logging.run_id", "corrupt-last", "--training.eval_only", "true"),
@@ -114,7 +99,7 @@ def test_corrupt_beton_and_missing_checkpoint_are_user_errors(experiment, tmp_pa
     from torchstrap_runtime.trainer import load_torch
 
     corrupt = tmp_path / "corrupt.beton"
-    corrupt.write_bytes(Path(experiment["train"]).read_bytes()[:5000])  # a truncated real .beton
+    corrupt.write_bytes(experiment.train.read_bytes()[:5000])  # a truncated real .beton
     with pytest.raises(UserError, match=f"{corrupt} is not a valid FFCV .beton file"):
         check_beton(corrupt)
     with pytest.raises(UserError, match="checkpoint .*missing.pt does not exist"):
@@ -200,10 +185,8 @@ def tiny(tmp_path: Path, mode: str, **popen) -> subprocess.Popen:
     script.write_text(TINY_RUN)
     args = [sys.executable, str(script), mode, "--training.epochs", "1", "--logging.progress", "false",
             "--logging.folder", str(tmp_path / "runs"), "--logging.run_id", "shared"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("TORCHSTRAP_DEBUG", None)
-    return subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            **popen)
+    return subprocess.Popen(args, cwd=tmp_path, env=subprocess_env(REPO), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen)
 
 
 def test_second_process_on_a_run_folder_is_refused_and_a_dead_holder_is_taken_over(tmp_path):

@@ -8,7 +8,6 @@ generated folder, `src/` on the path). One combination per task runs in `make te
 from __future__ import annotations
 
 import itertools
-import os
 import re
 import subprocess
 import sys
@@ -17,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from experiments import subprocess_env, template_repo
 from generator.cli import new_experiment
-from generator.template_repo import build_template_repo, tag
 from generator.template_source import CHECKOUT, git
 
 QUESTIONS = yaml.safe_load((CHECKOUT / "copier.yml").read_text())
@@ -40,9 +39,7 @@ def combos() -> list:
 
 @pytest.fixture(scope="module")
 def tpl(tmp_path_factory) -> Path:
-    repo = build_template_repo(tmp_path_factory.mktemp("matrix") / "tpl")
-    tag(repo, "v1.0.0")
-    return repo
+    return template_repo(tmp_path_factory.mktemp("matrix") / "tpl")
 
 
 def leftover_jinja(exp: Path) -> list[str]:
@@ -73,10 +70,9 @@ def test_combination_generates_and_its_tests_pass(tpl, tmp_path, task, model, us
     assert (answers["task"], answers["model"], answers["use_slurm"]) == (task, model, use_slurm)
     assert yaml.safe_load((exp / "configs" / "default.yaml").read_text())["model"]["name"] == model
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(exp / "src"), str(CHECKOUT)]),  # this checkout's runtime
-           "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR", str(CHECKOUT / ".numba_cache"))}
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests"], cwd=exp,
-                          env=env, capture_output=True, text=True, timeout=OWN_TESTS_TIMEOUT)
+                          env=subprocess_env(exp / "src", CHECKOUT), capture_output=True, text=True,
+                          timeout=OWN_TESTS_TIMEOUT)
     assert done.returncode == 0, f"{exp.name}'s own tests failed:\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
 
     assert bool(slurm_files(exp)) == use_slurm, f"use_slurm={use_slurm} but SLURM files: {slurm_files(exp)}"

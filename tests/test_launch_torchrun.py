@@ -4,7 +4,6 @@ and a generated experiment's `make train NPROC=2` runs it through torchrun (NPRO
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -14,23 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from generator.cli import new_experiment
-from generator.template_repo import build_template_repo, tag
 from torchstrap_runtime import launcher
 from torchstrap_runtime.loggers import read_log
 
 import test_cluster_toy as toy
+from experiments import Experiment, make_experiment, subprocess_env
 from test_resume import STEPS_PER_EPOCH, toy_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 OVERRIDES = dict(training={"epochs": 2}, toy={"dropout": 0.0}, optimizer={"lr": 0.05})
-
-
-def env_with(*paths: Path) -> dict[str, str]:
-    """This checkout's sources first on PYTHONPATH (subprocesses must not import another install)."""
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in paths),
-            "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR", str(ROOT / ".numba_cache"))}
 
 
 def test_torchrun_two_processes_match_one_process(tmp_path):
@@ -47,7 +39,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
         result["env"] = {{k: os.environ[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}}
         Path({str(tmp_path)!r}, f"rank{{os.environ['RANK']}}.json").write_text(json.dumps(result))
     """))
-    done = subprocess.run([*TORCHRUN, str(script)], cwd=tmp_path, env=env_with(ROOT, ROOT / "tests"),
+    done = subprocess.run([*TORCHRUN, str(script)], cwd=tmp_path, env=subprocess_env(ROOT, ROOT / "tests"),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -64,18 +56,16 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("torchrun")
-    template = build_template_repo(folder / "tpl")
-    tag(template, "v1.0.0")
-    return new_experiment(folder / "exp", {"task": "supervised", "model": "mlp", "use_slurm": False},
-                          template=str(template))
+def experiment(tmp_path_factory) -> Experiment:
+    """Its data is written by `make data`."""
+    return make_experiment(tmp_path_factory.mktemp("torchrun"), {"task": "supervised", "model": "mlp",
+                                                                 "use_slurm": False}, digits=False)
 
 
-def make(experiment: Path, *args: str, timeout: int = 60) -> subprocess.CompletedProcess:
-    pythonpath = f"PYTHONPATH={experiment / 'src'}{os.pathsep}{ROOT}"   # the Makefile sets src/; keep this checkout
-    return subprocess.run(["make", *args, f"PY={sys.executable}", pythonpath], cwd=experiment, env=env_with(ROOT),
-                          capture_output=True, text=True, timeout=timeout)
+def make(experiment: Experiment, *args: str, timeout: int = 60) -> subprocess.CompletedProcess:
+    pythonpath = f"PYTHONPATH={experiment.env['PYTHONPATH']}"   # the Makefile sets src/; keep this checkout
+    return subprocess.run(["make", *args, f"PY={sys.executable}", pythonpath], cwd=experiment.path,
+                          env=experiment.env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_make_train_nproc_picks_torchrun(experiment):
@@ -96,7 +86,7 @@ def test_make_train_nproc_2_trains_the_generated_experiment(experiment):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     print(f"make train NPROC=2, 1 epoch: {time.monotonic() - started:.1f} s")
     assert done.stdout.count("final validation top-1 accuracy:") == 1          # rank 0 prints the summary
-    run = experiment / "runs" / "two"
+    run = experiment.path / "runs" / "two"
     config = json.loads((run / "config.json").read_text())
     assert config["world_size"] == 2
     epochs = [r for r in read_log(run) if r.get("kind") == "epoch"]

@@ -9,16 +9,12 @@ scripts/submit.py also runs a job through submitit's LocalExecutor and scripts/t
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 import test_cluster_toy as toy
-
-ROOT = Path(__file__).resolve().parents[1]
+from experiments import Experiment, make_experiment
 
 SCRIPT = r"""
 import json, os, signal, sys
@@ -51,29 +47,16 @@ print("RESULT " + json.dumps(results))
 
 
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory) -> Path:
-    from generator.cli import new_experiment
-    from generator.template_repo import build_template_repo, tag
-
-    base = tmp_path_factory.mktemp("ffcv")
-    repo = build_template_repo(base / "tpl")
-    tag(repo, "v1.0.0")
-    exp = new_experiment(base / "exp", {"project_name": "toyexp", "use_slurm": True}, template=str(repo))
-    from torchstrap_runtime.data import write_digits
-
-    write_digits(exp / "data" / "digits")
-    return exp
+def experiment(tmp_path_factory) -> Experiment:
+    return make_experiment(tmp_path_factory.mktemp("ffcv"), {"project_name": "toyexp", "use_slurm": True})
 
 
-def _env() -> dict:
-    return dict(os.environ, NUMBA_CACHE_DIR=os.environ.get("NUMBA_CACHE_DIR", str(ROOT / ".numba_cache")))
-
-
-def run_segment(experiment: Path, run_ids: str, stops: list[int], extra: tuple = ()) -> list[dict]:
+def run_segment(experiment: Experiment, run_ids: str, stops: list[int], extra: tuple = (),
+                timeout: int = 300) -> list[dict]:
     """One process: train (or resume) the runs `run_ids` in order until done, or a USR2 at one of `stops`
     (`extra`: more command-line config values)."""
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(experiment), run_ids, json.dumps(stops),
-                           json.dumps(list(extra))], env=_env(), capture_output=True, text=True, timeout=300)
+    done = experiment.run("-c", SCRIPT, str(experiment.path), run_ids, json.dumps(stops), json.dumps(list(extra)),
+                          timeout=timeout)
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.split("RESULT ", 1)[1])
 
@@ -88,16 +71,15 @@ def test_generated_experiment_resumes_exactly_on_ffcv(experiment, os_cache):
         cut += run_segment(experiment, f"{prefix}cut", stops, extra)
     assert [r["step"] for r in cut[:-1]] == [s + 1 for s in stops]
     assert cut[-1]["finished"] and cut[-1]["step"] == ref["step"]
-    toy.assert_same_run(experiment / "runs" / f"{prefix}ref", experiment / "runs" / f"{prefix}cut")
+    toy.assert_same_run(experiment.path / "runs" / f"{prefix}ref", experiment.path / "runs" / f"{prefix}cut")
 
 
 def test_generated_scripts(experiment):
     """submit.py rejects a missing partition before submitting; train.sbatch is valid bash."""
-    done = subprocess.run([sys.executable, "scripts/submit.py", "-C", "configs/default.yaml"], cwd=experiment,
-                          env=_env(), capture_output=True, text=True, timeout=300)
+    done = experiment.run("scripts/submit.py", "-C", "configs/default.yaml")
     assert done.returncode == 2 and "slurm.partition is missing" in done.stderr, done.stderr[-2000:]
-    assert subprocess.run(["bash", "-n", "scripts/train.sbatch"], cwd=experiment).returncode == 0
-    text = (experiment / "scripts" / "train.sbatch").read_text()
+    assert subprocess.run(["bash", "-n", "scripts/train.sbatch"], cwd=experiment.path).returncode == 0
+    text = (experiment.path / "scripts" / "train.sbatch").read_text()
     assert "#SBATCH --signal=USR2@120" in text and "#SBATCH --requeue" in text and "srun" in text
     assert "toyexp.trainer:Trainer" in text
 
@@ -105,9 +87,8 @@ def test_generated_scripts(experiment):
 @pytest.mark.slow
 def test_generated_submit_runs_through_the_local_executor(experiment):
     """`python scripts/submit.py --local --wait` trains the generated experiment through submitit."""
-    done = subprocess.run([sys.executable, "scripts/submit.py", "-C", "configs/default.yaml", "--local", "--wait",
-                           "--training.epochs", "1", "--logging.run_id", "local", "--logging.progress", "false"],
-                          cwd=experiment, env=_env(), capture_output=True, text=True, timeout=600)
+    done = experiment.run("scripts/submit.py", "-C", "configs/default.yaml", "--local", "--wait", "--training.epochs",
+                          "1", "--logging.run_id", "local", "--logging.progress", "false", timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     assert '"finished": true' in done.stdout
-    assert (experiment / "runs" / "local" / "checkpoints" / "last.pt").exists()
+    assert (experiment.path / "runs" / "local" / "checkpoints" / "last.pt").exists()

@@ -24,6 +24,8 @@ from torchstrap_runtime import runs as R
 from torchstrap_runtime.loggers import read_log
 
 import test_cluster_toy as toy
+from experiments import subprocess_env
+from test_resume import toy_config as resume_toy_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 2
@@ -31,14 +33,12 @@ GRID = [(lr, seed) for lr in (0.1, 0.02) for seed in (0, 1)]
 
 
 def toy_config(folder: Path, run_id: str, lr: float = 0.1, seed: int = 0, **overrides: dict) -> dict:
-    cfg.load_config([])
-    base = cfg.config_as_dict()
-    base["training"].update(epochs=EPOCHS, seed=seed, device="cpu")
-    base["optimizer"].update(lr=lr)
-    base["logging"].update(folder=str(folder), run_id=run_id, progress=False, log_every=5)
+    """test_resume's toy run, EPOCHS epochs at learning rate `lr` and `seed`, the default schedule."""
+    config = resume_toy_config(folder, run_id, training={"epochs": EPOCHS, "seed": seed}, optimizer={"lr": lr},
+                               scheduler={"warmup_epochs": 0.0}, logging={"log_every": 5})
     for section, values in overrides.items():
-        base[section].update(values)
-    return base
+        config[section].update(values)
+    return config
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +52,11 @@ def runs_folder(tmp_path_factory) -> Path:
     assert R.load_run(folder / "resumed").status == "preempted"
     assert launcher.run_training(resumed, toy.TRAINER)["finished"]
     # killed with SIGKILL at step 30 of a fresh run (in epoch 1: epoch 0 is logged)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT)]))
     command = [sys.executable, "-m", "torchstrap_runtime.launcher", "run", toy.TRAINER, "--training.device", "cpu",
                "--training.epochs", str(EPOCHS), "--logging.folder", str(folder), "--logging.run_id", "killed",
                "--logging.progress", "false", "--logging.log_every", "5", "--toy.kill_at_step", "30"]
-    killed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    killed = subprocess.run(command, env=subprocess_env(ROOT / "tests", ROOT), capture_output=True, text=True,
+                            timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     os.utime(folder / "killed" / "log.jsonl", (1, 1))   # a log untouched for long: no process behind it
     return folder

@@ -5,7 +5,6 @@ switches an experiment. Generated code runs in fresh processes that see this che
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +13,9 @@ import pytest
 import yaml
 
 from dataset_files import make_cifar10, make_cifar100, make_image_folder, make_imagenet
+from experiments import subprocess_env, template_repo
 from generator.cli import main, new_experiment
-from generator.template_repo import build_template_repo, commit, tag
+from generator.template_repo import commit
 from generator.template_source import CHECKOUT
 
 TIMEOUT = 600
@@ -23,15 +23,12 @@ TIMEOUT = 600
 
 @pytest.fixture(scope="module")
 def tpl(tmp_path_factory) -> Path:
-    repo = build_template_repo(tmp_path_factory.mktemp("datasets") / "tpl")
-    tag(repo, "v1.0.0")
-    return repo
+    return template_repo(tmp_path_factory.mktemp("datasets") / "tpl")
 
 
 def run(exp: Path, *argv: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(exp / "src"), str(CHECKOUT)]),
-           "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR", str(CHECKOUT / ".numba_cache"))}
-    done = subprocess.run([sys.executable, *argv], cwd=exp, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    done = subprocess.run([sys.executable, *argv], cwd=exp, env=subprocess_env(exp / "src", CHECKOUT),
+                          capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0, f"{' '.join(argv)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     return done
 

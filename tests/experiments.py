@@ -1,0 +1,60 @@
+"""A generated experiment for tests that run it as a user does: a tagged git clone of this checkout's template,
+`new_experiment` from it, the digits .beton files where its default config reads them, and the environment
+of its subprocesses (this checkout's sources on PYTHONPATH, never another install)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from generator.cli import new_experiment
+from generator.template_repo import build_template_repo, tag
+from generator.template_source import CHECKOUT
+from torchstrap_runtime.data import write_digits
+
+
+def subprocess_env(*paths: Path) -> dict[str, str]:
+    """os.environ with `paths` as PYTHONPATH, a NUMBA_CACHE_DIR and no TORCHSTRAP_DEBUG (tracebacks off)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in paths),
+           "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR", str(CHECKOUT / ".numba_cache"))}
+    env.pop("TORCHSTRAP_DEBUG", None)
+    return env
+
+
+def template_repo(folder: Path) -> Path:
+    """A git repository of this checkout's template, tagged v1.0.0."""
+    repo = build_template_repo(folder)
+    tag(repo, "v1.0.0")
+    return repo
+
+
+@dataclass
+class Experiment:
+    path: Path           # the generated experiment
+    root: Path           # the folder holding it; runs go to root / "runs"
+    train: Path | None   # the digits .beton files (None without digits)
+    val: Path | None
+    env: dict[str, str]  # for its subprocesses: its src/ and this checkout on PYTHONPATH
+
+    def run(self, *argv: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+        """`python *argv` in the experiment folder (`env`: extra variables)."""
+        return subprocess.run([sys.executable, *argv], cwd=self.path, env={**self.env, **(env or {})},
+                              capture_output=True, text=True, timeout=timeout)
+
+    def run_train(self, *args: str, **run) -> subprocess.CompletedProcess:
+        """Its train module with configs/default.yaml on the digits, no progress bar, runs under root / "runs"."""
+        package = next(self.path.glob("src/*/train.py")).parent.name
+        return self.run("-m", f"{package}.train", "-C", "configs/default.yaml", "--data.train_path", str(self.train),
+                        "--data.val_path", str(self.val), "--logging.progress", "false", "--logging.folder",
+                        str(self.root / "runs"), *args, **run)
+
+
+def make_experiment(root: Path, answers: dict, digits: bool = True, template: Path | None = None) -> Experiment:
+    """The experiment of `answers` in root / "exp", from `template` (default: a fresh one in root / "tpl"), with
+    the digits .beton files in its data/digits."""
+    exp = new_experiment(root / "exp", answers, template=str(template or template_repo(root / "tpl")))
+    paths = write_digits(exp / "data" / "digits") if digits else {"train": None, "val": None}
+    return Experiment(exp, root, paths["train"], paths["val"], subprocess_env(exp / "src", CHECKOUT))
