@@ -276,7 +276,7 @@ def runs_table(runs: list[Run], metric: str = "val_top1", mode: str = "max",
         target = run.params.get("training.epochs")
         row = {"run": run.run_id, "status": run.status,
                "epochs": f"{run.epochs_done}/{target}" if isinstance(target, int) else run.epochs_done,
-               "wall_s": round(run.wall_time, 1)}
+               "wall_s": round(run.wall_time, 2)}
         row.update({k: run.params.get(k) for k in keys})
         if tagged:
             row["tags"] = ",".join(map(str, run.params.get("logging.tags") or []))

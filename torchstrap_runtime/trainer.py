@@ -419,7 +419,7 @@ class Trainer:
             self.epoch += 1
             kept = self.track_best()
             self.save_checkpoint()
-            if kept:
+            if kept and self.is_main:  # rank 0 wrote last.pt
                 self.best.keep(self.checkpoint_path, self.epoch - 1)
             if self.should_stop():
                 return self.epoch_record
