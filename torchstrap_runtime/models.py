@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -76,16 +77,20 @@ class ResNetSmall(nn.Module):
         return self.head(self.pool(self.stages(self.stem(x))))
 
 
-def build_model(name: str, num_classes: int, image_size: int = 32, in_channels: int = 3) -> nn.Module:
-    """`mlp`, `resnet-small` (also accepted: `resnet_small`) or `resnet18` / `resnet34` / `resnet50`."""
+def build_model(name: str, num_classes: int, image_size: int = 32, in_channels: int = 3, stem: str | None = None,
+                zero_init_residual: bool = False) -> nn.Module:
+    """`mlp`, `resnet-small` (also accepted: `resnet_small`) or `resnet18` / `resnet34` / `resnet50`;
+    `num_classes=0` gives the features (`.out_features` numbers) without a head. ResNets: `stem` 'cifar' or
+    'imagenet' (None: by image size), `zero_init_residual` starts each residual branch's last BatchNorm at 0."""
     key = name.replace("_", "-").lower()
     if key == "mlp":
         return MLP(in_channels * image_size * image_size, num_classes=num_classes)
     if key == "resnet-small":
         return ResNetSmall(num_classes=num_classes, in_channels=in_channels)
     if key in RESNETS:
-        return RESNETS[key](num_classes=num_classes, image_size=image_size, in_channels=in_channels)
-    raise ValueError(f"unknown model '{name}': expected 'mlp', 'resnet-small', 'resnet18', 'resnet34' or 'resnet50'")
+        return RESNETS[key](num_classes=num_classes, stem=stem, image_size=image_size, in_channels=in_channels,
+                            zero_init_residual=zero_init_residual)
+    raise ValueError(f"unknown model '{name}': expected {MODEL_NAMES}")
 
 
 # ---------------------------------------------------------------------- ResNet-18/34/50 (torchvision's architecture)
@@ -229,37 +234,7 @@ def resnet50(num_classes: int = 1000, stem: str | None = None, image_size: int =
 
 
 RESNETS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
-
-
-# ----------------------------------------------------------------------------- CoKe heads (idstcv/CoKe)
-
-class CoKeProjector(nn.Module):
-    """CoKe's projection head: Linear-BN-ReLU, Linear-BN-ReLU, Linear-BN (it replaces the backbone's fc).
-
-    `hidden_dim` defaults to `in_dim` (2048 on a ResNet-50), `out_dim` is the embedding size (128).
-    """
-
-    def __init__(self, in_dim: int, out_dim: int = 128, hidden_dim: int | None = None):
-        super().__init__()
-        hidden = hidden_dim or in_dim
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-                                 nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-                                 nn.Linear(hidden, out_dim), nn.BatchNorm1d(out_dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-class CoKePredictor(nn.Module):
-    """CoKe's prediction head on the projection: Linear-BN-ReLU, Linear (no final BatchNorm)."""
-
-    def __init__(self, dim: int = 128, hidden_dim: int = 2048):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
-                                 nn.Linear(hidden_dim, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+MODEL_NAMES = "'mlp', 'resnet-small', 'resnet18', 'resnet34' or 'resnet50'"
 
 
 def same_size_runs(views: list[torch.Tensor]) -> list[tuple[int, int]]:
@@ -281,29 +256,29 @@ def forward_by_resolution(module: nn.Module, views: list[torch.Tensor]) -> list[
     return outputs
 
 
-class CoKeHeads(nn.Module):
-    """backbone -> projector -> (projection, prediction): what the CoKe criteria take as views/predictions.
+class EmbeddingNet(nn.Module):
+    """A backbone (a model built with `num_classes=0`, exposing `out_features`) and a projection head
+    to `embedding_dim`, L2-normalised. `hidden > 0` makes the head Linear-BN-ReLU-Linear (SSL style)."""
 
-    `backbone` maps images to [B, in_dim] features (e.g. a ResNet with its fc removed). Called on a list of
-    views (large views first, then small crops), the backbone runs once per resolution and the heads once
-    per view (their BatchNorm statistics are per view, as in the authors' code); it then returns
-    (projections, predictions), one [B, dim] per view.
-    """
-
-    def __init__(self, backbone: nn.Module, in_dim: int, dim: int = 128, hidden_dim: int | None = None,
-                 predictor: bool = True):
+    def __init__(self, backbone: nn.Module, embedding_dim: int = 64, hidden: int = 0):
         super().__init__()
+        width = getattr(backbone, "out_features", None)
+        if not isinstance(width, int):
+            raise ValueError(f"EmbeddingNet: the backbone {type(backbone).__name__} needs an int `out_features` "
+                             f"(the size of its output), got {width!r}")
+        if not isinstance(embedding_dim, int) or embedding_dim < 1:
+            raise ValueError(f"EmbeddingNet: embedding_dim must be an int >= 1, got {embedding_dim!r}")
         self.backbone = backbone
-        self.projector = CoKeProjector(in_dim, dim, hidden_dim)
-        self.predictor = CoKePredictor(dim, hidden_dim or in_dim) if predictor else None
-        self.embedding_dim = dim
-
-    def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        projection = self.projector(features)
-        return projection, (self.predictor(projection) if self.predictor is not None else projection)
+        self.embedding_dim = embedding_dim
+        if hidden > 0:
+            self.head = nn.Sequential(nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                                      nn.Linear(hidden, embedding_dim))
+        else:
+            self.head = nn.Linear(width, embedding_dim)
 
     def forward(self, x):
+        """Unit embeddings of a batch; of a list of views, one [B, embedding_dim] per view (the backbone runs
+        once per resolution)."""
         if isinstance(x, torch.Tensor):
-            return self.heads(self.backbone(x))
-        outputs = [self.heads(f) for f in forward_by_resolution(self.backbone, list(x))]
-        return [p for p, _ in outputs], [q for _, q in outputs]
+            return F.normalize(self.head(self.backbone(x)), dim=1)
+        return [F.normalize(self.head(f), dim=1) for f in forward_by_resolution(self.backbone, list(x))]

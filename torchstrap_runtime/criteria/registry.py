@@ -27,8 +27,8 @@ from torch import nn
 from torch.nn.modules.loss import _Loss
 
 from ..config import NONE_WORDS, parse_text
-from ..graphs.training import GraphLaplacianLoss
-from .coke import CoKeDoubleView, CoKeMultiView, CoKeSingleView
+from ..errors import UserError
+from ..methods.coke.criterion import CoKeDoubleView, CoKeMultiView, CoKeSingleView
 from .wrappers import AdaptiveSoftmaxLoss, MetricLoss, ViewsLoss
 
 COKE_CRITERIA: dict[str, type[nn.Module]] = {
@@ -36,7 +36,7 @@ COKE_CRITERIA: dict[str, type[nn.Module]] = {
     "coke_double_view": CoKeDoubleView,
     "coke_multi_view": CoKeMultiView,
 }
-GRAPH_CRITERIA: dict[str, type[nn.Module]] = {"graph_laplacian": GraphLaplacianLoss}
+GRAPH_CRITERIA = ("graph_laplacian",)  # graphs.training.GraphLaplacianLoss, imported when asked for
 # pytorch-metric-learning classes in `losses` that are bases, not losses.
 PML_BASE_CLASSES = {
     "BaseMetricLossFunction": "abstract base of the metric losses",
@@ -113,7 +113,9 @@ def resolve(name: str) -> tuple[str, type[nn.Module]]:
     if name in COKE_CRITERIA:
         return "coke", COKE_CRITERIA[name]
     if name in GRAPH_CRITERIA:
-        return "graphs", GRAPH_CRITERIA[name]
+        from ..graphs.training import GraphLaplacianLoss
+
+        return "graphs", GraphLaplacianLoss
     nn_table, pml_table = torch_losses(), pml_losses()
     prefix, _, bare = name.rpartition(".")
     if prefix == "nn" and bare in nn_table:
@@ -304,3 +306,12 @@ def describe(name: str) -> str:
     _, cls = resolve(name)
     return f"{cls.__module__}.{cls.__name__}({', '.join(accepted_params(cls))})"
 
+
+
+def check_input_kind(criterion: nn.Module, name: str, expected: str, examples: str) -> None:
+    """Raise a UserError when `criterion` (criterion.name `name`) does not take `expected` inputs
+    (one of `INPUT_KINDS`); `examples` names criteria that do."""
+    kind = getattr(criterion, "input_kind", None)
+    if kind != expected:
+        raise UserError(f"criterion.name '{name}' takes {kind!r} inputs but this experiment calls it with "
+                        f"{expected!r} (e.g. {examples})")

@@ -22,8 +22,6 @@ from . import ffcv_fixes
 
 ffcv_fixes.apply()
 
-from .coke_pipelines import (coke_imagenet_double_view, coke_imagenet_multi_view, coke_imagenet_single_view,
-                             op_seed_names)
 from .color_jitter import RandomColorJitter
 from .decoders import SimpleRGBImageDecoder
 from .erasing import RandomErasing
@@ -46,6 +44,5 @@ __all__ = [
     "check_beton", "beton_info", "prepare", "read_classes", "SOURCES", "SourceError", "NormalizeOnDevice", "batch_device",
     "SimpleRGBImageDecoder", "RandomResizedCrop", "RandomColorJitter", "RandomErasing", "RandomTranslation",
     "RandomSolarization", "RandomGrayscale", "RandomHorizontalFlip", "RandomVerticalFlip", "RandomInvert",
-    "RandomGaussianBlur", "coke_imagenet_single_view", "coke_imagenet_double_view", "coke_imagenet_multi_view",
-    "op_seed_names", "SampleIndexDecoder",
+    "RandomGaussianBlur", "SampleIndexDecoder",
 ]

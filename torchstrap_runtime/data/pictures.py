@@ -180,7 +180,7 @@ def save_coke_multicrop_grid(beton_path: PathLike, out_path: PathLike, seed: int
     """PNG of CoKe's multi-crop recipe (coke_imagenet_multi_view, base seed `seed`): per sample, the stored
     image, 2 large views and 6 small crops, drawn at `large`/`small` px (224/96 scaled down), before
     normalisation."""
-    from .coke_pipelines import coke_imagenet_multi_view
+    from ..methods.coke.views import coke_imagenet_multi_view
 
     pipelines, _ = coke_imagenet_multi_view(seed=seed, image_size=large, small_size=small)
     views = {name: ops[:-4] for name, ops in pipelines.items() if name != "label"}  # drop normalise/to-tensor

@@ -1,4 +1,4 @@
-"""CoKe's three ImageNet recipes (idstcv/CoKe main_{single,double,multi}_view.py) as seeded FFCV pipelines.
+"""CoKe's views: the three ImageNet recipes (idstcv/CoKe main_{single,double,multi}_view.py) as seeded FFCV pipelines.
 
     pipelines, mapper = coke_imagenet_multi_view(seed=0)
     loader = Loader("train.beton", batch_size=256, pipelines=pipelines, custom_field_mapper=mapper)
@@ -25,14 +25,9 @@ import torch
 from ffcv.fields.decoders import IntDecoder
 from ffcv.transforms import Convert, NormalizeImage, ToTensor, ToTorchImage
 
-from .color_jitter import RandomColorJitter
-from .gaussian_blur import RandomGaussianBlur
-from .grayscale import RandomGrayscale
-from .horizontal_flip import RandomHorizontalFlip
-from .random_resized_crop import RandomResizedCrop
-from .sample_index import SampleIndexDecoder
-from .rng import mix64_py, stream_id
-from .solarization import RandomSolarization
+from ...data import (RandomColorJitter, RandomGaussianBlur, RandomGrayscale, RandomHorizontalFlip, RandomResizedCrop,
+                     RandomSolarization, SampleIndexDecoder)
+from ...data.rng import mix64_py, stream_id
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406]) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225]) * 255

@@ -29,8 +29,7 @@ small crops; `predictions`: the predictor outputs in the same layout, None = the
 
 With torch.distributed, features and indices are all-gathered, so every rank holds the same centers,
 duals and memory, updated from the global batch. All state is in buffers (`state_dict()` resumes exactly).
-In eval mode the loss uses the current assignment and no state changes. `COKE_RECIPES` holds the
-authors' settings (criterion parameters, optimisation, data pipeline) for a trainer to read.
+In eval mode the loss uses the current assignment and no state changes.
 """
 
 from __future__ import annotations
@@ -42,46 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..distributed import all_gather_cat, broadcast_tensor, get_rank, is_distributed
+from ...distributed import all_gather_cat, broadcast_tensor, get_rank, is_distributed
 
 INITS = ("random", "kmeans++")
 CENTER_UPDATES = ("online",)  # accepted for older configs: the authors' running mean is per batch
 
-
-# ----------------------------------------------------------------------------- the authors' recipes
-
-def _recipe(criterion: str, params: dict, pipeline: str) -> dict:
-    return {
-        "criterion": {"name": criterion, "params": params},
-        "pipeline": pipeline,
-        "model": {"arch": "resnet50", "embedding_size": 128, "projector": "coke", "predictor": True},
-        "optimizer": {"name": "lars", "lr": 1.6, "momentum": 0.9, "weight_decay": 1e-6, "batch_size": 1024},
-        # cosine schedule after a linear warm-up; epoch 0 runs with lr = 0: a pure clustering epoch
-        "scheduler": {"name": "cosine", "warmup_epochs": 11, "first_epoch_lr_zero": True},
-    }
-
-
-_SHARED = {"embedding_size": 128, "num_clusters": [3000, 4000, 5000], "dual_lr": 20.0, "min_size_ratio": 0.4}
-# The authors' run_*.sh settings (run_single_view.sh sets beta 1; main_single_view.py defaults to 0.5).
-COKE_RECIPES: dict[str, dict] = {
-    "coke_single": {**_recipe("coke_single_view", {**_SHARED, "temperature": 0.1, "beta": 1.0, "stage": 801,
-                                                   "soft_label_size": 5, "soft_label_temperature": 0.5},
-                              "coke_imagenet_single_view"), "epochs": 1001},
-    "coke_double": {**_recipe("coke_double_view", {**_SHARED, "temperature": 0.05, "alpha": 0.2},
-                              "coke_imagenet_double_view"), "epochs": 1001},
-    "coke_multi": {**_recipe("coke_multi_view", {**_SHARED, "temperature": 0.05, "alpha": 0.2, "beta": 0.5,
-                                                 "num_small_crops": 6},
-                             "coke_imagenet_multi_view"), "epochs": 801},
-}
-
-
-def first_epoch_lr_factor(recipe: dict, epoch: int) -> float:
-    """0 in epoch 0 when the recipe asks for a pure clustering first epoch, else 1 (multiplies the lr)."""
-    return 0.0 if epoch == 0 and recipe.get("scheduler", {}).get("first_epoch_lr_zero") else 1.0
-
-
-
-# ----------------------------------------------------------------------------- helpers
 
 def kmeans_plus_plus(z: torch.Tensor, k: int, generator: torch.Generator, trials: int | None = None) -> torch.Tensor:
     """k unit vectors picked from the rows of z (unit norm) by greedy k-means++ seeding (cosine distance).
