@@ -27,3 +27,23 @@ def restore_process_state():
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     sys.path[:] = path
+
+
+@pytest.fixture(scope="session")
+def task_trainer(tmp_path_factory):
+    """`task_trainer(task)`: the Trainer class of a generated experiment of that task (package `task_<task>`,
+    one per session), with its config sections declared; tests subclass it for in-memory data."""
+    import importlib
+
+    from experiments import import_experiment, make_experiment
+
+    made: dict = {}
+
+    def trainer_of(task: str) -> type:
+        if task not in made:
+            name = "task-" + task
+            exp = make_experiment(tmp_path_factory.mktemp(name), {"task": task, "project_name": name}, digits=False)
+            made[task] = import_experiment(exp.path)
+        return importlib.import_module(f"{made[task]}.trainer").Trainer
+
+    return trainer_of

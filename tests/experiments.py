@@ -58,3 +58,14 @@ def make_experiment(root: Path, answers: dict, digits: bool = True, template: Pa
     exp = new_experiment(root / "exp", answers, template=str(template or template_repo(root / "tpl")))
     paths = write_digits(exp / "data" / "digits") if digits else {"train": None, "val": None}
     return Experiment(exp, root, paths["train"], paths["val"], subprocess_env(exp / "src", CHECKOUT))
+
+
+def import_experiment(exp: Path) -> str:
+    """Import a generated experiment's package from its src/ (its config sections and trainer); its name."""
+    import importlib
+
+    package = next(exp.glob("src/*/trainer.py")).parent.name
+    sys.path.insert(0, str(exp / "src"))
+    importlib.import_module(f"{package}.config")
+    importlib.import_module(f"{package}.trainer")
+    return package

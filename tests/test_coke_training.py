@@ -23,10 +23,10 @@ import torch
 from test_tasks import config  # noqa: F401  (the fixture)
 
 from torchstrap_runtime.config import set_values
-from torchstrap_runtime.criteria.coke import COKE_RECIPES
+from torchstrap_runtime.evaluation import KNNValLoader
 from torchstrap_runtime.loggers import read_log
-from torchstrap_runtime.models import CoKeHeads, ResNetSmall
-from torchstrap_runtime.tasks import KNNValLoader, SSLMultiViewTrainer
+from torchstrap_runtime.methods.coke import RECIPES, CoKeHeads
+from torchstrap_runtime.models import ResNetSmall
 
 MEAN = np.array([0.5, 0.5, 0.5]) * 255
 # the authors' recipes, scaled down for 1437 digits: fewer and smaller clusterings, 64-d embeddings
@@ -47,15 +47,15 @@ def digits(tmp_path_factory) -> dict:
     return write_digits(tmp_path_factory.mktemp("digits"))
 
 
-def recipe_trainer(recipe_name: str, paths: dict, small_crops: int = 2) -> type:
-    """SSLMultiViewTrainer with the recipe's pipeline at 32 px (small crops 16 px), CoKe heads, its criterion."""
+def recipe_trainer(base: type, recipe_name: str, paths: dict, small_crops: int = 2) -> type:
+    """The ssl-multiview experiment's Trainer (`base`) with the recipe's pipeline at 32 px (small crops 16 px), CoKe heads, its criterion."""
     from ffcv.fields.decoders import IntDecoder
     from ffcv.transforms import Convert, NormalizeImage, ToTensor, ToTorchImage
 
     from torchstrap_runtime.data import Loader, OrderOption, SimpleRGBImageDecoder
-    from torchstrap_runtime.data import coke_pipelines as cp
+    from torchstrap_runtime.methods.coke import views
 
-    recipe = COKE_RECIPES[recipe_name]
+    recipe = RECIPES[recipe_name]
 
     def to_input() -> list:
         return [NormalizeImage(MEAN, MEAN, np.float32), ToTensor(), ToTorchImage(), Convert(torch.float32)]
@@ -68,24 +68,21 @@ def recipe_trainer(recipe_name: str, paths: dict, small_crops: int = 2) -> type:
         return Loader(path, 256, num_workers=2, order=OrderOption.SEQUENTIAL, drop_last=False,
                       pipelines={"image": [SimpleRGBImageDecoder(), *to_input()], "label": [IntDecoder(), ToTensor()]})
 
-    class RecipeOnDigits(SSLMultiViewTrainer):
+    class RecipeOnDigits(base):
         def initialize_model(self) -> None:
             backbone = ResNetSmall(num_classes=0)
             self.model = CoKeHeads(backbone, backbone.out_features, dim=SMALL["embedding_size"], hidden_dim=128)
 
         def initialize_train_loader(self) -> None:
-            pipelines, mapper = getattr(cp, recipe["pipeline"])(**options)
+            pipelines, mapper = getattr(views, recipe.views)(**options)
             self.train_loader = Loader(paths["train"], 64, num_workers=2, order=OrderOption.RANDOM, seed=0,
                                        pipelines=pipelines, custom_field_mapper=mapper, drop_last=True)
 
         def initialize_val_loader(self) -> None:
             self.val_loader = KNNValLoader(plain(paths["val"]), bank=plain(paths["train"]))
 
-    RecipeOnDigits.recipe = recipe
-    params = {**recipe["criterion"]["params"], **SMALL}
-    if recipe_name == "coke_multi":
-        params["num_small_crops"] = small_crops
-    set_values({"criterion.name": recipe["criterion"]["name"], "criterion.params": params})
+    set_values({"criterion.name": "", "criterion.params": SMALL, "ssl.recipe": recipe_name, "ssl.small_crops": small_crops,
+                "ssl.first_epoch_lr_zero": True})
     return RecipeOnDigits
 
 
@@ -101,10 +98,10 @@ def random_encoder_knn(trainer) -> float:
     pytest.param("coke_single", 3, 0, id="coke_single", marks=pytest.mark.slow),
     pytest.param("coke_multi", 2, 0, id="coke_multi", marks=pytest.mark.slow),
 ])
-def test_recipe_lowers_the_loss_and_beats_the_random_encoder(digits, tmp_path, recipe, epochs, batches):
+def test_recipe_lowers_the_loss_and_beats_the_random_encoder(digits, tmp_path, task_trainer, recipe, epochs, batches):
     set_values({"training.epochs": epochs, "logging.run_id": recipe, "logging.log_every": 1,
                 "scheduler.name": "none", "training.limit_train_batches": batches})
-    trainer = recipe_trainer(recipe, digits)()
+    trainer = recipe_trainer(task_trainer("ssl-multiview"), recipe, digits)()
     assert trainer.criterion.num_samples == 1437  # the training set's size, filled in by the trainer
     random_knn = random_encoder_knn(trainer)
     start = time.perf_counter()
@@ -125,11 +122,11 @@ def test_recipe_lowers_the_loss_and_beats_the_random_encoder(digits, tmp_path, r
     assert record["val_knn_top1"] > random_knn + 0.05, (random_knn, knn)
 
 
-def test_first_epoch_of_a_recipe_only_clusters(digits):
+def test_first_epoch_of_a_recipe_only_clusters(digits, task_trainer):
     """Epoch 0 runs with lr 0: the weights stay as they were, the centers move (the recipe's clustering epoch)."""
     set_values({"training.epochs": 1, "training.limit_train_batches": 3, "logging.eval_each_epoch": False,
                 "logging.run_id": "clustering", "scheduler.name": "none"})
-    trainer = recipe_trainer("coke_double", digits)()
+    trainer = recipe_trainer(task_trainer("ssl-multiview"), "coke_double", digits)()
     weights = {k: v.clone() for k, v in trainer.raw_model.named_parameters()}
     centers = trainer.criterion.centers_0.clone()
     trainer.run()
@@ -144,7 +141,8 @@ def test_index_output_is_each_samples_dataset_index_in_ours_and_upstream_ffcv(di
     from ffcv.pipeline import PipelineSpec
     from ffcv.transforms import ToTensor
 
-    from torchstrap_runtime.data import Loader, OrderOption, SampleIndexDecoder, coke_imagenet_double_view
+    from torchstrap_runtime.data import Loader, OrderOption, SampleIndexDecoder
+    from torchstrap_runtime.methods.coke.views import coke_imagenet_double_view
 
     pipelines, mapper = coke_imagenet_double_view(seed=0, image_size=16, index=True)
     assert list(pipelines)[-1] == "index" and mapper["index"] == "label"

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from coke_reference import AuthorsCoKe
 from sklearn.datasets import make_blobs
 
-from torchstrap_runtime.criteria import COKE_RECIPES, CoKeMultiView, CoKeSingleView, build_criterion, nmi
-from torchstrap_runtime.criteria.coke import first_epoch_lr_factor
+from torchstrap_runtime.criteria import CoKeMultiView, CoKeSingleView, build_criterion, nmi
+from torchstrap_runtime.methods.coke import RECIPES
 
 NAMES = {"single": "coke_single_view", "double": "coke_double_view", "multi": "coke_multi_view"}
 VIEWS = {"single": 1, "double": 2, "multi": 5}  # multi: 2 large + 3 small crops
@@ -130,14 +130,13 @@ def test_recovers_gaussian_blobs_like_the_authors():
 # ----------------------------------------------------------------------------- interface and state
 
 def test_presets_hold_the_authors_settings():
-    multi = COKE_RECIPES["coke_multi"]["criterion"]
-    assert multi["name"] == "coke_multi_view"
-    assert multi["params"]["num_clusters"] == [3000, 4000, 5000] and multi["params"]["num_small_crops"] == 6
-    assert COKE_RECIPES["coke_single"]["criterion"]["params"]["temperature"] == 0.1
-    assert COKE_RECIPES["coke_double"]["criterion"]["params"]["temperature"] == 0.05
-    for recipe in COKE_RECIPES.values():
-        assert first_epoch_lr_factor(recipe, 0) == 0.0 and first_epoch_lr_factor(recipe, 1) == 1.0
-        criterion = build_criterion(recipe["criterion"]["name"], {**recipe["criterion"]["params"],
+    multi = RECIPES["coke_multi"]
+    assert multi.criterion == "coke_multi_view" and multi.views == "coke_imagenet_multi_view"
+    assert multi.params["num_clusters"] == [3000, 4000, 5000] and multi.params["num_small_crops"] == 6
+    assert RECIPES["coke_single"].params["temperature"] == 0.1
+    assert RECIPES["coke_double"].params["temperature"] == 0.05
+    for recipe in RECIPES.values():
+        criterion = build_criterion(recipe.criterion, {**recipe.params,
                                                                   "num_samples": 10, "num_clusters": [4, 5, 6]})
         assert criterion.dual_lr == 20.0 and criterion.min_size_ratio == 0.4 and criterion.num_heads == 3
 
@@ -244,7 +243,7 @@ def test_eval_mode_changes_no_state():
 
 
 def test_coke_heads_feed_the_criterion():
-    from torchstrap_runtime.models import CoKeHeads, CoKePredictor, CoKeProjector
+    from torchstrap_runtime.methods.coke import CoKeHeads, CoKePredictor, CoKeProjector
 
     torch.manual_seed(0)
     projector = CoKeProjector(32, 8)

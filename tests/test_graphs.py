@@ -321,27 +321,20 @@ def test_epoch_graph_learner_warm_starts(rgg):
     assert loss_fn(X.float()) > 0 and learner.laplacian.shape == (100, 100)
 
 
-def test_documented_training_hooks_run_in_a_metric_learning_trainer(tmp_path):
-    """The hook code of docs/graphs.md, in an in-memory MetricLearningTrainer: graph logged per epoch, loss on."""
-    from torchstrap_runtime.config import Bool, Float, Int, Param, Section, param, reset_config, set_values
+def test_graph_hooks_of_the_metric_learning_experiment(tmp_path, task_trainer):
+    """The generated metric-learning experiment's graph hooks (graph.learn), on in-memory data: the graph is
+    logged per epoch and its loss joins the training loss."""
+    from torchstrap_runtime.config import reset_config, set_values
+    from torchstrap_runtime.evaluation import KNNValLoader
     from torchstrap_runtime.loggers import read_log
-    from torchstrap_runtime.models import MLP
-    from torchstrap_runtime.sections import declare_standard_sections
-    from torchstrap_runtime.tasks import EmbeddingNet, KNNValLoader, MetricLearningTrainer
+    from torchstrap_runtime.models import MLP, EmbeddingNet
 
-    reset_config(keep_sections=True)
-    declare_standard_sections()
-    Section("evaluation", "kNN evaluation").params(knn_k=Param(Int(), "neighbours voting", default=5))
-    Section("graph", "graph learned from embeddings once per epoch").params(
-        learn=Param(Bool(), "learn a graph over a fixed probe batch after each epoch", default=False),
-        avg_degree=Param(Float(), "neighbours per node of the learned graph", default=8.0),
-        loss_weight=Param(Float(), "weight of the graph Laplacian loss in train_step (0 = off)", default=0.0))
     gen = torch.Generator().manual_seed(0)
     labels = torch.arange(96) % 4
     x = torch.randn(4, 3, 8, 8, generator=gen)[labels] + 0.5 * torch.randn(96, 3, 8, 8, generator=gen)
     data = [(x[i:i + 32], labels[i:i + 32]) for i in range(0, 96, 32)]
 
-    class Experiment(MetricLearningTrainer):
+    class Experiment(task_trainer("metric-learning")):
         def initialize_model(self) -> None:
             self.model = EmbeddingNet(MLP(192, hidden=(32,), num_classes=0), embedding_dim=16)
 
@@ -351,37 +344,10 @@ def test_documented_training_hooks_run_in_a_metric_learning_trainer(tmp_path):
         def initialize_val_loader(self) -> None:
             self.val_loader = KNNValLoader(data, bank=data)
 
-        # --- the hooks of docs/graphs.md, as written there
-        @param("graph.learn")
-        @param("graph.avg_degree")
-        def initialize_criterion(self, learn: bool, avg_degree: float) -> None:
-            super().initialize_criterion()
-            self.graph = EpochGraphLearner(avg_degree=avg_degree) if learn else None
-            self.graph_loss = GraphLaplacianLoss(normalize=True)
-            self.graph_probe = None   # the first training batch's inputs: the graph's nodes, every epoch
-
-        @param("graph.loss_weight")
-        def train_step(self, loss_weight: float) -> torch.Tensor:
-            if self.graph is not None and self.graph_probe is None:
-                self.graph_probe = self.to_device(self.data)[0][:256].clone()  # loaders may reuse the memory
-            loss = super().train_step()   # the task's own loss; the loop does backward and the steps
-            if self.graph is not None and self.graph.W is not None and loss_weight > 0:
-                with self.autocast():
-                    loss = loss + loss_weight * self.graph_loss(self.model(self.graph_probe), self.graph.laplacian)
-            return loss
-
-        def after_train_epoch(self) -> None:
-            super().after_train_epoch()
-            if self.graph is not None and self.graph_probe is not None:
-                self.model.eval()
-                with torch.no_grad():
-                    embeddings = self.model(self.graph_probe)
-                self.model.train()
-                self.epoch_record.update(self.graph.update(embeddings))   # logged with the epoch's record
-
     try:
         set_values({"logging.folder": str(tmp_path), "logging.progress": False, "logging.log_every": 0,
-                    "criterion.name": "TripletMarginLoss", "training.epochs": 3, "logging.run_id": "off"})
+                    "criterion.name": "TripletMarginLoss", "criterion.miner": "", "training.epochs": 3,
+                    "logging.run_id": "off", "evaluation.knn_k": 5, "scheduler.warmup_epochs": 0.0})
         Experiment().run()
         off = [r for r in read_log(tmp_path / "off") if r.get("kind") == "epoch"]
         assert not any("graph_edges" in r for r in off)  # off by default

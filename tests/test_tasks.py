@@ -1,7 +1,7 @@
-"""The runtime's task trainers (torchstrap_runtime.tasks): metric learning and multi-view SSL on digits.
+"""The generated experiments' trainers of the embedding tasks (their trainer.py, imported from a freshly
+generated experiment): metric learning and multi-view SSL on digits.
 
-The figures that matter run on a real digits .beton with the seeded FFCV loaders (the generated
-experiments' own tests, run by tests/test_generation_matrix.py, cover the template side):
+The figures that matter run on a real digits .beton with the seeded FFCV loaders:
 - SSL (CoKe, 2 views, resnet-small) must beat the same encoder at initialisation (random) in kNN accuracy;
 - metric learning (triplet loss + miner) must lift precision@1 well above the random encoder's.
 Fast checks (wiring, errors, CoKe state through a resume) use in-memory batches.
@@ -15,15 +15,17 @@ import torch
 from torch import nn
 
 from torchstrap_runtime.config import Int, Param, Section, reset_config, set_values
+from torchstrap_runtime.errors import UserError
 from torchstrap_runtime.loggers import read_log
-from torchstrap_runtime.models import MLP, ResNetSmall
+from torchstrap_runtime.evaluation import KNNValLoader
+from torchstrap_runtime.methods.coke import CoKeHeads
+from torchstrap_runtime.models import MLP, EmbeddingNet, ResNetSmall
 from torchstrap_runtime.sections import declare_standard_sections
-from torchstrap_runtime.tasks import EmbeddingNet, KNNValLoader, MetricLearningTrainer, SSLMultiViewTrainer
 
 TRIPLET = {"criterion.name": "TripletMarginLoss", "criterion.params": {"margin": 0.1},
            "criterion.miner": "TripletMarginMiner", "criterion.miner_params": {"margin": 0.1, "type_of_triplets": "semihard"}}
 COKE = {"criterion.name": "coke_multi_view",
-        "criterion.params": {"embedding_size": 64, "num_clusters": [10, 20], "center_update": "online"},
+        "criterion.params": {"embedding_size": 64, "num_clusters": [10, 20], "num_samples": 128},
         "optimizer.name": "adamw", "optimizer.lr": 0.002, "optimizer.weight_decay": 0.0001}
 
 
@@ -58,9 +60,12 @@ def batches(x: torch.Tensor, y: torch.Tensor, size: int, views: int = 1) -> list
 
 
 def in_memory(base: type, views: int = 1) -> type:
+    ssl = views > 1
+
     class Tiny(base):
         def initialize_model(self) -> None:
-            self.model = EmbeddingNet(MLP(192, hidden=(32,), num_classes=0), embedding_dim=64)
+            backbone = MLP(192, hidden=(32,), num_classes=0)
+            self.model = CoKeHeads(backbone, 32, dim=64, hidden_dim=32) if ssl else EmbeddingNet(backbone, 64)
 
         def initialize_train_loader(self) -> None:
             self.train_loader = batches(*blobs(128, 0), 32, views)
@@ -85,19 +90,19 @@ def test_embedding_net_outputs_unit_vectors_and_keeps_its_backbone():
         EmbeddingNet(MLP(12, num_classes=0), 0)
 
 
-def test_metric_learning_trains_and_logs_its_metrics(tmp_path):
+def test_metric_learning_trains_and_logs_its_metrics(tmp_path, task_trainer):
     set_values({**TRIPLET, "training.epochs": 2, "logging.run_id": "ml", "optimizer.lr": 0.05})
-    record = in_memory(MetricLearningTrainer)().run()
+    record = in_memory(task_trainer("metric-learning"))().run()
     assert record["val_top1"] == record["val_knn_top1"] > 0.9, record  # 4 well-separated classes
     assert record["val_precision_at_1"] > 0.9 and record["val_loss"] >= 0
     epochs = [r for r in read_log(tmp_path / "ml") if r.get("kind") == "epoch"]
     assert [r["epoch"] for r in epochs] == [0, 1] and all("val_precision_at_1" in r for r in epochs)
 
 
-def test_ssl_trainer_calls_the_criterion_on_views_and_resumes_coke_state(tmp_path):
+def test_ssl_trainer_calls_the_criterion_on_views_and_resumes_coke_state(tmp_path, task_trainer):
     set_values({**COKE, "criterion.params": {**COKE["criterion.params"], "num_clusters": [4]},
                 "training.epochs": 1, "logging.run_id": "ssl"})
-    trainer = in_memory(SSLMultiViewTrainer, views=3)()
+    trainer = in_memory(task_trainer("ssl-multiview"), views=3)()
     record = trainer.run()
     assert 0 <= record["val_knn_top1"] <= 1 and record["val_top1"] == record["val_knn_top1"]
     assert "coke/head0/dual_mean" in record  # the criterion's end_epoch() ran and was logged
@@ -105,33 +110,30 @@ def test_ssl_trainer_calls_the_criterion_on_views_and_resumes_coke_state(tmp_pat
     assert bool(trainer.criterion.initialized) and torch.allclose(centers.norm(dim=1), torch.ones(4))
 
     set_values({"training.epochs": 2})  # same run_id: resumes from checkpoints/last.pt
-    resumed = in_memory(SSLMultiViewTrainer, views=3)()
+    resumed = in_memory(task_trainer("ssl-multiview"), views=3)()
     assert resumed.epoch == 1 and torch.equal(resumed.criterion.centers_0, centers)
     assert torch.equal(resumed.criterion.duals_0, trainer.criterion.duals_0)
 
 
-def test_wrong_criterion_for_the_task_is_a_clear_error():
+def test_wrong_criterion_for_the_task_is_a_clear_error(task_trainer):
     set_values({"criterion.name": "CrossEntropyLoss"})
-    with pytest.raises(ValueError, match="criterion.name 'CrossEntropyLoss'.*embeddings_labels"):
-        in_memory(MetricLearningTrainer)()
+    with pytest.raises(UserError, match="criterion.name 'CrossEntropyLoss'.*embeddings_labels"):
+        in_memory(task_trainer("metric-learning"))()
     set_values(TRIPLET)
-    with pytest.raises(ValueError, match="criterion.name 'TripletMarginLoss'.*views"):
-        in_memory(SSLMultiViewTrainer, views=2)()
+    with pytest.raises(UserError, match="criterion.name 'TripletMarginLoss'.*views"):
+        in_memory(task_trainer("ssl-multiview"), views=2)()
     set_values({**COKE, "criterion.miner": "", "criterion.miner_params": {},
-                "criterion.params": {"embedding_size": 32, "num_clusters": 4}})
-    with pytest.raises(ValueError, match="embedding_size is 32.*64.*model.embedding_dim"):
-        in_memory(SSLMultiViewTrainer, views=2)()
+                "criterion.params": {"embedding_size": 32, "num_clusters": 4, "num_samples": 128}})
+    with pytest.raises(UserError, match="embedding_size is 32.*64.*model.embedding_dim"):
+        in_memory(task_trainer("ssl-multiview"), views=2)()
 
 
-def test_ssl_needs_views_and_a_bank():
+def test_ssl_needs_a_bank(task_trainer):
     set_values({**COKE, "training.epochs": 1})
-    with pytest.raises(ValueError, match="custom_field_mapper"):
-        in_memory(SSLMultiViewTrainer, views=1)().run()
-
-    class NoBank(in_memory(SSLMultiViewTrainer, views=2)):
+    class NoBank(in_memory(task_trainer("ssl-multiview"), views=2)):
         def initialize_val_loader(self) -> None:
             self.val_loader = batches(*blobs(64, 1), 32)
-    with pytest.raises(TypeError, match="KNNValLoader"):
+    with pytest.raises(AttributeError, match="bank"):
         NoBank().run()
 
 
@@ -167,7 +169,7 @@ def digits_trainer(base: type, paths: dict, model: str, views: int = 1) -> type:
     class OnDigits(base):
         def initialize_model(self) -> None:
             backbone = MLP(3072, num_classes=0) if model == "mlp" else ResNetSmall(num_classes=0)
-            self.model = EmbeddingNet(backbone, embedding_dim=64)
+            self.model = CoKeHeads(backbone, backbone.out_features, dim=64) if views > 1 else EmbeddingNet(backbone, 64)
 
         def initialize_train_loader(self) -> None:
             scale = 0.3 if views > 1 else 0.6
@@ -191,9 +193,9 @@ def at_initialisation(trainer) -> dict:
 
 @pytest.mark.parametrize("epochs, margin", [pytest.param(3, 0.08, id="3-epochs"),
                                             pytest.param(8, 0.12, id="8-epochs", marks=pytest.mark.slow)])
-def test_ssl_multiview_beats_a_random_encoder_on_digits(digits, tmp_path, epochs, margin):
+def test_ssl_multiview_beats_a_random_encoder_on_digits(digits, tmp_path, task_trainer, epochs, margin):
     set_values({**COKE, "training.epochs": epochs, "scheduler.warmup_epochs": 1.0, "logging.run_id": "ssl"})
-    trainer = digits_trainer(SSLMultiViewTrainer, digits, "resnet-small", views=2)()
+    trainer = digits_trainer(task_trainer("ssl-multiview"), digits, "resnet-small", views=2)()
     random_knn = at_initialisation(trainer)["val_knn_top1"]
     record = trainer.run()
     curve = [round(r["val_knn_top1"], 3) for r in read_log(tmp_path / "ssl") if r.get("kind") == "epoch"]
@@ -201,9 +203,9 @@ def test_ssl_multiview_beats_a_random_encoder_on_digits(digits, tmp_path, epochs
     assert record["val_knn_top1"] > random_knn + margin, (random_knn, curve)
 
 
-def test_metric_learning_lifts_precision_at_1_on_digits(digits, tmp_path):
+def test_metric_learning_lifts_precision_at_1_on_digits(digits, tmp_path, task_trainer):
     set_values({**TRIPLET, "training.epochs": 2, "logging.run_id": "ml"})
-    trainer = digits_trainer(MetricLearningTrainer, digits, "resnet-small")()
+    trainer = digits_trainer(task_trainer("metric-learning"), digits, "resnet-small")()
     random = at_initialisation(trainer)
     record = trainer.run()
     print(f"\nmetric-learning resnet-small: precision@1 {random['val_precision_at_1']:.3f} (random) -> "

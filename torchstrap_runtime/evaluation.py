@@ -87,9 +87,6 @@ class KNNValLoader:
 def embed_loader(trainer: Any, loader: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
     """`trainer.test_time_augmentation` on every batch of `loader` (through `trainer.to_device` and
     `trainer.autocast`, padding dropped): (embeddings [N, D] float32, labels [N]) on the CPU, from all ranks."""
-    if loader is None:
-        raise TypeError(f"{type(trainer).__name__} needs self.val_loader to be a KNNValLoader(val, bank) "
-                        f"(data.py's val_loader builds it), got {type(trainer.val_loader).__name__}")
     embeddings, labels = [], []
     for batch in loader:
         inputs, targets = trainer.to_device(drop_padding(loader, *batch))
