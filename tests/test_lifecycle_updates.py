@@ -18,7 +18,12 @@ from generator.template_repo import build_template_repo, commit, tag
 from generator.template_source import CHECKOUT, git
 
 PKG = "my_experiment"  # package_name of the default answers
-T_TRAINER = "template/src/{{package_name}}/trainer.py.jinja"
+T_TRAINER = "template/src/{{package_name}}/{% if task == 'supervised' %}trainer.py{% endif %}.jinja"
+
+
+def t_trainer(task: str) -> str:
+    """The template file of `task`'s trainer.py."""
+    return T_TRAINER.replace("'supervised'", repr(task))
 T_CONFIG_PY = "template/src/{{package_name}}/config.py.jinja"
 T_DATA = "template/src/{{package_name}}/data.py.jinja"
 T_YAML = "template/configs/default.yaml.jinja"
@@ -82,7 +87,7 @@ def edit_every_hook(exp: Path) -> list[str]:
         line = f"        self.note_{name} = 'edited by the researcher'\n"
         insert_before(path, f"    # --- end of {name} ---\n", line)
         added.append(line)
-    assert len(added) >= 15, "the template should have every hook of the workflow"
+    assert len(added) >= 8, "the trainer defines the hooks that carry its task's code"
     return added
 
 
@@ -127,8 +132,8 @@ def test_edit_every_hook_then_template_adds_a_hook(tpl, tmp_path, capsys, task):
 
     new_hook = ("    def before_checkpoint(self) -> None:\n        \"\"\"New in v2: called before saving.\"\"\"\n"
                 "        pass\n    # --- end of before_checkpoint ---\n\n")
-    insert_before(tpl / T_TRAINER, OWN_METHODS, new_hook)
-    sub(tpl / T_TRAINER, r'"""Called after each eval_step."""', '"""Called after each eval_step (v2 docstring)."""', count=0)
+    insert_before(tpl / t_trainer(task), OWN_METHODS, new_hook)
+    sub(tpl / t_trainer(task), r'"""Set self\.val_loader', '"""(v2 docstring) Set self.val_loader', count=0)
     tag(tpl, "v2.0.0", "v2: before_checkpoint hook")
 
     code, out = cli(capsys, "check", str(exp))
@@ -440,19 +445,20 @@ def test_own_additions_at_file_ends_merge_with_template_additions(tpl, tmp_path,
 
 
 def test_changing_the_task_answer_keeps_every_hook_edit(tpl, tmp_path, capsys):
-    """`-d task=metric-learning` swaps the base Trainer, config sections and pipelines around the edits."""
+    """`-d task=metric-learning` brings the other task's trainer.py: hook edits that the new task's code
+    replaces come back as conflicts to resolve, never lost; the other files merge around the edits."""
     exp = generate(tpl, tmp_path)
     added = edit_every_hook(exp)
     sub(exp / YAML, r"^(  epochs: )\d+", r"\g<1>3")
     commit(exp, "my hooks and epochs")
 
-    assert_clean_update(capsys, exp, "-d", "task=metric-learning")
+    code, out = cli(capsys, "update", str(exp), "-d", "task=metric-learning")
     text = (exp / TRAINER).read_text()
-    assert all(line in text for line in added) and "MetricLearningTrainer" in text
+    assert all(line in text for line in added), "a hook edit was lost"
+    assert code == 1 and f"{TRAINER}  (conflict markers)" in out and "<<<<<<< before updating" in text
+    assert "EmbeddingNet" in (exp / f"src/{PKG}/models.py").read_text()
     assert yaml.safe_load((exp / YAML).read_text())["training"]["epochs"] == 3
     assert yaml.safe_load((exp / ".copier-answers.yml").read_text())["task"] == "metric-learning"
-    assert_python(exp, TRAINER)
-    committed_and_checked(capsys, exp)
 
 
 # ------------------------------------------------------------------ edits inside the real hook bodies
@@ -465,18 +471,17 @@ def test_edits_inside_real_bodies_merge_with_template_changes(tpl, tmp_path, cap
     exp = generate(tpl, tmp_path, task=task)
     path = exp / TRAINER
     mine = ["        return loss + 1e-4 * sum(p.pow(2).sum() for p in self.model.parameters())  # mine\n",
-            "        groups = parameter_groups(self.raw_model, 0.0, exclude_norm_bias)  # mine: no decay\n",
-            "        metrics[\"val_mine\"] = 1.0  # mine\n"]
+            "        self.model = build_model(name, num_classes, image_size).float()  # mine\n",
+            "        self.epoch_record[\"val_mine\"] = 1.0  # mine\n"]
     sub(path, r"^        return loss\n", mine[0])
-    sub(path, r"^        groups = parameter_groups\(.*\n", mine[1])
-    insert_before(path, "        self.epoch_record.update(metrics)\n", mine[2])
+    sub(path, r"^        self\.model = build_model\(name, num_classes, image_size\)\n", mine[1])
+    insert_before(path, "    # --- end of after_eval_epoch ---\n", mine[2])
     commit(exp, "my loss, optimizer groups and metric")
 
     theirs = ["        # self.data: the batch (v2 wording)\n", "        inputs, labels = self.to_device(self.data)  # v2\n"]
-    sub(tpl / T_TRAINER, r"^        # self\.data: the batch.*\n", theirs[0], count=0)
-    sub(tpl / T_TRAINER, r"^        inputs, labels = self\.to_device\(self\.data\)\n(?=\{%- if task == 'supervised' %\}\n        with)",
-        theirs[1], count=1)  # eval_step's first line
-    sub(tpl / T_TRAINER, r'"""Set self\.optimizer \(', '"""Set self.optimizer (v2 docstring; ', count=0)
+    sub(tpl / t_trainer(task), r"^        # self\.data: the batch.*\n", theirs[0], count=0)
+    sub(tpl / t_trainer(task), r"^        inputs, labels = self\.to_device\(self\.data\)\n", theirs[1], count=0)
+    sub(tpl / t_trainer(task), r'"""Set self\.val_loader', '"""Set self.val_loader (v2 docstring; ', count=0)
     tag(tpl, "v2.0.0", "v2: comments in the real bodies")
 
     assert_clean_update(capsys, exp)
