@@ -1,0 +1,1 @@
+"""Seeded FFCV ops (torchstrap_runtime.data)."""

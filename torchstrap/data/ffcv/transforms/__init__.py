@@ -1,0 +1,1 @@
+"""Seeded FFCV transforms (torchstrap_runtime.data)."""
