@@ -2,7 +2,8 @@
 
 The table goes between `<!-- bench:start -->` and `<!-- bench:end -->` in README.md (and always to
 bench/results/README_table.md). `--quick` runs short rounds and writes only README_table_quick.md;
-`--table-only` skips the runs and rebuilds the table from the JSON already there.
+`--table-only` skips the runs and rebuilds the table from the JSON already there. How the figures are
+taken, and what the code does to be fast, is written by hand in docs/performance.md.
 
     python bench/run_all.py [--quick] [--table-only] [--only loader startup trainer logging generator demo]
 """
@@ -22,7 +23,6 @@ START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 SCRIPTS = {"loader": "bench_loader.py", "startup": "bench_startup.py", "trainer": "bench_trainer.py",
            "logging": "bench_logging.py", "generator": "bench_generator.py", "demo": "bench_demo.py",
            "runs": "bench_runs.py", "mirrors": "bench_mirrors.py", "coke_pipeline": "bench_coke_pipeline.py"}
-NOTES = BENCH_DIR / "NOTES.md"  # hand-written analysis, appended under the table
 
 
 def run_benchmarks(names: list[str], quick: bool) -> dict[str, str]:
@@ -272,8 +272,8 @@ def describe_machine(results: Results) -> str:
     return "no results yet"
 
 
-def table(results: Results, notes: Path | None = NOTES) -> str:
-    """The markdown performance table (and the hand-written notes under it)."""
+def table(results: Results) -> str:
+    """The markdown performance table, with a link to docs/performance.md (how the figures are taken)."""
     rows = (loader_rows(results) + startup_rows(results) + trainer_rows(results) + logging_rows(results)
             + generator_rows(results) + demo_rows(results) + runs_rows(results) + coke_rows(results))
     head = ["what", "torchstrap", "compared with", "ratio", "target", "met"]
@@ -283,15 +283,15 @@ def table(results: Results, notes: Path | None = NOTES) -> str:
         f"Machine: {describe_machine(results)}.",
         "The machine is shared with other work while these run (2 cores, several processes), so absolute figures "
         "move from run to run: every benchmark interleaves its contenders (A B A B …) over several rounds; cells show "
-        "the median [min–max], and the ratios of medians are the figures to compare. Regenerate with `make bench` "
-        "(scripts and raw JSON in `bench/`).",
+        "the median [min–max], and the ratios of medians are the figures to compare. `make bench` measures again "
+        "and rewrites this table; `bench/run_all.py --table-only` rebuilds it from the stored results "
+        "(scripts and raw JSON in `bench/`). How each figure is taken, and what makes the code fast: "
+        "[docs/performance.md](docs/performance.md).",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    if notes is not None and notes.exists():
-        lines += ["", notes.read_text().strip()]
     return "\n".join(lines) + "\n"
 
 
@@ -326,7 +326,7 @@ def main() -> None:
         failed = {}
     results = load_results(RESULTS_DIR, args.quick)
     out = RESULTS_DIR / f"README_table{'_quick' if args.quick else ''}.md"
-    write_table(table(results, None if args.quick else NOTES), out, None if args.quick else REPO_DIR / "README.md")
+    write_table(table(results), out, None if args.quick else REPO_DIR / "README.md")
     if failed:
         sys.exit(f"benchmarks that failed: {failed}")
 

@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return _print_check(check_experiment(args.path, args.template))
         if args.command == "demo":
-            from generator import demo  # written by the lead
+            from generator import demo
 
             return int(demo.main([str(args.path)]) or 0)
     except (UserError, subprocess.CalledProcessError, OSError) as err:  # TemplateError, a git command, a file

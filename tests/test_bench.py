@@ -111,7 +111,7 @@ def test_readme_block_is_replaced_in_place_and_nothing_else(tmp_path):
                                 "contenders": [summary("torchstrap seeded", 2900.0), summary("upstream FFCV", 2800.0),
                                                summary("PIL DataLoader", 950.0),
                                                summary("decode only, 1 core", 2500.0)]}}
-    text = run_all.table(results, notes=None)
+    text = run_all.table(results)
     assert "Test CPU, 2 cores" in text
     row = next(line for line in text.splitlines() if "vs upstream FFCV" in line and "256 px" in line)
     assert "2,900 img/s [2,610–3,190]" in row and "1.04×" in row and "| yes |" in row

@@ -12,7 +12,7 @@ from numba import njit
 from PIL import Image
 
 from torchstrap_runtime.data import Loader, OrderOption, RandomHorizontalFlip, RandomResizedCrop, write_dataset
-from torchstrap_runtime.data.base import flip_image, solarize_image
+from torchstrap_runtime.data.image_kernels import flip_image, solarize_image
 from torchstrap_runtime.data.native import jpeg_crop_resize, resize_area
 from torchstrap_runtime.data.rng import op_key_py, sample_key_py
 

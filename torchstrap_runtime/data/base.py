@@ -1,4 +1,7 @@
-"""Base class of the seeded ops.
+"""Base classes of the seeded ops and the checks of their parameters.
+
+Each op is one file: its class (the parameters, checked here) and its batch kernel. Per-image kernels that
+several ops share are in `image_kernels.py`; the C++ functions are reached through `native.py`.
 
 A seeded op is an FFCV `Operation` whose compiled function receives, after FFCV's usual arguments,
 the dataset indices of the batch, a 64-bit key for (op seed, op stream, epoch) and the op's parameters
@@ -21,17 +24,14 @@ from dataclasses import replace
 from typing import Callable, Optional, Tuple
 
 import numpy as np
-from numba import njit, prange, types
 from numba.core.dispatcher import Dispatcher
-from numba.extending import overload
 
 from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
 from ffcv.pipeline.state import State
 
-from .native import flip as native_flip
-from .rng import sample_key, stream_id, uniform
+from .rng import stream_id
 
 
 def check_seed(seed: Optional[int], owner: str) -> Optional[int]:
@@ -60,35 +60,6 @@ def check_range(values, owner: str, name: str, low: float = 0.0) -> Tuple[float,
     return a, b
 
 
-@njit(cache=True, nogil=True)
-def flip_image(image, out, flip):
-    """out = one HxWx3 uint8 image as is (flip 0), mirrored left-right (1) or upside down (2).
-
-    OpenCV's copy/flip when pixels are packed (faster than numba's own array copy, bench/NOTES.md),
-    plain loops for any other layout.
-    """
-    height, width = image.shape[0], image.shape[1]
-    if (image.strides[1] == 3 and image.strides[2] == 1 and image.strides[0] > 0
-            and out.strides[1] == 3 and out.strides[2] == 1 and out.strides[0] > 0):
-        native_flip(image.ctypes.data, image.strides[0], out.ctypes.data, out.strides[0], height, width, flip)
-        return
-    for y in range(height):
-        source_y = height - 1 - y if flip == 2 else y
-        for x in range(width):
-            source_x = width - 1 - x if flip == 1 else x
-            for c in range(3):
-                out[y, x, c] = image[source_y, source_x, c]
-
-
-@njit(cache=True, parallel=True, nogil=True)
-def random_flip_kernel(images, dst, indices, key, params):
-    """Flip (params[1]: 1 left-right, 2 upside down) the samples whose draw 0 is below params[0]; copy the others."""
-    p, flip = params[0], int(params[1])
-    for i in prange(images.shape[0]):
-        flip_image(images[i], dst[i], flip if uniform(sample_key(key, indices[i]), 0) < p else 0)
-    return dst
-
-
 def check_scale_ratio(scale, ratio, owner: str) -> Tuple[Tuple[float, float], Tuple[float, float]]:
     """A box's (area fraction, aspect ratio) ranges: 0 < scale min <= max <= 1, 0 < ratio min <= max."""
     scale_range, ratio_range = check_range(scale, owner, "scale"), check_range(ratio, owner, "ratio")
@@ -97,34 +68,6 @@ def check_scale_ratio(scale, ratio, owner: str) -> Tuple[Tuple[float, float], Tu
     if ratio_range[0] <= 0:
         raise ValueError(f"{owner}: ratio must satisfy 0 < min <= max, got {ratio!r}")
     return scale_range, ratio_range
-
-
-def solarize_image(image: np.ndarray, threshold: int) -> None:
-    """In place: every value v >= threshold becomes 255 - v (threshold 0 inverts the image, 256 changes nothing).
-    This Python version documents it; inside numba kernels the overload below runs."""
-    high = image >= threshold
-    image[high] = 255 - image[high]
-
-
-@overload(solarize_image)
-def _solarize_image(image, threshold):
-    """A flat loop over a C-contiguous image (which LLVM vectorizes), else any layout."""
-    if isinstance(image, types.Array) and image.layout == "C":
-        def flat(image, threshold):
-            if threshold > 255:
-                return
-            t, values = np.uint8(threshold), image.reshape(-1)
-            for j in range(values.size):
-                v = values[j]
-                values[j] = np.uint8(255) - v if v >= t else v
-        return flat
-
-    def strided(image, threshold):
-        for index in np.ndindex(image.shape):
-            v = image[index]
-            if v >= threshold:
-                image[index] = 255 - v
-    return strided
 
 
 FFCV_ALIASES = {"flip_prob": "p", "jitter_prob": "p", "gray_prob": "p", "solarization_prob": "p"}  # FFCV: ours
@@ -229,22 +172,3 @@ class SeededInPlaceTransform(SeededTransform):
     def declare_state_and_memory(self, previous_state: State) -> Tuple[State, Optional[AllocationQuery]]:
         state, _ = super().declare_state_and_memory(previous_state)
         return state, None
-
-
-class SeededFlip(SeededTransform):
-    """Flip each image with probability `p` (draw 0 < p); a subclass sets `flip` (1 left-right, 2 upside down).
-
-    Args:
-        p: probability of flipping a sample, in [0, 1]; 0 never flips, 1 always flips.
-        seed: None (fresh entropy each time a Loader is built) or an int.
-    """
-
-    flip: int = 0
-    kernel = staticmethod(random_flip_kernel)
-
-    def __init__(self, p: float = 0.5, seed: Optional[int] = None):
-        super().__init__(seed)
-        self.p = check_probability(p, type(self).__name__)
-
-    def params(self) -> np.ndarray:
-        return np.array([self.p, float(self.flip)])

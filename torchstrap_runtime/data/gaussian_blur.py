@@ -5,7 +5,8 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 from numba import njit, prange
 
-from .base import SeededTransform, check_probability, check_range, flip_image
+from .base import SeededTransform, check_probability, check_range
+from .image_kernels import COPY, flip_image
 from .rng import sample_key, uniform, uniform_range
 
 
@@ -71,7 +72,7 @@ def gaussian_blur_kernel(images, dst, indices, key, params):
         if uniform(k, 0) < p:
             blur_image(images[i], dst[i], size_x, size_y, uniform_range(k, 1, s_lo, s_hi))
         else:
-            flip_image(images[i], dst[i], 0)  # a copy
+            flip_image(images[i], dst[i], COPY)
     return dst
 
 

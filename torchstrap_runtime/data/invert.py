@@ -2,9 +2,21 @@
 from typing import Optional
 
 import numpy as np
+from numba import njit, prange
 
 from .base import SeededInPlaceTransform, check_probability
-from .solarization import solarization_kernel
+from .image_kernels import solarize_image
+from .rng import sample_key, uniform
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def invert_kernel(images, dst, indices, key, params):
+    """Invert, in place, the samples whose draw 0 is below params[0] (solarization at threshold 0)."""
+    p = params[0]
+    for i in prange(images.shape[0]):
+        if uniform(sample_key(key, indices[i]), 0) < p:
+            solarize_image(images[i], 0)
+    return images
 
 
 class RandomInvert(SeededInPlaceTransform):
@@ -15,11 +27,11 @@ class RandomInvert(SeededInPlaceTransform):
         seed: None (fresh entropy each time a Loader is built) or an int.
     """
 
-    kernel = staticmethod(solarization_kernel)  # with threshold 0: every value
+    kernel = staticmethod(invert_kernel)
 
     def __init__(self, p: float = 0.5, seed: Optional[int] = None):
         super().__init__(seed)
         self.p = check_probability(p, "RandomInvert")
 
     def params(self) -> np.ndarray:
-        return np.array([self.p, 0.0])
+        return np.array([self.p])

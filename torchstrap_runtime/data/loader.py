@@ -42,7 +42,7 @@ from .rng import fresh_seed, op_key_py
 from .writers import check_beton
 
 Stage = Tuple[Callable, List[int]]
-PARALLEL_CHUNKSIZE = 1  # samples per scheduling step of the ops' parallel loops (bench/NOTES.md)
+PARALLEL_CHUNKSIZE = 1  # samples per scheduling step of the ops' parallel loops (docs/performance.md)
 STAGE_COUNTER = itertools.count()
 
 

@@ -4,7 +4,7 @@
 
 - seeds.png: the first mini-batch of 3 for loader seed None/0/1 x augmentation seed None/0/1, each cell
   drawn twice from two loaders built alike (rows "run 1", "run 2"): a fixed seed repeats, None does not.
-- ops.png: each of the nine ops (p=1 where it has a p, so its effect shows), batch of 3 under loader
+- ops.png: each of the ten ops (p=1 where it has a p, so its effect shows), batch of 3 under loader
   seed None and 0, augmentation seed 0.
 - views.png: three views of each sample from a dataset storing only image and label
   (`custom_field_mapper`); views 1 and 2 share their grayscale seed, view 3 has its own.
@@ -17,6 +17,7 @@ import numpy as np
 from .color_jitter import RandomColorJitter
 from .decoders import SimpleRGBImageDecoder
 from .erasing import RandomErasing
+from .gaussian_blur import RandomGaussianBlur
 from .grayscale import RandomGrayscale
 from .horizontal_flip import RandomHorizontalFlip
 from .invert import RandomInvert
@@ -71,12 +72,14 @@ def one_op(name: str, size: int, seed: Optional[int]) -> list:
         "RandomHorizontalFlip": [decoder, RandomHorizontalFlip(p=1.0, seed=seed)],
         "RandomVerticalFlip": [decoder, RandomVerticalFlip(p=1.0, seed=seed)],
         "RandomInvert": [decoder, RandomInvert(p=1.0, seed=seed)],
+        "RandomGaussianBlur": [decoder, RandomGaussianBlur(kernel_size=max(3, size // 8 * 2 + 1), sigma=(0.5, 2.0),
+                                                           p=1.0, seed=seed)],
     }
     return ops[name]
 
 
 OP_NAMES = ["RandomResizedCrop", "RandomColorJitter", "RandomErasing", "RandomTranslation", "RandomSolarization",
-            "RandomGrayscale", "RandomHorizontalFlip", "RandomVerticalFlip", "RandomInvert"]
+            "RandomGrayscale", "RandomHorizontalFlip", "RandomVerticalFlip", "RandomInvert", "RandomGaussianBlur"]
 
 
 def strip(images: Sequence[np.ndarray], gap: int = 2) -> np.ndarray:

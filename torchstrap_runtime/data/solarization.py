@@ -4,12 +4,14 @@ from typing import Optional
 import numpy as np
 from numba import njit, prange
 
-from .base import SeededInPlaceTransform, check_probability, solarize_image
+from .base import SeededInPlaceTransform, check_probability
+from .image_kernels import solarize_image
 from .rng import sample_key, uniform
 
 
 @njit(cache=True, parallel=True, nogil=True)
 def solarization_kernel(images, dst, indices, key, params):
+    """Solarize (threshold params[1]), in place, the samples whose draw 0 is below params[0]."""
     p, threshold = params[0], int(params[1])
     for i in prange(images.shape[0]):
         if uniform(sample_key(key, indices[i]), 0) < p:
