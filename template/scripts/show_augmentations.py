@@ -4,7 +4,7 @@
     python scripts/show_augmentations.py --beton data/my.beton --out pictures/
 
 seeds.png: first mini-batch of 3 for loader seed None/0/1 x augmentation seed None/0/1, two loaders each;
-ops.png: each of the nine seeded ops under loader seed None and 0; views.png: three views of a dataset
+ops.png: each of the ten seeded ops under loader seed None and 0; views.png: three views of a dataset
 that stores only image and label, views 1 and 2 sharing their grayscale seed;
 coke_multicrop.png: when the config's ssl.recipe is coke_multi, CoKe's 2 large views and small crops
 (seeded from ssl.seed).
