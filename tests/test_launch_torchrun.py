@@ -70,10 +70,10 @@ def make(experiment: Experiment, *args: str, timeout: int = 60) -> subprocess.Co
 
 def test_make_train_nproc_picks_torchrun(experiment):
     plain = make(experiment, "-n", "train").stdout
-    assert f"{sys.executable} -m my_experiment.train -C configs/default.yaml" in plain and "torch.distributed" not in plain
+    assert f"{sys.executable} -m my_experiment.train" in plain and "torch.distributed" not in plain
     two = make(experiment, "-n", "train", "NPROC=2", "ARGS=--training.epochs 1").stdout
     assert (f"{sys.executable} -m torch.distributed.run --standalone --nproc_per_node=2 -m my_experiment.train "
-            f"-C configs/default.yaml --training.epochs 1") in two
+            f"--training.epochs 1") in two
 
 
 @pytest.mark.slow

@@ -5,10 +5,13 @@
     @param("optimizer.lr")     # on functions and methods; a value given by hand wins
     def make_optimizer(params, lr): ...
 
-    load_config(argv)          # defaults < config= mapping < -C/--config-file (YAML or JSON) < --optimizer.lr 0.05
+    load_config(argv, package="my_experiment", defaults_file="configs/default.yaml")
+    # declared defaults < defaults_file < config= mapping < -C/--config-file (YAML or JSON) < --optimizer.lr 0.05
 
-`get_value(key)` reads one value, `config_as_dict()` all; `set_values({...})` sets values (checked, all or
-nothing); `reset_config()` starts afresh. `load_config` also takes `-h/--help` and `--print-config` (exit 0).
+`package`: every module of it is imported first, so a `Section` declared anywhere in it is known. `get_value(key)`
+reads one value, `config_as_dict()` all, `config_files()` the files read; `set_values({...})` sets values
+(checked, all or nothing); `reset_config()` starts afresh. `load_config` also takes `-h/--help` and
+`--print-config` (every key with its value and help, as YAML; exit 0).
 Checkers convert and check a value; their `help()` ("an int >= 1", "a float in [0, 1)") ends up in the errors.
 
 fastargs's traps fixed here (a param declared with fastargs's own checker or a type gets ours): `bool("false")`
@@ -24,10 +27,12 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
+import importlib
 import inspect
 import json
 import math
 import os
+import pkgutil
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -38,11 +43,16 @@ import yaml
 from fastargs import Param, Section  # Param(checker, desc, default=None, required=False, is_flag=False)
 from fastargs.state import get_current_config, set_current_config
 
+from .command_line import Option, read_argv
 from .errors import DEBUG_FLAG, UserError, fail
 
 F = TypeVar("F", bound=Callable[..., Any])
 Key = tuple[str, ...]
 NONE_WORDS = ("none", "null")  # strings that mean None wherever None is allowed
+HELP_FLAGS = ("-h", "--help")
+PRINT_FLAG = "--print-config"
+CONFIG_FILE_OPTIONS = ("-C", "--config-file")
+COMMENT_COLUMN = 36  # where --print-config's comments start (unless the value is longer)
 
 
 class ConfigError(UserError, ValueError):
@@ -207,13 +217,15 @@ def as_checker(checker: Any) -> fv.Checker:
 
 
 class Config:
-    """The declared params (`entries`, in declaration order), the values given (`content`) and their `sources`."""
+    """The declared params (`entries`, in declaration order), the values given (`content`), their `sources`,
+    and the config `files` read, in order."""
 
     def __init__(self) -> None:
         self.sections: dict[Key, Section] = {}
         self.entries: dict[Key, Any] = {}
         self.content: dict[Key, Any] = {}
         self.sources: dict[Key, str] = {}
+        self.files: list[str] = []
 
     def add_section(self, section: Section) -> None:  # called by fastargs's Section
         self.sections[section.ns] = section
@@ -279,11 +291,14 @@ class Config:
             node[path[-1]] = self[path]
         return result
 
-    def help_text(self, prog: str, description: str) -> str:
+    def help_text(self, prog: str, description: str, defaults_file: str | os.PathLike | None = None) -> str:
+        """The `--help` text; a default that `defaults_file` (already collected) sets is shown with the file."""
+        first = f" ({shown_path(defaults_file)} before them)" if defaults_file else ""
         lines = [f"usage: {prog} [-h] [--print-config] [{DEBUG_FLAG}] [-C CONFIG_FILE ...] [--section.param VALUE ...]",
-                 description, "  -C, --config-file FILE  YAML or JSON {section: {param: value}}; later files win",
+                 description,
+                 f"  -C, --config-file FILE  YAML or JSON {{section: {{param: value}}}}; later files win{first}",
                  "  --section.param VALUE   wins over files; a bare --flag means true",
-                 "  --print-config          print the resolved config (YAML) and exit",
+                 "  --print-config          print every key with its resolved value and help (YAML) and exit",
                  f"  {DEBUG_FLAG:<24}show the traceback of errors (or TORCHSTRAP_DEBUG=1)"]
         sections: dict[Key, list[Key]] = {}
         for path in self.entries:
@@ -292,9 +307,57 @@ class Config:
             lines += ["", f"{'.'.join(ns)}: {getattr(self.sections.get(ns), 'desc', None) or ''}"]
             for path in paths:
                 entry = self.entries[path]
-                default = "required" if entry.required and entry.default is None else f"default {entry.default!r}"
+                if path in self.content:
+                    default = (f"default {self.content[path]!r} from {shown_path(defaults_file)}; "
+                               f"declared {entry.default!r}")
+                elif entry.required and entry.default is None:
+                    default = "required"
+                else:
+                    default = f"default {entry.default!r}"
                 lines.append(f"  --{'.'.join(path):<32} {entry.desc} ({entry.checker.help()}; {default})")
         return "\n".join(lines)
+
+    def as_yaml(self) -> str:
+        """Every resolved value as YAML (it loads back to `as_dict()`), each key with its help as a comment."""
+        lines = ["# every config key: its resolved value, what it means and what it accepts"]
+
+        def add(tree: dict, prefix: Key) -> None:
+            indent = "  " * len(prefix)
+            for name, value in tree.items():
+                path = prefix + (name,)
+                if path in self.entries:
+                    entry = self.entries[path]
+                    expected = "" if isinstance(entry.checker, (Bool, Str)) else entry.checker.help()  # else plain
+                    meaning = f"{entry.desc} ({expected})" if entry.desc and expected else entry.desc or expected
+                    lines.append(with_comment(f"{indent}{name}: {yaml_value(value)}", meaning))
+                else:
+                    if not prefix:
+                        lines.append("")
+                    lines.append(with_comment(f"{indent}{name}:", getattr(self.sections.get(path), "desc", "")))
+                    add(value, path)
+
+        add(self.as_dict(), ())
+        return "\n".join(lines) + "\n"
+
+
+def yaml_value(value: Any) -> str:
+    """`value` as one line of YAML (flow style; JSON, which YAML reads too, when a string holds a line break)."""
+    text = yaml.safe_dump([value], default_flow_style=True, width=math.inf).strip()[1:-1]
+    return json.dumps(value) if "\n" in text else text
+
+
+def with_comment(text: str, comment: str | None) -> str:
+    """`text` and `# comment` (on one line) from COMMENT_COLUMN, or just `text`."""
+    comment = " ".join((comment or "").split())
+    return f"{text:<{COMMENT_COLUMN - 1}} # {comment}" if comment else text
+
+
+def shown_path(path: str | os.PathLike | None) -> str:
+    """`path` relative to the working folder when it lies below it, else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def get_config() -> Config:
@@ -308,6 +371,7 @@ def reset_config(keep_sections: bool = False) -> Config:
     config = get_config() if keep_sections else Config()
     config.content.clear()
     config.sources.clear()
+    config.files.clear()
     set_current_config(config)
     return config
 
@@ -333,33 +397,44 @@ def config_as_dict() -> dict:
     return get_config().as_dict()
 
 
-def collect_file(config: Config, path: str) -> list[str]:
+def config_files() -> list[str]:
+    """The config files the last `load_config` read, in order (absolute paths; the defaults file first)."""
+    return list(get_config().files)
+
+
+def collect_file(config: Config, path: str | os.PathLike) -> list[str]:
     """Collect a YAML or JSON config file into `config`; a sentence per problem (the file, or a key in it)."""
     try:
-        return config.collect(parse_text(Path(path).read_text()) or {}, f"in {path}")[1]
+        tree = parse_text(Path(path).read_text()) or {}
     except OSError as e:  # missing, a folder, no permission
         return [f"config file '{path}' cannot be read: {e.strerror or e}"]
     except ValueError as e:  # UnicodeDecodeError too
         return [f"config file '{path}' could not be parsed: {e}"]
+    config.files.append(str(Path(path).resolve()))
+    return config.collect(tree, f"in {path}")[1]
 
 
-def parse_argv(config: Config, argv: list[str]) -> tuple[dict[str, str], list[str]]:
-    """Collect each -C/--config-file into `config`, in order; return the command line's {key: raw value} and a
-    sentence per problem. Flags may be bare (`--a.flag`)."""
+def collect_defaults_file(config: Config, path: str | os.PathLike) -> list[str]:
+    """`collect_file` for the experiment's defaults file, which must exist."""
+    if not Path(path).exists():
+        return [f"defaults file '{path}' does not exist: it holds the experiment's values over the declared "
+                "defaults, and every entry point reads it first"]
+    return collect_file(config, path)
+
+
+def parse_argv(config: Config, options: list[Option]) -> tuple[dict[str, str], list[str]]:
+    """Collect each -C/--config-file of `options` (`read_argv`'s) into `config`, in order; return the command
+    line's {key: raw value} and a sentence per problem. Flags may be bare (`--a.flag`); -h/--help, --print-config
+    and --debug are the caller's."""
     values, errors = {}, []
-    i = 0
-    while i < len(argv):
-        token = argv[i]
-        name, eq, value = token.partition("=")
-        i += 1
-        if not eq and token.startswith("-"):  # the value is the next token, unless that is an option
-            has_value = i < len(argv) and not (argv[i].startswith("--") or argv[i] == "-C")
-            value, i = (argv[i], i + 1) if has_value else (None, i)
+    for name, value, tokens in options:
         path = tuple(name[2:].split("."))
-        if name in ("-C", "--config-file"):
+        if name in (*HELP_FLAGS, PRINT_FLAG, DEBUG_FLAG) and value is None:
+            continue
+        if name in CONFIG_FILE_OPTIONS:
             errors += collect_file(config, value) if value is not None else [f"{name}: missing the config file path"]
         elif not name.startswith("--") or len(name) == 2:
-            errors.append(f"unexpected command-line argument {token!r}: use --section.param VALUE or -C FILE")
+            errors.append(f"unexpected command-line argument {tokens[0]!r}: use --section.param VALUE or -C FILE")
         elif path not in config.entries:
             errors.append(str(config.unknown(path, " (on the command line)")))
         elif value is not None or isinstance(config.entries[path].checker, Bool) or config.entries[path].is_flag:
@@ -369,22 +444,47 @@ def parse_argv(config: Config, argv: list[str]) -> tuple[dict[str, str], list[st
     return values, errors
 
 
-def load_config(argv: list[str] | None = None, description: str = "", config: Mapping | None = None) -> Config:
-    """Fill the global config from scratch: defaults < `config` < each `-C FILE` < `--section.param value` in
-    `argv` (default `sys.argv[1:]`). Every unknown key, unreadable file, bad or missing value: one sentence each
-    on stderr, exit code 2 (`--debug` or TORCHSTRAP_DEBUG=1: the traceback)."""
+def import_package(name: str) -> list[str]:
+    """Import the package `name` and every module under it (sub-packages too, `__main__` excepted), so that
+    each `Section` they declare is known before a config is read; returns the module names, in import order.
+    A plain module is imported alone."""
+    package = importlib.import_module(name)
+    names = [name]
+    for module in pkgutil.walk_packages(getattr(package, "__path__", []), prefix=f"{name}."):
+        if module.name.rpartition(".")[2] != "__main__":
+            importlib.import_module(module.name)
+            names.append(module.name)
+    return names
+
+
+def load_config(argv: list[str] | None = None, description: str = "", config: Mapping | None = None, *,
+                package: str | None = None, defaults_file: str | os.PathLike | None = None) -> Config:
+    """Fill the global config from scratch: declared defaults < `defaults_file` < `config` < each `-C FILE` <
+    `--section.param value` in `argv` (default `sys.argv[1:]`).
+
+    `package`: every module of it is imported first (`import_package`), so the Sections declared anywhere in it
+    are known. `defaults_file`: the experiment's values over the declared defaults; it must exist (naming it
+    again with -C is harmless). Every unknown key, unreadable file, bad or missing value: one sentence each on
+    stderr, exit code 2 (`--debug` or TORCHSTRAP_DEBUG=1: the traceback). `-h/--help` and `--print-config` print
+    and exit 0.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    if package:
+        import_package(package)
     cfg = reset_config(keep_sections=True)
-    if "-h" in argv or "--help" in argv:
-        print(cfg.help_text(os.path.basename(sys.argv[0]) or "python", description))
+    options = read_argv(argv, flags=(*HELP_FLAGS, PRINT_FLAG, DEBUG_FLAG))
+    given = {option.name for option in options if option.value is None}
+    errors = collect_defaults_file(cfg, defaults_file) if defaults_file is not None else []  # in order of precedence
+    if given & set(HELP_FLAGS):
+        print(cfg.help_text(os.path.basename(sys.argv[0]) or "python", description, defaults_file))
         raise SystemExit(0)
-    errors = cfg.collect(config or {}, "from load_config(config=...)")[1]  # in order of precedence
-    values, argv_errors = parse_argv(cfg, [a for a in argv if a not in ("--print-config", DEBUG_FLAG)])
+    errors += cfg.collect(config or {}, "from load_config(config=...)")[1]
+    values, argv_errors = parse_argv(cfg, options)
     errors += argv_errors + cfg.collect(values, "on the command line")[1] + cfg.errors()
     if errors:
         fail(ConfigError("\n".join(errors)), "config error", argv)
-    if "--print-config" in argv:
-        print(yaml.safe_dump(cfg.as_dict(), sort_keys=False), end="")
+    if PRINT_FLAG in given:
+        print(cfg.as_yaml(), end="")
         raise SystemExit(0)
     return cfg
 

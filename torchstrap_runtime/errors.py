@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from .command_line import split_options
+
 USER_ERROR_EXIT = 2
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "TORCHSTRAP_DEBUG"
@@ -33,8 +35,8 @@ class BadFileError(UserError, ValueError):
 
 def debug_requested(argv: Sequence[str] | None = None) -> bool:
     """Whether tracebacks were asked for: `--debug` in `argv` (default: the command line) or TORCHSTRAP_DEBUG=1."""
-    argv = sys.argv[1:] if argv is None else argv
-    return DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    given = split_options(sys.argv[1:] if argv is None else argv, flags=[DEBUG_FLAG])[0][DEBUG_FLAG]
+    return bool(given) or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def report(error: BaseException, prefix: str = "error", argv: Sequence[str] | None = None,
@@ -56,9 +58,10 @@ def exit_on_user_error(main: Callable[[list[str]], Any], argv: Sequence[str] | N
     """Run `main(argv)` (default: the command line); a UserError exits 2 with its sentence. `--debug` is taken
     out of argv and becomes TORCHSTRAP_DEBUG=1 (for this process and the ones it starts)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if DEBUG_FLAG in argv:
+    found, rest = split_options(argv, flags=[DEBUG_FLAG])
+    if found[DEBUG_FLAG]:
         os.environ[DEBUG_ENV] = "1"
     try:
-        return main([arg for arg in argv if arg != DEBUG_FLAG])
+        return main(rest)
     except UserError as error:
         fail(error, argv=argv)

@@ -31,6 +31,7 @@ import yaml
 
 from . import config as cfg
 from . import distributed
+from .command_line import read_argv, split_options
 from .config import Dict, Int, Param, Section, Str
 from .provenance import new_run_id
 from .errors import UserError, exit_on_user_error, fail
@@ -253,10 +254,11 @@ def import_object(path: str) -> Any:
 
 
 def import_modules(names: tuple[str, ...] | list[str]) -> None:
-    """Import modules that declare config sections (e.g. the experiment's `pkg.config`)."""
+    """Import what declares config sections: a package with every module under it (the experiment's `pkg`), or
+    a single module (`pkg.config`)."""
     for name in names:
         try:
-            importlib.import_module(name)
+            cfg.import_package(name)
         except ImportError as e:
             raise LaunchError(f"cannot import module '{name}': {e}") from e
 
@@ -413,36 +415,28 @@ def submit(config: dict[str, dict[str, Any]], trainer: str, sweeps: list[str] = 
 
 def split_launcher_args(argv: list[str]) -> tuple[list[str], list[str], bool, bool]:
     """Take `--sweep K=V,..` (repeatable), `--local` and `--wait` out of argv; the rest is config."""
-    sweeps, rest, local, wait = [], [], False, False
-    it = iter(argv)
-    for arg in it:
-        if arg == "--sweep":
-            value = next(it, None)
-            if value is None:
-                raise LaunchError("--sweep needs a value: --sweep SECTION.KEY=V1,V2")
-            sweeps.append(value)
-        elif arg.startswith("--sweep="):
-            sweeps.append(arg.split("=", 1)[1])
-        elif arg == "--local":
-            local = True
-        elif arg == "--wait":
-            wait = True
-        else:
-            rest.append(arg)
-    return rest, sweeps, local, wait
+    try:
+        found, rest = split_options(argv, flags=["--local", "--wait"], options=["--sweep"])
+    except ValueError:
+        raise LaunchError("--sweep needs a value: --sweep SECTION.KEY=V1,V2") from None
+    return rest, found["--sweep"], bool(found["--local"]), bool(found["--wait"])
 
 
-def main(trainer: str, argv: list[str] | None = None, imports: tuple[str, ...] = ()) -> list[tuple[Any, Path]]:
-    """Entry point of the generated `scripts/submit.py`: `imports` are modules that declare config sections."""
+def main(trainer: str, argv: list[str] | None = None, imports: tuple[str, ...] = (),
+         defaults_file: str | os.PathLike | None = None) -> list[tuple[Any, Path]]:
+    """Entry point of the generated `scripts/submit.py`: `imports` declare config sections (the experiment's
+    package: every module of it), `defaults_file` is read before the command line's -C files."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if "--status" in argv:   # each job's state next to its run row
-        return print_sweep_status(argv[argv.index("--status") + 1:])
+    status = [option for option in read_argv(argv) if option.name == "--status"]
+    if status:   # each job's state next to its run row
+        return print_sweep_status([status[0].value] if status[0].value is not None else [])
     try:
         rest, sweeps, local, wait = split_launcher_args(argv)
         import_modules(imports)  # declare the experiment's sections before the config is parsed
         import_object(trainer)
         cfg.load_config(rest, description=f"Submit {trainer} to SLURM (or --local) with submitit. Launcher "
-                        "options: --sweep SECTION.KEY=V1,V2 (repeatable), --local, --wait.")
+                        "options: --sweep SECTION.KEY=V1,V2 (repeatable), --local, --wait.",
+                        defaults_file=defaults_file)
         jobs = submit(cfg.config_as_dict(), trainer, sweeps, local, tuple(imports))
     except UserError as e:
         fail(e, argv=argv)
@@ -473,7 +467,8 @@ def print_sweep_status(args: list[str]) -> list:
 
 # --------------------------------------------------------------------------- sbatch without submitit
 
-def run_here(trainer: str, argv: list[str], imports: tuple[str, ...] = ()) -> dict[str, Any]:
+def run_here(trainer: str, argv: list[str], imports: tuple[str, ...] = (),
+             defaults_file: str | os.PathLike | None = None) -> dict[str, Any]:
     """Train in this process (e.g. under `srun` in a plain sbatch script); on USR2 save and requeue.
 
     The run folder must be fixed across requeues: pass `--logging.run_id` (e.g. the SLURM job id).
@@ -481,7 +476,8 @@ def run_here(trainer: str, argv: list[str], imports: tuple[str, ...] = ()) -> di
     """
     import_modules(imports)
     import_object(trainer)
-    cfg.load_config(argv, description=f"Train {trainer} here (requeue on USR2 under SLURM).")
+    cfg.load_config(argv, description=f"Train {trainer} here (requeue on USR2 under SLURM).",
+                    defaults_file=defaults_file)
     config = cfg.config_as_dict()
     if not config["logging"]["run_id"]:
         config["logging"]["run_id"] = os.environ.get("SLURM_JOB_ID") or new_run_id()
@@ -497,18 +493,19 @@ def run_here(trainer: str, argv: list[str], imports: tuple[str, ...] = ()) -> di
 
 
 def cli(argv: list[str]) -> None:
-    """`python -m torchstrap_runtime.launcher run PKG.MODULE:Trainer [--import MODULE]... [config args]`."""
+    """`python -m torchstrap_runtime.launcher run PKG.MODULE:Trainer [--import PKG]... [--defaults-file FILE]
+    [config args]`."""
+    usage = " ".join(cli.__doc__.split()).strip("`.")
     if len(argv) < 2 or argv[0] != "run":
-        print(cli.__doc__.strip("`"), file=sys.stderr)
+        print(usage, file=sys.stderr)
         raise SystemExit(2)
-    trainer, rest, imports = argv[1], [], []
-    it = iter(argv[2:])
-    for arg in it:
-        if arg == "--import":
-            imports.append(next(it, ""))
-        else:
-            rest.append(arg)
-    exit_on_user_error(lambda args: run_here(trainer, args, tuple(imports)), rest)
+    try:
+        found, rest = split_options(argv[2:], options=["--import", "--defaults-file"])
+    except ValueError as e:
+        print(f"error: {e}; usage: {usage}", file=sys.stderr)
+        raise SystemExit(2) from None
+    defaults_file = found["--defaults-file"][-1] if found["--defaults-file"] else None
+    exit_on_user_error(lambda args: run_here(argv[1], args, tuple(found["--import"]), defaults_file), rest)
 
 
 if __name__ == "__main__":

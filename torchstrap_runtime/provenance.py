@@ -1,5 +1,5 @@
 """What a run folder records about where it came from: run ids, `config.json` (every resolved value,
-seeds, versions, the experiment's git state, the command)."""
+the config files read, seeds, versions, the experiment's git state, the command)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .config import config_as_dict
+from .config import config_as_dict, config_files
 from .distributed import slurm_job_id
 
 
@@ -26,12 +26,14 @@ def new_run_id() -> str:
 
 
 def run_record(trainer_class: type, train_loader: Any, world_size: int) -> dict[str, Any]:
-    """What `config.json` holds: every resolved hyper-parameter, versions and the experiment's git state."""
+    """What `config.json` holds: every resolved hyper-parameter, the config files read, versions and the
+    experiment's git state."""
     repo, config = find_experiment_root(trainer_class), config_as_dict()
     seeds = {f"{section}.{key}": value for section, params in config.items() for key, value in params.items()
              if "seed" in key}
     return {
         "config": config,
+        "config_files": config_files(),  # read in this order, before the command line's values
         "seeds": {**seeds, "train_loader_resolved": resolved_loader_seeds(train_loader)},
         "versions": {"python": sys.version.split()[0], "torch": torch.__version__,
                      "torchstrap_runtime": __version__, "template": template_version(repo)},

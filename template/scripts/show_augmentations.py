@@ -10,11 +10,25 @@ coke_multicrop.png: when the config's ssl.recipe is coke_multi, CoKe's 2 large v
 (seeded from ssl.seed).
 """
 import argparse
+import importlib
+import sys
 from pathlib import Path
 
 import yaml
 
+from torchstrap_runtime.config import config_as_dict
 from torchstrap_runtime.data.pictures import save_augmentation_grids, save_coke_multicrop_grid, write_colour_digits
+
+
+def ssl_section(config_file: Path) -> dict | None:
+    """The resolved `ssl` section: the experiment's (its package under src/ loads configs/default.yaml, then
+    `config_file`), or `config_file`'s alone outside an experiment."""
+    packages = sorted(path.parent.name for path in Path("src").glob("*/config.py"))
+    if packages:
+        sys.path.insert(0, "src")
+        importlib.import_module(f"{packages[0]}.config").load(["-C", str(config_file)] if config_file.is_file() else [])
+        return config_as_dict().get("ssl")
+    return (yaml.safe_load(config_file.read_text()) or {}).get("ssl") if config_file.is_file() else None
 
 
 def main() -> None:
@@ -28,7 +42,7 @@ def main() -> None:
     beton = args.beton or write_colour_digits(Path("data") / "colour_digits.beton")
     for path in save_augmentation_grids(beton, args.out):
         print(path)
-    ssl = (yaml.safe_load(args.config.read_text()) or {}).get("ssl") if args.config.is_file() else None
+    ssl = ssl_section(args.config)
     if ssl and ssl.get("recipe") == "coke_multi":
         seed = ssl.get("seed")
         print(save_coke_multicrop_grid(beton, args.out / "coke_multicrop.png", seed=0 if seed is None else seed))
