@@ -33,15 +33,17 @@ def test_changelog_documents_every_release_tag():
 def test_generated_files_keep_their_anchor_lines():
     """The anchors `torchstrap update` merges around (researcher additions go below them)."""
     package = TEMPLATE / "src" / "{{package_name}}"
-    trainer = (package / "trainer.py.jinja").read_text()
-    hooks = re.findall(r"^    def (\w+)\(self", trainer, flags=re.M)
-    anchors = re.findall(r"^    # --- end of (\w+) ---$", trainer, flags=re.M)
-    assert hooks and hooks == anchors, "every Trainer method needs its `# --- end of <name> ---` anchor line"
-    for hook in ("initialize_model", "before_train_step", "train_step", "after_eval_epoch"):
-        assert hook in hooks
-    bodies = re.findall(r'^        """[^\n]*"""\n(\n?)', trainer, flags=re.M)
-    assert len(bodies) == len(hooks) and set(bodies) == {"\n"}, "a blank line between docstring and body"
-    assert trainer.rstrip().endswith("# --- add your own methods below this line ---")
+    for path in package.glob("*trainer.py*.jinja"):  # one per task
+        trainer = path.read_text()
+        hook_part = trainer.split("    # " + "-" * 66 + " helpers")[0]  # helpers (ssl-multiview) need no anchor
+        hooks = re.findall(r"^    def (\w+)\(self", hook_part, flags=re.M)
+        anchors = re.findall(r"^    # --- end of (\w+) ---$", trainer, flags=re.M)
+        assert hooks and hooks == anchors, "every hook needs its `# --- end of <name> ---` anchor line"
+        for hook in ("initialize_model", "train_step", "after_eval_epoch"):
+            assert hook in hooks
+        bodies = re.findall(r'^        """[^\n]*"""\n(\n?)', trainer, flags=re.M)
+        assert set(bodies) == {"\n"}, "a blank line between a hook's docstring and its body"
+        assert trainer.rstrip().endswith("# --- add your own methods below this line ---")
     assert (package / "config.py.jinja").read_text().rstrip().endswith("# --- add your own sections below this line ---")
     assert (TEMPLATE / "configs" / "default.yaml.jinja").read_text().rstrip().endswith(
         "# --- add your own sections below this line ---")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import re
+from pathlib import Path
 
 import jinja2
 import pytest
@@ -14,7 +15,6 @@ from workflow_spec import SPEC_FILE, spec_epoch, spec_hooks
 
 ROOT = SPEC_FILE.parents[1]
 README = ROOT / "README.md"
-TEMPLATE_TRAINER = ROOT / "template" / "src" / "{{package_name}}" / "trainer.py.jinja"
 TASKS = yaml.safe_load((ROOT / "copier.yml").read_text())["task"]["choices"]
 
 
@@ -24,9 +24,14 @@ def test_readme_workflow_block_is_docs_workflow_txt():
     assert block.group(1) == SPEC_FILE.read_text(), "README's workflow block must equal docs/workflow.txt"
 
 
+def trainer_template(task: str) -> Path:
+    """The template file of `task`'s trainer.py."""
+    return ROOT / "template" / "src" / "{{package_name}}" / f"{{% if task == '{task}' %}}trainer.py{{% endif %}}.jinja"
+
+
 @pytest.mark.parametrize("task", TASKS)
 def test_generated_trainer_docstring_shows_docs_workflow_txt(task):
-    rendered = jinja2.Environment(keep_trailing_newline=True).from_string(TEMPLATE_TRAINER.read_text()).render(
+    rendered = jinja2.Environment(keep_trailing_newline=True).from_string(trainer_template(task).read_text()).render(
         task=task, project_name="My Experiment", package_name="my_experiment")
     docstring = ast.get_docstring(ast.parse(rendered), clean=False)
     block = re.search(r"\nThe hook order \(torchstrap's docs/workflow.txt\):\n(.*?\n)\n", docstring, re.S)

@@ -159,7 +159,7 @@ def _solve(Z: torch.Tensor, alpha: float, beta: float, W: torch.Tensor, method: 
             break
         if it >= max_iter:
             break
-    return W, it, converged
+    return (W + W.T) / 2, it, converged  # exactly symmetric: BLAS may round W[i, j] and W[j, i] apart
 
 
 def _threshold(W: torch.Tensor, edge_tol: float) -> torch.Tensor:
