@@ -10,6 +10,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from generator.cli import new_experiment
 from generator.template_repo import build_template_repo, tag
 from generator.template_source import CHECKOUT
@@ -22,6 +24,16 @@ def subprocess_env(*paths: Path) -> dict[str, str]:
            "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR", str(CHECKOUT / ".numba_cache"))}
     env.pop("TORCHSTRAP_DEBUG", None)
     return env
+
+
+def resolved_config(exp: Path, *args: str) -> dict:
+    """The config a run of the experiment at `exp` resolves (`--print-config`, with `args`): the declared
+    defaults, its configs/default.yaml, then `args`."""
+    package = next(exp.glob("src/*/train.py")).parent.name
+    done = subprocess.run([sys.executable, "-m", f"{package}.train", *args, "--print-config"], cwd=exp,
+                          env=subprocess_env(exp / "src", CHECKOUT), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return yaml.safe_load(done.stdout)
 
 
 def template_repo(folder: Path) -> Path:
@@ -43,6 +55,10 @@ class Experiment:
         """`python *argv` in the experiment folder (`env`: extra variables)."""
         return subprocess.run([sys.executable, *argv], cwd=self.path, env={**self.env, **(env or {})},
                               capture_output=True, text=True, timeout=timeout)
+
+    def config(self, *args: str) -> dict:
+        """The config its train module resolves with `args` (`--print-config`)."""
+        return resolved_config(self.path, *args)
 
     def run_train(self, *args: str, **run) -> subprocess.CompletedProcess:
         """Its train module with configs/default.yaml on the digits, no progress bar, runs under root / "runs"."""

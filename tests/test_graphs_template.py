@@ -26,8 +26,8 @@ def train(experiment: Experiment, run_id: str, *args: str) -> list[dict]:
 
 
 def test_graph_hook_logs_the_graph_and_feeds_the_loss(experiment):
-    config = (experiment.path / "configs" / "default.yaml").read_text()
-    assert "graph:" in config and "learn: false" in config and "loss_weight: 0.0" in config
+    graph = experiment.config()["graph"]
+    assert graph["learn"] is False and graph["loss_weight"] == 0.0
     off = train(experiment, "off")
     assert len(off) == 2 and not any(key.startswith("graph_") for r in off for key in r)  # off by default
     on = train(experiment, "on", "--graph.learn", "true", "--graph.loss_weight", "0.1")

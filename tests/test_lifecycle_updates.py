@@ -191,55 +191,52 @@ def test_template_changes_imports(tpl, tmp_path, capsys):
 
 
 def test_untouched_config_default_arrives_touched_one_stays(tpl, tmp_path, capsys):
-    """The user changed lr (template keeps it); the template changes epochs and batch_size defaults."""
+    """The user changed warm-up (template keeps it); the template changes epochs (default.yaml) and the
+    batch_size default (config.py, where the experiment's own sections declare theirs)."""
     exp = generate(tpl, tmp_path)
-    sub(exp / YAML, r"^(  lr: )[0-9.]+", r"\g<1>0.0123")
-    commit(exp, "my lr")
+    sub(exp / YAML, r"^(  warmup_epochs: )[0-9.]+", r"\g<1>2.5")
+    commit(exp, "my warm-up")
 
     sub(tpl / T_YAML, r"^(  epochs: )\d+", r"\g<1>37", count=0)
     sub(tpl / T_CONFIG_PY, r"^(    batch_size=Param\(Int\(min=1\), .*default=)\d+", r"\g<1>96", count=0)
-    sub(tpl / T_YAML, r"^(  batch_size: )\d+", r"\g<1>96", count=0)
     tag(tpl, "v2.0.0", "v2: longer training, bigger batches")
 
     assert_clean_update(capsys, exp)
     config = yaml.safe_load((exp / YAML).read_text())
-    assert config["optimizer"]["lr"] == 0.0123  # mine stays
-    assert config["training"]["epochs"] == 37 and config["data"]["batch_size"] == 96  # template's arrive
-    assert "default=96" in (exp / CONFIG_PY).read_text()
+    assert config["scheduler"]["warmup_epochs"] == 2.5  # mine stays
+    assert config["training"]["epochs"] == 37 and "default=96" in (exp / CONFIG_PY).read_text()  # template's arrive
     committed_and_checked(capsys, exp)
 
 
 def test_adjacent_config_values_merge_line_by_line(tpl, tmp_path, capsys):
-    """The researcher tunes lr, the template tunes momentum on the next line: both arrive, no conflict."""
+    """The researcher sets num_classes, the template changes the model name on the line above: both arrive."""
     exp = generate(tpl, tmp_path)
-    sub(exp / YAML, r"^(  lr: )[0-9.]+", r"\g<1>0.0123")
-    commit(exp, "my lr")
-    sub(tpl / T_YAML, r"^(  momentum: )[0-9.]+", r"\g<1>0.85", count=0)
-    sub(tpl / T_YAML, r"^(  name: )(sgd|adamw|adam)\b", r"\g<1>nadam", count=0)  # the optimizer line above lr
-    tag(tpl, "v2.0.0", "v2: optimizer defaults")
+    sub(exp / YAML, r"^(  num_classes: )\d+", r"\g<1>12")
+    commit(exp, "my classes")
+    sub(tpl / T_YAML, r"^(  name: )\{\{ model \}\}", r"\g<1>resnet-small", count=0)  # the model line above
+    tag(tpl, "v2.0.0", "v2: model default")
 
     assert_clean_update(capsys, exp)
-    optimizer = yaml.safe_load((exp / YAML).read_text())["optimizer"]
-    assert (optimizer["name"], optimizer["lr"], optimizer["momentum"]) == ("nadam", 0.0123, 0.85)
+    model = yaml.safe_load((exp / YAML).read_text())["model"]
+    assert (model["name"], model["num_classes"]) == ("resnet-small", 12)
     assert git("diff", "--name-only", "--diff-filter=U", cwd=exp).stdout == ""  # nothing left unmerged
     committed_and_checked(capsys, exp)
 
 
 def test_touched_config_value_changed_by_template_is_a_conflict(tpl, tmp_path, capsys):
     exp = generate(tpl, tmp_path)
-    sub(exp / YAML, r"^(  lr: )[0-9.]+", r"\g<1>0.0123")
+    sub(exp / YAML, r"^(  warmup_epochs: )[0-9.]+", r"\g<1>2.5")
     sub(exp / YAML, r"^(  epochs: )\d+", r"\g<1>3")
-    commit(exp, "my lr and epochs")
+    commit(exp, "my warm-up and epochs")
 
-    sub(tpl / T_YAML, r"^(  lr: )[0-9.]+", r"\g<1>0.4", count=0)
-    sub(tpl / T_YAML, r"^(  momentum: )[0-9.]+", r"\g<1>0.85", count=0)
-    tag(tpl, "v2.0.0", "v2: lr")
+    sub(tpl / T_YAML, r"^(  warmup_epochs: )[0-9.]+", r"\g<1>0.5", count=0)
+    tag(tpl, "v2.0.0", "v2: warm-up")
 
     code, out = cli(capsys, "update", str(exp))
     assert code == 1 and f"{YAML}  (conflict markers)" in out
     text = (exp / YAML).read_text()
     mine, theirs = text.split("<<<<<<< before updating\n")[1].split(">>>>>>> after updating")[0].split("=======\n")
-    assert "lr: 0.0123" in mine and "lr: 0.4" in theirs
+    assert "warmup_epochs: 2.5" in mine and "warmup_epochs: 0.5" in theirs
     assert "epochs: 3 " in text  # the other edit is kept outside the conflict
     code, out = cli(capsys, "check", str(exp))
     assert code == 1 and f"Conflict markers left in {YAML}" in out
@@ -349,13 +346,13 @@ def test_two_successive_updates(tpl, tmp_path, capsys):
     sub(tpl / T_YAML, r"^(  epochs: )\d+", r"\g<1>37", count=0)
     tag(tpl, "v2.0.0", "v2")
     insert_before(tpl / T_TRAINER, OWN_METHODS, "    def on_v3(self) -> None:\n        pass\n    # --- end of on_v3 ---\n\n")
-    sub(tpl / T_YAML, r"^(  log_every: )\d+", r"\g<1>25", count=0)
+    sub(tpl / T_YAML, r"^(  monitor: )val_top1", r"\g<1>val_loss", count=0)
     tag(tpl, "v3.0.0", "v3")
 
     assert_clean_update(capsys, exp, "--vcs-ref", "v2.0.0")
     assert version(exp) == "v2.0.0"
     commit(exp, "update to v2")
-    sub(exp / YAML, r"^(  lr: )[0-9.]+", r"\g<1>0.0123")
+    sub(exp / YAML, r"^(  warmup_epochs: )[0-9.]+", r"\g<1>2.5")
     commit(exp, "edit between updates")
     code, out = cli(capsys, "check", str(exp))
     assert code == 1 and "by 1 version(s): v3.0.0" in out
@@ -363,7 +360,8 @@ def test_two_successive_updates(tpl, tmp_path, capsys):
     out = assert_clean_update(capsys, exp)
     assert "v2.0.0 -> v3.0.0" in out and version(exp) == "v3.0.0"
     config = yaml.safe_load((exp / YAML).read_text())
-    assert (config["training"]["epochs"], config["logging"]["log_every"], config["optimizer"]["lr"]) == (37, 25, 0.0123)
+    assert (config["training"]["epochs"], config["logging"]["monitor"], config["scheduler"]["warmup_epochs"]) == (
+        37, "val_loss", 2.5)
     text = (exp / TRAINER).read_text()
     assert all(line in text for line in added) and "def on_v3(self)" in text
     committed_and_checked(capsys, exp)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from dataset_files import make_cifar10, make_cifar100, make_image_folder, make_imagenet
-from experiments import subprocess_env, template_repo
+from experiments import resolved_config, subprocess_env, template_repo
 from generator.cli import main, new_experiment
 from generator.template_repo import commit
 from generator.template_source import CHECKOUT
@@ -57,7 +57,7 @@ def prepared_experiment(tpl: Path, where: Path, dataset: str) -> tuple[Path, dic
     """An experiment of the `dataset` answer with its data written by its own prepare_data.py, its config, and
     the training-run options for the small data."""
     exp = new_experiment(where / "exp", {"dataset": dataset, "use_slurm": False}, template=str(tpl))
-    config = yaml.safe_load((exp / "configs" / "default.yaml").read_text())
+    config = resolved_config(exp)
     expected = {"digits": ("mlp", 10, 32), "cifar10": ("resnet18", 10, 32), "cifar100": ("resnet18", 100, 32),
                 "image-folder": ("resnet18", 10, 224), "imagenet": ("resnet50", 1000, 224)}[dataset]
     assert (config["model"]["name"], config["model"]["num_classes"], config["data"]["image_size"]) == expected
@@ -94,7 +94,7 @@ def test_update_switches_the_dataset(tpl, tmp_path, capsys):
     assert main(["update", str(exp), "-d", "dataset=cifar100"]) == 0, capsys.readouterr()
     answers = yaml.safe_load((exp / ".copier-answers.yml").read_text())
     assert answers["dataset"] == "cifar100" and answers["model"] == "mlp"  # the earlier model answer is kept
-    config = yaml.safe_load((exp / "configs" / "default.yaml").read_text())
+    config = resolved_config(exp)
     assert config["data"]["train_path"] == "data/cifar100/train.beton" and config["model"]["num_classes"] == 100
     assert config["augmentation"]["flip_p"] == 0.5 and config["augmentation"]["translate_padding"] == 4
     assert "--source cifar100" in (exp / "Makefile").read_text()

@@ -418,7 +418,7 @@ def collect_defaults_file(config: Config, path: str | os.PathLike) -> list[str]:
     """`collect_file` for the experiment's defaults file, which must exist."""
     if not Path(path).exists():
         return [f"defaults file '{path}' does not exist: it holds the experiment's values over the declared "
-                "defaults, and every entry point reads it first"]
+                "defaults and is read first; restore it (an empty file sets nothing)"]
     return collect_file(config, path)
 
 
