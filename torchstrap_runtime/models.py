@@ -77,7 +77,7 @@ class ResNetSmall(nn.Module):
 
 
 def build_model(name: str, num_classes: int, image_size: int = 32, in_channels: int = 3) -> nn.Module:
-    """`mlp`, `resnet-small` (also accepted: `resnet_small`) or `resnet18` / `resnet34` / `resnet50`."""
+    """One of `MODELS`: `mlp`, `resnet-small` (also accepted: `resnet_small`) or `resnet18` / `resnet34` / `resnet50`."""
     key = name.replace("_", "-").lower()
     if key == "mlp":
         return MLP(in_channels * image_size * image_size, num_classes=num_classes)
@@ -85,7 +85,8 @@ def build_model(name: str, num_classes: int, image_size: int = 32, in_channels: 
         return ResNetSmall(num_classes=num_classes, in_channels=in_channels)
     if key in RESNETS:
         return RESNETS[key](num_classes=num_classes, image_size=image_size, in_channels=in_channels)
-    raise ValueError(f"unknown model '{name}': expected 'mlp', 'resnet-small', 'resnet18', 'resnet34' or 'resnet50'")
+    names = [f"'{model}'" for model in MODELS]
+    raise ValueError(f"unknown model '{name}': expected {', '.join(names[:-1])} or {names[-1]}")
 
 
 # ---------------------------------------------------------------------- ResNet-18/34/50 (torchvision's architecture)
@@ -229,6 +230,7 @@ def resnet50(num_classes: int = 1000, stem: str | None = None, image_size: int =
 
 
 RESNETS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
+MODELS = ("mlp", "resnet-small", *RESNETS)   # the names build_model knows
 
 
 # ----------------------------------------------------------------------------- CoKe heads (idstcv/CoKe)
