@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from torchstrap_runtime.loggers import read_log
+from torchstrap_runtime.run_folder import CONFIG_FILE, CURVES_FILE, HDF5_FILE, LOG_FILE, last_checkpoint
 
 from .lifecycle import new_experiment
 
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     step(f"done in {time.time() - started:.0f} s")
     print(f"validation top-1 accuracy: {100 * top1:.2f}% after {len(epochs)} epochs (target >= {100 * TARGET_TOP1:.0f}%)")
     print(f"run folder: {run_dir}")
-    print(f"  config.json, log.jsonl, arrays.h5, checkpoints/last.pt, curves.png ({run_dir / 'curves.png'})")
+    files = [CONFIG_FILE, LOG_FILE, HDF5_FILE, last_checkpoint(run_dir).relative_to(run_dir).as_posix(), CURVES_FILE]
+    print(f"  {', '.join(files)} ({run_dir / CURVES_FILE})")
     print(f"next: cd {folder.name} && make train ARGS='--optimizer.lr 0.05'")
     if top1 < TARGET_TOP1:
         print(f"demo: accuracy {100 * top1:.2f}% is below the {100 * TARGET_TOP1:.0f}% target", file=sys.stderr)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from torchstrap_runtime.errors import report
+from torchstrap_runtime.run_folder import CONFIG_FILE, LOG_FILE
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -42,7 +43,7 @@ def _runs_command(args: argparse.Namespace) -> int:
 
     runs = runs_api.filter_runs(runs_api.load_runs(args.paths), args.filter)
     if not runs:
-        raise runs_api.RunsError(f"no run folders (with config.json or log.jsonl) in {' '.join(args.paths)}"
+        raise runs_api.RunsError(f"no run folders (with {CONFIG_FILE} or {LOG_FILE}) in {' '.join(args.paths)}"
                                  + (" match the filters" if args.filter else ""))
     if args.command == "plot":
         known = {k for run in runs for r in run.epochs for k in r}
@@ -68,7 +69,7 @@ def _runs_command(args: argparse.Namespace) -> int:
 def _logs_key(run_dir: Path, key: str) -> bool:
     """Whether any line of the run's log.jsonl has `key` (the step lines, when no epoch line has it)."""
     try:
-        return f'"{key}":'.encode() in (run_dir / "log.jsonl").read_bytes()
+        return f'"{key}":'.encode() in (run_dir / LOG_FILE).read_bytes()
     except OSError:
         return False
 

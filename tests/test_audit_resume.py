@@ -12,7 +12,7 @@ import test_cluster_toy as toy
 from experiments import Experiment
 from test_resume import launcher, run_until_finished, toy_config
 from test_resume_ffcv import experiment, run_segment  # noqa: F401  (the module-scoped generated experiment)
-from torchstrap_runtime.trainer import load_torch
+from torchstrap_runtime.checkpoint import load_torch
 
 NULL_SEEDS = ["--data.loader_seed", "null", "--augmentation.crop_seed", "null", "--augmentation.translate_seed",
               "null", "--augmentation.flip_seed", "null"]

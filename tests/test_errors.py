@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from experiments import Experiment, make_experiment, subprocess_env
-from torchstrap_runtime.run_lock import LOCK_FILE, RunFolderBusyError, RunLock
+from torchstrap_runtime.run_folder import LOCK_FILE, RunFolderBusyError, RunLock
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,7 +96,7 @@ def test_corrupt_beton_and_missing_checkpoint_are_user_errors(experiment, tmp_pa
     """The same raise lines, in process (each subprocess costs an FFCV start)."""
     from torchstrap_runtime.data import check_beton
     from torchstrap_runtime.errors import UserError
-    from torchstrap_runtime.trainer import load_torch
+    from torchstrap_runtime.checkpoint import load_torch
 
     corrupt = tmp_path / "corrupt.beton"
     corrupt.write_bytes(experiment.train.read_bytes()[:5000])  # a truncated real .beton

@@ -19,7 +19,7 @@ import torch
 
 from torchstrap_runtime import config as cfg
 from torchstrap_runtime import launcher
-from torchstrap_runtime.trainer import load_torch
+from torchstrap_runtime.checkpoint import load_torch
 
 import test_cluster_toy as toy
 
@@ -130,7 +130,7 @@ def test_kill9_then_same_command_resumes_exactly(tmp_path, reference):
 _WRITER = """
 import sys, torch
 from pathlib import Path
-from torchstrap_runtime.trainer import save_torch_atomic
+from torchstrap_runtime.checkpoint import save_torch_atomic
 path = Path(sys.argv[1])
 big = torch.randn(4_000_000, generator=torch.Generator().manual_seed(0))
 i = 0

@@ -22,6 +22,7 @@ from torchstrap_runtime import config as cfg
 from torchstrap_runtime import launcher
 from torchstrap_runtime import runs as R
 from torchstrap_runtime.loggers import read_log
+from torchstrap_runtime.run_folder import LOCK_FILE
 
 import test_cluster_toy as toy
 from experiments import subprocess_env
@@ -119,10 +120,10 @@ def test_lock_of_a_live_process_means_running(runs_folder, tmp_path):
 
     run = tmp_path / "killed"
     shutil.copytree(runs_folder / "killed", run)
-    (run / R.LOCK_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+    (run / LOCK_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
     assert R.load_run(run).status == "running"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (run / R.LOCK_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout)}))
+    (run / LOCK_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout)}))
     assert R.load_run(run).status == "failed"
 
 

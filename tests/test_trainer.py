@@ -17,7 +17,8 @@ import torch
 
 from torchstrap_runtime.config import reset_config, set_values
 from torchstrap_runtime.loggers import read_hdf5, read_log
-from torchstrap_runtime.trainer import MEASURED_KEYS, Trainer, load_torch
+from torchstrap_runtime.checkpoint import load_torch
+from torchstrap_runtime.trainer import MEASURED_KEYS, Trainer
 
 from workflow_spec import spec_epoch, spec_hooks  # docs/workflow.txt, the spec's hook order
 

@@ -10,7 +10,8 @@ import torch
 
 from torchstrap_runtime.config import set_values
 from torchstrap_runtime.loggers import read_log
-from torchstrap_runtime.trainer import NonFiniteLoss, Trainer, load_torch
+from torchstrap_runtime.checkpoint import load_torch
+from torchstrap_runtime.trainer import NonFiniteLoss, Trainer
 
 from test_trainer import TinyTrainer, config, make_batches, recording  # noqa: F401  (config: autouse fixture)
 
@@ -175,7 +176,7 @@ def test_close_is_idempotent():
 
 def test_a_train_step_that_returns_nothing_is_explained():
     class OldStyle(TinyTrainer):
-        def train_step(self) -> None:  # a trainer.py generated before Trainer v2
+        def train_step(self) -> None:  # forgets to return the loss
             super().train_step()
 
     set_values({"logging.run_id": "old"})

@@ -1,24 +1,25 @@
 """Checkpoint files and RNG state: what an exact resume needs besides the Trainer's own fields.
 
 `save_torch_atomic` never leaves a half-written file behind; `load_torch` loads with `weights_only=True`;
-`check_model_fits` turns weights of another architecture into one sentence;
+`read_checkpoint` reads last.pt or a `model.load_from` file and checks it fits the model;
 `rng_state`/`set_rng_state` carry python, numpy, torch (and CUDA) RNGs in types `weights_only` accepts;
-`truncate_run_logs` cuts the logs back to a checkpoint; `BestCheckpoints` keeps `best.pt` and the top-k.
+`truncate_run_logs` cuts the logs back to a checkpoint; `trainer_state` and the two restore steps below are
+what a Trainer's checkpoint holds and how it is restored.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .ema import ema_copy
 from .errors import BadFileError, MissingFileError
-from .loggers import HDF5_FILE, LOG_FILE, HDF5Logger
+from .loggers import HDF5Logger
+from .run_folder import HDF5_FILE, LOG_FILE, atomic_write
 
 
 def seed_everything(seed: int) -> None:
@@ -51,21 +52,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_torch_atomic(obj: Any, path: Path) -> None:
-    """`torch.save` to a temporary file in the same folder, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def copy_atomic(source: Path, path: Path) -> None:
-    """Copy a file to a temporary name beside `path`, then rename over `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, path)
+    """`torch.save` through `run_folder.atomic_write` (a kill mid-write leaves the previous file whole)."""
+    with atomic_write(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_torch(path: Path) -> dict[str, Any]:
@@ -100,6 +89,17 @@ def check_model_fits(state: dict[str, Any], model: torch.nn.Module, path: Path) 
                            "another architecture, or the model changed since")
 
 
+def read_checkpoint(path: Path, model: torch.nn.Module, keep: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The checkpoint at `path`, checked against `model`. With `keep`, only the model's weights and the
+    entries named in `keep` that the file has (a start from `model.load_from`: e.g. ("optimizer", "epoch"));
+    without, everything (an exact resume)."""
+    state = load_torch(path)
+    check_model_fits(state, model, path)
+    if keep is None:
+        return state
+    return {"model": state["model"], **{key: state[key] for key in keep if state.get(key) is not None}}
+
+
 def truncate_run_logs(run_dir: Path, log_bytes: int, hdf5_rows: dict[str, int]) -> None:
     """Cut `log.jsonl` and `arrays.h5` back to where they were at the checkpoint (no duplicated rows)."""
     log = run_dir / LOG_FILE
@@ -110,40 +110,65 @@ def truncate_run_logs(run_dir: Path, log_bytes: int, hdf5_rows: dict[str, int]) 
         HDF5Logger(run_dir / HDF5_FILE).truncate_rows(hdf5_rows)
 
 
-class BestCheckpoints:
-    """The `k` best epochs by a monitored value: `best.pt` is the best one's checkpoint, and with k > 1
-    `epoch_<E>.pt` each of the top k. `entries` ([value, epoch] pairs, best first) goes into last.pt."""
+# ---------------------------------------------------------------------- a Trainer's state
+# `trainer_state` writes what the two restore steps read back. The workflow builds the criterion after
+# `load_checkpoint`, and the criterion's parameters join the optimizer then, so a checkpoint is restored in two
+# steps: `restore_weights_and_position` in `load_checkpoint`, `restore_optimization_state` right after
+# `attach_criterion`. A start from `model.load_from` goes through the same two steps with the parts it keeps.
+def trainer_state(trainer: Any, batch: int) -> dict[str, Any]:
+    """Everything an exact resume of `trainer` needs: weights (and their EMA), optimizer, scheduler, scaler,
+    position, RNGs, criterion, the best epochs so far, and how far the logs had got (so a resumed run neither
+    repeats nor loses rows). `batch` > 0: the batches of the epoch already done."""
+    criterion = getattr(trainer, "criterion", None)
+    return {
+        "model": trainer.raw_model.state_dict(),
+        "ema": trainer.ema,
+        "optimizer": trainer.optimizer.state_dict() if trainer.optimizer is not None else None,
+        "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
+        "scaler": trainer.scaler.state_dict(),
+        "criterion": criterion.state_dict() if isinstance(criterion, torch.nn.Module) else None,
+        "epoch": trainer.epoch,
+        "step": trainer.step,
+        "batch": batch,
+        "train_sums": dict(trainer.train_sums) if hasattr(trainer, "train_sums") else {},
+        "best": list(trainer.best.entries) if trainer.best is not None else [],
+        "rng": rng_state(),
+        "loader_seeds": trainer.train_loader.seed_state() if hasattr(trainer.train_loader, "seed_state") else None,
+        "log_bytes": trainer.json_logger.tell() if trainer.json_logger is not None else 0,
+        "hdf5_rows": trainer.hdf5_logger.row_counts() if trainer.hdf5_logger is not None else {},
+    }
 
-    def __init__(self, folder: Path, mode: str, k: int) -> None:
-        if mode not in ("max", "min"):
-            raise ValueError(f"logging.monitor_mode must be 'max' or 'min', got {mode!r}")
-        self.folder, self.mode, self.k = folder, mode, k
-        self.entries: list[list[float]] = []
 
-    def better(self, a: float, b: float) -> bool:
-        return a > b if self.mode == "max" else a < b
+def restore_weights_and_position(trainer: Any, state: dict[str, Any], resume: bool) -> None:
+    """The model, its EMA (a checkpoint without one starts it from its weights), the scaler and the epoch; with
+    `resume` also the step and batch, running sums, best epochs, RNGs, loader seeds and log positions."""
+    trainer.raw_model.load_state_dict(state["model"])
+    if trainer.ema is not None:
+        trainer.ema = ema_copy(state.get("ema") or trainer.raw_model.state_dict(), trainer.device)
+    if state.get("scaler"):
+        trainer.scaler.load_state_dict(state["scaler"])
+    if "epoch" in state:
+        trainer.epoch = int(state["epoch"])
+    if not resume:
+        return
+    trainer.step, trainer.start_batch = int(state["step"]), int(state["batch"])
+    sums = dict(state.get("train_sums") or {})   # global sums: rank 0 holds them, the others restart at 0
+    trainer.train_sums = sums if trainer.is_main else {key: 0.0 * value for key, value in sums.items()}
+    if trainer.best is not None:
+        trainer.best.entries = [list(entry) for entry in state.get("best") or []]
+    set_rng_state(state["rng"])
+    if state.get("loader_seeds") and hasattr(trainer.train_loader, "load_seed_state"):
+        trainer.train_loader.load_seed_state(state["loader_seeds"])  # seeds drawn when they were None
+    if trainer.is_main:
+        truncate_run_logs(trainer.run_dir, state.get("log_bytes", 0), state.get("hdf5_rows") or {})
 
-    def add(self, value: float, epoch: int) -> bool:
-        """Record an epoch's value; True when it is among the top k (its checkpoint should be kept)."""
-        if self.k <= 0 or not np.isfinite(value):
-            return False
-        ranked = sorted([*self.entries, [value, epoch]], key=lambda e: (-e[0] if self.mode == "max" else e[0], e[1]))
-        kept, dropped = ranked[: self.k], ranked[self.k:]
-        self.entries = kept
-        for _, old_epoch in dropped:
-            self.epoch_path(int(old_epoch)).unlink(missing_ok=True)
-        return [value, epoch] in kept
 
-    def epochs_since_best(self, epoch: int) -> int | None:
-        """Epochs run since the best one (None before any)."""
-        return epoch - int(self.entries[0][1]) if self.entries else None
-
-    def epoch_path(self, epoch: int) -> Path:
-        return self.folder / f"epoch_{epoch:04d}.pt"
-
-    def keep(self, checkpoint: Path, epoch: int) -> None:
-        """Copy the epoch's checkpoint to its top-k file (k > 1) and to best.pt when it is the best."""
-        if self.k > 1:
-            copy_atomic(checkpoint, self.epoch_path(epoch))
-        if self.entries and int(self.entries[0][1]) == epoch:
-            copy_atomic(checkpoint, self.folder / "best.pt")
+def restore_optimization_state(trainer: Any, state: dict[str, Any]) -> None:
+    """The criterion, optimizer and scheduler states (those `state` has and `trainer` has objects for)."""
+    criterion = getattr(trainer, "criterion", None)
+    if state.get("criterion") and isinstance(criterion, torch.nn.Module):
+        criterion.load_state_dict(state["criterion"])
+    if state.get("optimizer") and trainer.optimizer is not None:
+        trainer.optimizer.load_state_dict(state["optimizer"])
+    if state.get("scheduler") and trainer.scheduler is not None:
+        trainer.scheduler.load_state_dict(state["scheduler"])

@@ -34,6 +34,7 @@ from . import distributed
 from .command_line import read_argv, split_options
 from .config import Dict, Int, Param, Section, Str
 from .provenance import new_run_id
+from .run_folder import run_path
 from .errors import UserError, exit_on_user_error, fail
 
 
@@ -129,13 +130,8 @@ def check_extra_options(extra: Any) -> dict[str, Any]:
 
 
 def slurm_executor_parameters(slurm: dict[str, Any]) -> dict[str, Any]:
-    """The keyword arguments of `submitit.SlurmExecutor.update_parameters` for a `slurm` section."""
-    for key in ("nodes", "tasks_per_node", "cpus_per_task", "timeout_min"):
-        if int(slurm[key]) < 1:
-            raise LaunchError(f"slurm.{key} must be >= 1, got {slurm[key]}")
-    for key in ("gpus_per_node", "mem_gb", "signal_delay_s"):
-        if int(slurm[key]) < 0:
-            raise LaunchError(f"slurm.{key} must be >= 0, got {slurm[key]}")
+    """The keyword arguments of `submitit.SlurmExecutor.update_parameters` for a `slurm` section (its values
+    checked by the config)."""
     params: dict[str, Any] = dict(
         nodes=int(slurm["nodes"]), ntasks_per_node=int(slurm["tasks_per_node"]),
         cpus_per_task=int(slurm["cpus_per_task"]), time=int(slurm["timeout_min"]),
@@ -296,7 +292,7 @@ class TrainJob:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.config["logging"]["folder"]) / self.config["logging"]["run_id"]
+        return run_path(self.config["logging"]["folder"], self.config["logging"]["run_id"])
 
     def _on_signal(self, signum: int, frame: Any = None) -> None:
         self._signal = signum
@@ -368,7 +364,7 @@ def _is_finished(trainer: Any) -> bool:
 def make_executor(slurm: dict[str, Any], local: bool) -> Any:
     """A submitit LocalExecutor (`local`) or SlurmExecutor configured from the `slurm` section."""
     import submitit
-    # the folder that holds one sub-folder per job (slurm_logs/%j -> slurm_logs; runs issue 13: it was the parent)
+    # the folder that holds one sub-folder per job (slurm_logs/%j -> slurm_logs)
     folder = check_writable_folder(Path(slurm["folder"]).parent if slurm["folder"].endswith("%j")
                                    else Path(slurm["folder"]), "slurm.folder")
     folder = str(folder / "%j") if slurm["folder"].endswith("%j") else str(folder)

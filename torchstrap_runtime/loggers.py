@@ -10,7 +10,6 @@ from __future__ import annotations
 import atexit
 import json
 import math
-import os
 import queue
 import threading
 import time
@@ -19,8 +18,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-LOG_FILE = "log.jsonl"
-HDF5_FILE = "arrays.h5"
+from .run_folder import HDF5_FILE, LOG_FILE, atomic_write
 
 
 def _to_jsonable(value: Any) -> Any:
@@ -96,10 +94,9 @@ class HDF5Logger:
             import h5py
 
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            if not self.path.exists():  # created under another name, then renamed: a kill while h5py creates
-                part = self.path.with_name(self.path.name + ".part")  # a file left it unopenable (issue 16)
-                h5py.File(part, "w").close()
-                os.replace(part, self.path)
+            if not self.path.exists():  # created aside, then renamed: a kill while h5py creates a file
+                with atomic_write(self.path) as tmp:  # would leave it unopenable
+                    h5py.File(tmp, "w").close()
             self._file = h5py.File(self.path, "a")
         return self._file
 

@@ -28,15 +28,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
-
 import numpy as np
 
 from .config import param
-from .loggers import LOG_FILE, read_log
+from .errors import UserError
+from .loggers import read_hdf5, read_log
+from .run_folder import CONFIG_FILE, CSV_DIR, HDF5_FILE, LOG_FILE, MLRUNS_DIR, TENSORBOARD_DIR, write_json_atomic
 
-BACKENDS = ("tensorboard", "csv", "wandb", "mlflow")
-CONFIG_FILE = "config.json"
+BACKENDS = ("tensorboard", "csv", "wandb", "mlflow")   # the choices of logging.backends
 
 
 class MirrorError(UserError):
@@ -68,8 +67,6 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
 
 def _update_run_record(run_dir: Path, key: str, value: Any) -> None:
     """Set `config.json["mirrors"][key]` (atomically), so a resumed run finds the same backend run."""
-    from .trainer import write_json_atomic
-
     path = run_dir / CONFIG_FILE
     record = json.loads(path.read_text()) if path.exists() else {}
     record.setdefault("mirrors", {})[key] = value
@@ -88,7 +85,7 @@ class TensorBoardMirror:
         _require("tensorboard", "tensorboard", "tensorboard")
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step, flush_secs=30)
+        self.writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=resume_step, flush_secs=30)
         if resume_step is not None:   # what the purge removed but the checkpoint kept: the lines at resume_step
             for record in read_log(run_dir / LOG_FILE):
                 if record.get("step", -1) >= resume_step and record.get("kind") != "end":
@@ -96,8 +93,6 @@ class TensorBoardMirror:
             self._replay_arrays(run_dir, resume_step)
 
     def _replay_arrays(self, run_dir: Path, resume_step: int) -> None:
-        from .loggers import HDF5_FILE, read_hdf5
-
         if not (run_dir / HDF5_FILE).exists():
             return
         arrays = read_hdf5(run_dir)
@@ -127,7 +122,7 @@ class CSVMirror:
     """`csv/<kind>.csv`: one row per log line of that kind; a new key rewrites the file with a wider header."""
 
     def __init__(self, run_dir: Path, resume_step: int | None):
-        self.folder = run_dir / "csv"
+        self.folder = run_dir / CSV_DIR
         self.folder.mkdir(parents=True, exist_ok=True)
         self.files: dict[str, tuple[Any, csv.DictWriter, list[str]]] = {}
         if resume_step is not None:   # rebuilt from the (already cut back) log
@@ -198,7 +193,7 @@ class MLflowMirror:
         _require("mlflow", "mlflow", "mlflow")
         from mlflow.tracking import MlflowClient
 
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (run_dir.parent / "mlruns").resolve().as_uri()
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or (run_dir.parent / MLRUNS_DIR).resolve().as_uri()
         if uri.startswith("file:"):
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")   # MLflow 3 asks for it: the file store is ours
         self.client = client = MlflowClient(tracking_uri=uri)

@@ -90,7 +90,8 @@ def build_model(name: str, num_classes: int, image_size: int = 32, in_channels: 
     if key in RESNETS:
         return RESNETS[key](num_classes=num_classes, stem=stem, image_size=image_size, in_channels=in_channels,
                             zero_init_residual=zero_init_residual)
-    raise ValueError(f"unknown model '{name}': expected {MODEL_NAMES}")
+    names = [f"'{model}'" for model in MODELS]
+    raise ValueError(f"unknown model '{name}': expected {', '.join(names[:-1])} or {names[-1]}")
 
 
 # ---------------------------------------------------------------------- ResNet-18/34/50 (torchvision's architecture)
@@ -234,7 +235,7 @@ def resnet50(num_classes: int = 1000, stem: str | None = None, image_size: int =
 
 
 RESNETS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
-MODEL_NAMES = "'mlp', 'resnet-small', 'resnet18', 'resnet34' or 'resnet50'"
+MODELS = ("mlp", "resnet-small", *RESNETS)   # the names build_model knows
 
 
 def same_size_runs(views: list[torch.Tensor]) -> list[tuple[int, int]]:

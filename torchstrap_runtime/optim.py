@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 PER_EPOCH_SCHEDULERS = (torch.optim.lr_scheduler.StepLR, torch.optim.lr_scheduler.MultiStepLR)
-OPTIMIZERS = ("sgd", "adam", "adamw", "lars")
-SCHEDULERS = ("none", "cosine", "step", "multistep", "onecycle")
+OPTIMIZERS = ("sgd", "adamw", "adam", "lars")                     # the choices of optimizer.name
+SCHEDULERS = ("none", "cosine", "step", "multistep", "onecycle")  # the choices of scheduler.name
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm, nn.RMSNorm)
 ONECYCLE_DIV_FACTOR = 25.0   # torch's default: OneCycleLR starts at max_lr / 25
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .loggers import read_log
+from .run_folder import CURVES_FILE
 
 
 def plot_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -16,7 +17,7 @@ def plot_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     run_dir = Path(run_dir)
-    out = Path(out) if out else run_dir / "curves.png"
+    out = Path(out) if out else run_dir / CURVES_FILE
     epochs = [r for r in read_log(run_dir) if r.get("kind") == "epoch"]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for key, label in (("train_loss", "train loss"), ("val_loss", "val loss")):

@@ -4,8 +4,6 @@ the config files read, seeds, versions, the experiment's git state, the command)
 from __future__ import annotations
 
 import datetime
-import json
-import os
 import secrets
 import subprocess
 import sys
@@ -43,12 +41,6 @@ def run_record(trainer_class: type, train_loader: Any, world_size: int) -> dict[
         "command": sys.argv,
         "slurm_job_id": slurm_job_id(),  # `torchstrap runs` asks sacct about it
     }
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def resolved_loader_seeds(loader: Any) -> dict[str, Any] | None:

@@ -26,11 +26,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import UserError
-from .loggers import LOG_FILE
-from .run_lock import LOCK_FILE, RunLock, pid_alive  # noqa: F401  (LOCK_FILE: the file a running Trainer holds)
+from .run_folder import CONFIG_FILE, LOG_FILE, RunLock, last_checkpoint, pid_alive
 
-CONFIG_FILE = "config.json"
-CHECKPOINT = Path("checkpoints") / "last.pt"
 RECENT_S = 300.0                 # with no lock file: a log written this recently counts as a running run
 IGNORED_KEYS = ("logging.run_id", "logging.folder", "logging.progress")  # differ without meaning anything
 STATUSES = ("running", "finished", "failed", "preempted", "requeued", "stopped early")
@@ -87,7 +84,7 @@ def flatten(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_lock(run_dir: Path) -> dict[str, Any] | None:
-    """The run's lock file (`run_lock.py`): `{"host", "pid", ...}`, {} when unreadable, None when absent."""
+    """The run's lock file (`run_folder.RunLock`): `{"host", "pid", ...}`, {} when unreadable, None when absent."""
     return RunLock(run_dir).holder()
 
 
@@ -190,7 +187,7 @@ def load_run(path: str | Path) -> Run:
     except OSError:
         log_mtime = None
     run = Run(path=path, record=record, epochs=epochs, end=end, last_time=last_time, wall_time=wall,
-              log_mtime=log_mtime, has_checkpoint=(path / CHECKPOINT).exists(), lock=read_lock(path),
+              log_mtime=log_mtime, has_checkpoint=last_checkpoint(path).exists(), lock=read_lock(path),
               params=flatten(record.get("config") or {}))
     run.status = run_status(run)
     return run

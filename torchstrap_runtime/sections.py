@@ -6,7 +6,12 @@ Importing this module declares them; `declare_standard_sections()` declares them
 
 from __future__ import annotations
 
+from .best import MONITOR_MODES
 from .config import Bool, Dict, Float, Int, ListOf, ListOfInt, OneOf, OptionalInt, Param, Section, Str
+from .device import DTYPES
+from .mirrors import BACKENDS
+from .optim import OPTIMIZERS, SCHEDULERS
+from .run_folder import LOG_FILE
 
 
 def declare_standard_sections() -> None:
@@ -15,7 +20,7 @@ def declare_standard_sections() -> None:
         eval_only=Param(Bool(), "only evaluate (no train loader, optimizer or scheduler)", default=False),
         seed=Param(OptionalInt(min=0), "seed of python/numpy/torch RNGs (model init, dropout); null = fresh", default=0),
         device=Param(Str(), "'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...", default="auto"),
-        dtype=Param(OneOf(["float32", "bfloat16", "float16"]), "compute dtype; bfloat16/float16 use AMP", default="float32"),
+        dtype=Param(OneOf(DTYPES), "compute dtype; bfloat16/float16 use AMP", default="float32"),
         channels_last=Param(Bool(), "channels_last memory format for conv models", default=False),
         grad_clip=Param(Float(min=0), "clip the gradient norm to this value (0 = off)", default=0.0),
         accumulate=Param(Int(min=1), "gradient accumulation: batches per optimizer step", default=1),
@@ -37,7 +42,7 @@ def declare_standard_sections() -> None:
         sync_bn=Param(Bool(), "convert BatchNorm to SyncBatchNorm when world size > 1", default=True),
     )
     Section("optimizer", "the optimizer").params(
-        name=Param(OneOf(["sgd", "adamw", "adam", "lars"]), "optimizer (lars: SGD with a layer-wise trust ratio, SSL recipes)", default="sgd"),
+        name=Param(OneOf(OPTIMIZERS), "optimizer (lars: SGD with a layer-wise trust ratio, SSL recipes)", default="sgd"),
         lr=Param(Float(min=0, min_exclusive=True), "learning rate", default=0.1),
         momentum=Param(Float(min=0, max=1, max_exclusive=True), "SGD momentum", default=0.9),
         weight_decay=Param(Float(min=0), "weight decay", default=5e-4),
@@ -45,7 +50,7 @@ def declare_standard_sections() -> None:
         exclude_norm_bias=Param(Bool(), "no weight decay (and no LARS adaptation) on norm-layer parameters and biases", default=False),
     )
     Section("scheduler", "the learning-rate schedule").params(
-        name=Param(OneOf(["none", "cosine", "step", "multistep", "onecycle"]),
+        name=Param(OneOf(SCHEDULERS),
                    "none | cosine | step, multistep (the lr changes at epoch ends) | onecycle", default="cosine"),
         warmup_epochs=Param(Float(min=0), "linear warm-up epochs (every schedule)", default=0.0),
         min_lr=Param(Float(min=0), "lowest lr: end of cosine, floor of step/multistep, end of onecycle", default=0.0),
@@ -68,10 +73,10 @@ def declare_standard_sections() -> None:
         progress=Param(Bool(), "show progress bars", default=True),
         eval_every=Param(Int(min=1), "with eval_each_epoch: evaluate every N epochs (and after the last)", default=1),
         monitor=Param(Str(), "epoch value that ranks checkpoints, e.g. val_top1 ('' = none)", default=""),
-        monitor_mode=Param(OneOf(["max", "min"]), "whether a higher (max) or lower (min) monitor is better", default="max"),
+        monitor_mode=Param(OneOf(MONITOR_MODES), "whether a higher (max) or lower (min) monitor is better", default="max"),
         save_top_k=Param(Int(min=1), "with monitor: keep checkpoints/best.pt, and epoch_<E>.pt of the k best when k > 1", default=1),
-        backends=Param(ListOf(OneOf(["tensorboard", "csv", "wandb", "mlflow"])),
-                       "mirror every log() scalar to these: tensorboard, csv, wandb, mlflow (log.jsonl stays the record)",
+        backends=Param(ListOf(OneOf(BACKENDS)),
+                       f"mirror every log() scalar to these: tensorboard, csv, wandb, mlflow ({LOG_FILE} stays the record)",
                        default=[]),
         tags=Param(ListOf(Str()), "labels of this run, e.g. [baseline, ablation] (shown by `torchstrap runs`)", default=[]),
     )

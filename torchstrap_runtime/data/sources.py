@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import pickle
 import tarfile
 import time
@@ -20,6 +19,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..run_folder import write_json_atomic
 from .writers import (PathLike, beton_info, digits_split, list_image_folder, write_dataset, write_digits,
                       write_image_files)
 
@@ -326,10 +326,8 @@ def prepare(source: str, path: Optional[PathLike], folder: PathLike, *, labels: 
 
 
 def write_json(path: Path, value) -> None:
-    """Atomic JSON write (temporary file, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=1) + "\n")
-    os.replace(tmp, path)
+    """Atomic JSON write (`run_folder.write_json_atomic`)."""
+    write_json_atomic(path, value, indent=1)
 
 
 def read_classes(folder: PathLike) -> List[str]:

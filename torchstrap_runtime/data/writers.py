@@ -13,6 +13,7 @@ from ffcv.fields import FloatField, IntField, NDArrayField, RGBImageField
 from ffcv.fields.base import Field
 
 from ..errors import BadFileError, MissingFileError
+from ..run_folder import atomic_write
 
 PathLike = Union[str, Path]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
@@ -132,7 +133,7 @@ def write_samples(writer, dataset, description: str) -> None:
 
 
 def write_fields(path: PathLike, fields: Dict[str, Field], dataset, num_workers: int, chunk_size: int = 100) -> Path:
-    """Write `dataset` to a temporary file, then rename it to `path`.
+    """Write `dataset` to `path` through `run_folder.atomic_write` (a temporary file, checked, then renamed).
 
     num_workers=1 writes in this process; more (0 = every core) use FFCV's worker processes (faster JPEG
     encoding), each taking `chunk_size` samples at a time.
@@ -142,21 +143,14 @@ def write_fields(path: PathLike, fields: Dict[str, Field], dataset, num_workers:
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"cannot write dataset to {path}: it is a folder")
-    path.parent.mkdir(parents=True, exist_ok=True)
     workers = num_workers if num_workers > 0 else (os.cpu_count() or 1)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        writer = DatasetWriter(tmp, fields, num_workers=max(1, min(workers, len(dataset))))
+    with atomic_write(path) as tmp:
+        writer = DatasetWriter(str(tmp), fields, num_workers=max(1, min(workers, len(dataset))))
         if writer.num_workers == 1:
             write_samples(writer, dataset, f"writing {path.name}")
         else:
             writer.from_indexed_dataset(dataset, chunksize=chunk_size)
         check_beton(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

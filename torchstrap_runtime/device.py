@@ -1,0 +1,100 @@
+"""Device and precision: which device a process trains on, the compute dtype (AMP), the float16 GradScaler,
+channels_last, the DistributedDataParallel and SyncBN wrapping, `torch.compile`, and peak memory."""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import param
+from .distributed import convert_sync_batchnorm, has_batchnorm
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # training.dtype
+
+
+def choose_device(device: str, local_rank: int) -> torch.device:
+    """`training.device` as a torch.device: 'auto' is this process's GPU when there is one, else the CPU;
+    a plain 'cuda' is this process's GPU. A CUDA device becomes the current one."""
+    if device == "auto":
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    chosen = torch.device(device)
+    if chosen.type == "cuda" and chosen.index is None:
+        chosen = torch.device("cuda", local_rank % torch.cuda.device_count())
+    if chosen.type == "cuda":
+        torch.cuda.set_device(chosen)
+    return chosen
+
+
+def grad_scaler(device: torch.device, dtype: torch.dtype) -> torch.amp.GradScaler:
+    """The loss scaler of float16 training on CUDA; a disabled one (a no-op) otherwise."""
+    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16 and device.type == "cuda")
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """`torch.autocast` to `dtype` when it is bfloat16/float16, else a no-op context."""
+    if dtype != torch.float32:
+        return torch.autocast(device.type, dtype=dtype)
+    return contextlib.nullcontext()
+
+
+@param("training.device")
+@param("training.dtype")
+@param("training.channels_last")
+@param("training.compile")
+@param("model.sync_bn")
+def prepare_model(model: nn.Module, local_rank: int, world_size: int, device: str, dtype: str, channels_last: bool,
+                  compile: bool, sync_bn: bool) -> tuple[nn.Module, torch.device, torch.dtype, bool]:
+    """`(model, device, dtype, channels_last)`: the model on its device (`choose_device`), in the channels_last
+    memory format if asked; with several processes its BatchNorms synchronised (`sync_bn`: torch's SyncBatchNorm
+    on CUDA, GlobalBatchNorm on CPU) and wrapped in DDP; compiled with `training.compile`."""
+    chosen = choose_device(device, local_rank)
+    model = model.to(chosen)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if world_size > 1:
+        if sync_bn and has_batchnorm(model):
+            model = convert_sync_batchnorm(model, chosen)
+        device_ids = [chosen.index] if chosen.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    if compile:
+        model = torch.compile(model)
+    return model, chosen, DTYPES[dtype], channels_last
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """`model` without its `torch.compile` and DistributedDataParallel wrappers."""
+    model = getattr(model, "_orig_mod", model)
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def no_sync(model: nn.Module, inner: bool) -> contextlib.AbstractContextManager:
+    """DDP's `no_sync()` on the inner batches of a gradient accumulation (no all-reduce), else nothing."""
+    model = getattr(model, "_orig_mod", model)
+    if inner and isinstance(model, nn.parallel.DistributedDataParallel):
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def inputs_and_targets(batch: Any, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(inputs, targets)` of a batch on `device`; targets flattened to shape (N,) as int64."""
+    inputs, targets = batch[0], batch[1]
+    inputs = inputs.to(device, non_blocking=True)
+    if channels_last and inputs.dim() == 4:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    return inputs, targets.to(device, non_blocking=True).view(-1).long()
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory in MiB: CUDA memory allocated on `device` since the last reset, else the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux

@@ -1,0 +1,239 @@
+"""What a Trainer offers besides its workflow: the helpers its hooks call and the run's plumbing.
+
+`Trainer` (trainer.py) subclasses `TrainerBase`; read trainer.py first. Here:
+- what the hooks call: `to_device`, `autocast`, `raw_model`, `modules`, `ema_weights`, `log`, `log_hdf5`, ...;
+- the loop's checks: a loss that is not a finite tensor, stop requests, best epochs and patience (best.py);
+- checkpoints: `state_dict`, `load_state_dict`, `save_checkpoint` (what a checkpoint holds and how it is
+  restored: checkpoint.py);
+- the run folder: `make_run_dir`, the logs, progress bars and printing, `end_run`, `close`.
+The attributes these read are set by `Trainer.__init__` and the hooks it calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt
+from . import device as dev
+from .batches import limited_len
+from .config import param
+from .distributed import all_reduce_sums, any_rank, broadcast_object
+from .ema import swapped_in
+from .loggers import HDF5Logger, JSONLogger
+from .mirrors import Mirrors, open_mirrors
+from .progress import print_epoch_line, print_run_summary, progress_bar
+from .provenance import new_run_id, run_record
+from .run_folder import (CONFIG_FILE, HDF5_FILE, LOG_FILE, RunLock, create_run_folder, last_checkpoint, run_path,
+                         write_json_atomic)
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss was NaN or infinite (`training.stop_on_nan`)."""
+
+
+class TrainerBase:
+    """The helpers and plumbing of `Trainer` (see the module docstring)."""
+
+    stop_requested = False
+    stop_reason: str | None = None          # "preempted", "stopped early", ... (the log's end line)
+    json_logger: JSONLogger | None = None   # log.jsonl, arrays.h5 and the mirrors: opened by initialize_logger
+    hdf5_logger: HDF5Logger | None = None
+    mirrors: Mirrors | None = None
+    progress_bar = None
+    run_lock: RunLock | None = None
+    completed = False                       # run() returned without a stop request (the mirrors' end state)
+
+    # ------------------------------------------------------------------ what the hooks call
+    def to_device(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(inputs, targets)` of a batch on `self.device`; targets flattened to shape (N,)."""
+        return dev.inputs_and_targets(batch, self.device, self.channels_last)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """`torch.autocast` to `training.dtype` when it is bfloat16/float16, else a no-op context."""
+        return dev.autocast(self.device, self.dtype)
+
+    @property
+    def raw_model(self) -> nn.Module:
+        """`self.model` without its `torch.compile` and DistributedDataParallel wrappers."""
+        return dev.unwrap(self.model)
+
+    @property
+    def modules(self) -> nn.ModuleDict:
+        """What `train()`/`eval()` toggle: the model, and the criterion when it is a module."""
+        modules = nn.ModuleDict({"model": self.model})
+        if isinstance(getattr(self, "criterion", None), nn.Module):
+            modules["criterion"] = self.criterion
+        return modules
+
+    def ema_weights(self) -> contextlib.AbstractContextManager:
+        """Inside: the model holds the EMA weights (when `training.ema_decay` is set); restored bitwise after."""
+        return swapped_in(self.raw_model, self.ema)
+
+    def log(self, values: dict[str, Any]) -> None:
+        """Append one JSON line to `log.jsonl` (with epoch, step and wall time). Rank 0 only."""
+        if self.json_logger is not None:
+            record = self.json_logger.log(values, epoch=self.epoch, step=self.step)
+            if self.mirrors is not None:
+                self.mirrors.log(record)
+
+    def log_hdf5(self, arrays: dict[str, Any]) -> None:
+        """Append one row per key to the datasets of `arrays.h5` (with this row's step and epoch). Rank 0 only."""
+        if self.hdf5_logger is not None:
+            self.hdf5_logger.log(arrays, step=self.step, epoch=self.epoch)
+        if self.mirrors is not None:
+            self.mirrors.log_arrays(arrays, step=self.step, epoch=self.epoch)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch: training batches / `training.accumulate`, rounded up."""
+        return -(-(limited_len(self.train_loader, self.limit_train_batches) or 1) // self.accumulate)
+
+    def request_stop(self, reason: str = "preempted") -> None:
+        """Ask the loop to checkpoint after the current optimizer step and return (SLURM requeue, preemption;
+        an early-stopping hook passes reason="stopped early", which `torchstrap runs` shows)."""
+        self.stop_requested = True
+        self.stop_reason = reason
+
+    # ------------------------------------------------------------------ the loop's checks
+    def checked_loss(self, loss: Any) -> torch.Tensor:
+        """What `train_step` returned, detached, once it is known to be a tensor and (with `training.stop_on_nan`)
+        finite on every rank: a NaN/inf loss stops the run before it reaches the weights."""
+        if not isinstance(loss, torch.Tensor):
+            raise TypeError(f"{type(self).__name__}.train_step returned {type(loss).__name__}, not the loss: it must "
+                            f"end with `return loss` or `return super().train_step()` (the loop does backward and "
+                            f"the optimizer step)")
+        loss = loss.detach()
+        if not self.stop_on_nan:
+            return loss
+        bad = not math.isfinite(float(loss))
+        if self.world_size > 1:
+            bad = any_rank(bad, self.device)
+        if bad:
+            self.close_progress_bar()
+            kept = f"{self.checkpoint_path} holds the last good checkpoint" if self.checkpoint_path.exists() \
+                else "no checkpoint was written yet"
+            raise NonFiniteLoss(f"the training loss is {float(loss)} at epoch {self.epoch}, step {self.step}: "
+                                f"the run stopped and {kept} (lower optimizer.lr, set training.grad_clip, or "
+                                f"set training.stop_on_nan false to go on)")
+        return loss
+
+    def should_stop(self) -> bool:
+        """Whether a stop was requested; with several ranks, on any of them (so all stop after the same step)."""
+        if self.world_size > 1:
+            self.stop_requested = any_rank(self.stop_requested, self.device)
+        return self.stop_requested
+
+    def track_best(self) -> bool:
+        """Rank the finished epoch by its monitored value; True when its checkpoint is among the best."""
+        return self.best is not None and not self.fast_dev_run and self.best.track(self.epoch_record, self.epoch - 1)
+
+    def out_of_patience(self) -> bool:
+        """`training.patience` epochs ran since the best monitored value (early stopping)."""
+        if self.best is None or not self.best.out_of_patience(self.epoch - 1, self.is_main and self.show_progress):
+            return False
+        self.stop_reason = "stopped early"
+        return True
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_path(self) -> Path:
+        """`run_dir/checkpoints/last.pt`: what a run resumes from."""
+        return last_checkpoint(self.run_dir)
+
+    def state_dict(self, batch: int = 0) -> dict[str, Any]:
+        """Everything an exact resume needs (`checkpoint.trainer_state`); `batch` > 0 marks a mid-epoch state."""
+        return ckpt.trainer_state(self, batch)
+
+    def load_state_dict(self, state: dict[str, Any], resume: bool = True) -> None:
+        """Restore a `state_dict()` into a built Trainer: the two steps `__init__` runs around the criterion."""
+        ckpt.restore_weights_and_position(self, state, resume)
+        ckpt.restore_optimization_state(self, state)
+
+    def save_checkpoint(self, batch_done: int = 0) -> None:
+        """Write `run_dir/checkpoints/last.pt` atomically (rank 0). `batch_done` > 0 marks a mid-epoch checkpoint.
+        Nothing with `training.fast_dev_run`.
+
+        Called on every rank: with several, the epoch's running sums are summed over ranks into the checkpoint."""
+        if self.fast_dev_run:
+            return
+        sums = getattr(self, "train_sums", {})
+        if sums:
+            sums = all_reduce_sums(sums, self.device)
+        if self.is_main:
+            state = self.state_dict(batch=batch_done)
+            state["train_sums"] = dict(sums)
+            ckpt.save_torch_atomic(state, self.checkpoint_path)
+
+    # ------------------------------------------------------------------ the run folder: logs, progress, the end
+    @param("logging.folder")
+    @param("logging.run_id")
+    def make_run_dir(self, folder: str, run_id: str) -> Path:
+        """`<logging.folder>/<logging.run_id>/` (a fresh id is generated when none is given), locked by rank 0."""
+        if not run_id:
+            run_id = broadcast_object(new_run_id())  # every rank must agree on the generated id
+        run_dir = run_path(folder, run_id)
+        if self.is_main:
+            self.run_lock = create_run_folder(run_dir)  # a second process on this run is refused
+        return run_dir
+
+    def open_logs(self) -> None:
+        """Open log.jsonl, arrays.h5 and the mirrors (a resumed run continues their runs from `self.step`); write
+        config.json when the run folder has none."""
+        self.json_logger = JSONLogger(self.run_dir / LOG_FILE)
+        self.hdf5_logger = HDF5Logger(self.run_dir / HDF5_FILE)
+        if not (self.run_dir / CONFIG_FILE).exists():
+            write_json_atomic(self.run_dir / CONFIG_FILE, run_record(type(self), self.train_loader, self.world_size))
+        self.mirrors = open_mirrors(self.run_dir, self.step if self.checkpoint_path.exists() else None)
+
+    def make_progress_bar(self, description: str, total: int | None = None, initial: int = 0):
+        """A tqdm bar on rank 0 when `logging.progress` is on, else None."""
+        return progress_bar(description, total, initial) if self.show_progress and self.is_main else None
+
+    def close_progress_bar(self) -> None:
+        if self.progress_bar is not None:
+            self.progress_bar.close()
+        self.progress_bar = None
+
+    def print_epoch(self, epochs: int) -> None:
+        """One line per epoch under the progress bars (rank 0, `logging.progress`): losses, accuracies, speed."""
+        if self.is_main and self.show_progress:
+            print_epoch_line(self.epoch_record, self.epoch, epochs)
+
+    def print_summary(self, record: dict[str, Any]) -> None:
+        """Print the final metrics, the best epoch and where the run folder is."""
+        best = None
+        if self.best is not None and self.best.entries:
+            best = (self.best.monitor, *self.best.entries[0], self.best.best_path)
+        print_run_summary(record, self.epoch, self.run_dir, best)
+
+    def end_run(self) -> None:
+        """After training returned: every logged array is in arrays.h5, the log's last line says how the run
+        ended (for `torchstrap runs`; cut from the log again on resume), and a finished run gets curves.png."""
+        if self.hdf5_logger is not None:
+            self.hdf5_logger.drain()
+        self.log({"kind": "end", "status": self.stop_reason or ("preempted" if self.stop_requested else "finished")})
+        self.completed = not self.stop_requested
+        if self.is_main and not self.stop_requested and not self.eval_only and not self.fast_dev_run:
+            from .plots import plot_curves
+
+            plot_curves(self.run_dir)
+
+    def close(self) -> None:
+        """Close the progress bar and the loggers (flushing arrays.h5), release the run folder's lock.
+        Safe to call more than once."""
+        self.close_progress_bar()
+        for logger in (self.json_logger, self.hdf5_logger):
+            if logger is not None:
+                logger.close()
+        self.json_logger = self.hdf5_logger = None
+        if self.mirrors is not None:
+            self.mirrors.close(finished=self.completed)
+            self.mirrors = None
+        if self.run_lock is not None:
+            self.run_lock.release()
