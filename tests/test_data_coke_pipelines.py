@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from torchstrap_runtime.data import (Loader, OrderOption, coke_imagenet_double_view, coke_imagenet_multi_view,
-                                     coke_imagenet_single_view, op_seed_names, write_dataset)
+from torchstrap_runtime.data import Loader, OrderOption, write_dataset
+from torchstrap_runtime.methods.coke.views import (coke_imagenet_double_view, coke_imagenet_multi_view,
+                                                   coke_imagenet_single_view, op_seed_names)
 from test_data import colour_digits
 
 N, SIZE, SMALL = 24, 32, 16
