@@ -1,4 +1,4 @@
-"""Issue 16's audit of exact resume: a CPU bfloat16 (autocast) run resumes bitwise after USR2, and the generated
+"""An audit of exact resume: a CPU bfloat16 (autocast) run resumes bitwise after USR2, and the generated
 experiment with its loader and augmentation seeds left null resumes bitwise in a new process, the seeds drawn
 in the first process travelling in the checkpoint and recorded in config.json."""
 

@@ -1,4 +1,4 @@
-"""Issue 16's audit of the Trainer's claims: tests that fail when the claim is broken (each was checked by
+"""An audit of the Trainer's claims: tests that fail when the claim is broken (each was checked by
 breaking the code once). AMP really computes in the chosen dtype, `load_from` restores optimizer and scheduler
 state, `eval_only` reproduces the trained run's figures, and a killed writer leaves only correct rows."""
 

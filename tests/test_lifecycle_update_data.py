@@ -1,5 +1,5 @@
 """`torchstrap update` re-merges data.py where plain copier leaves a conflict: the researcher's line sits
-directly next to a line the template changed (issue 16). Helpers from test_lifecycle_updates."""
+directly next to a line the template changed. Helpers from test_lifecycle_updates."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Our Loader as a drop-in for `ffcv.loader.Loader` (issue 16): each behaviour FFCV code relies on, checked
+"""Our Loader as a drop-in for `ffcv.loader.Loader`: each behaviour FFCV code relies on, checked
 against stock FFCV where FFCV can run here, and our ops inside stock FFCV's Loader."""
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def test_trainer_validation_sums_skip_the_padding(beton, tmp_path):
         trainer = SeventeenTrainer()
         trainer.epoch_record = {}
         trainer.evaluate()
-        assert trainer.val_sums["count"] == 8, "rank 1 holds samples 1, 3, ..., 15 and one padding sample"
+        assert trainer.val_sums.count == 8, "rank 1 holds samples 1, 3, ..., 15 and one padding sample"
     finally:
         reset_config(keep_sections=True)
 

@@ -1,4 +1,4 @@
-"""QUASI_RANDOM order for datasets larger than RAM (issue 15, `data.os_cache false`): seeded by (seed, epoch),
+"""QUASI_RANDOM order for datasets larger than RAM (`data.os_cache false`): seeded by (seed, epoch),
 local in the file's pages, sharded across ranks with every sample once per epoch, and resumed exactly."""
 
 from __future__ import annotations

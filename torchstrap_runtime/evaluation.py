@@ -1,8 +1,4 @@
-"""What evaluation hooks accumulate and score: classification sums, and embeddings scored by a kNN vote.
-
-    self.val_sums = ClassificationSums()              # before_eval_epoch
-    self.val_sums.add(outputs, labels, loss)          # eval_step: on the device, no host sync per batch
-    self.epoch_record.update(self.val_sums.metrics()) # after_eval_epoch: val_loss, val_top1, val_top5 over all ranks
+"""Evaluation of embeddings by a kNN vote over the training set's embeddings.
 
     features, labels = embed_loader(self, self.val_loader.bank)  # the training set's embeddings (kNN reference)
 
@@ -16,52 +12,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from .distributed import all_reduce_sum, all_reduce_sums, drop_padding, gather_rows
-
-
-def topk_hits(outputs: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...]) -> list[torch.Tensor]:
-    """Samples whose target is among the top-k outputs, per k (k capped at the class count), as tensors."""
-    kmax = min(max(ks), outputs.shape[1])
-    hits = outputs.topk(kmax, dim=1).indices == targets.view(-1, 1)
-    return [hits[:, : min(k, kmax)].any(dim=1).sum() for k in ks]
-
-
-def confusion_counts(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(classes x classes) counts of a batch: rows the target, columns the predicted class."""
-    classes = outputs.shape[1]
-    counts = torch.bincount(targets * classes + outputs.argmax(1), minlength=classes * classes)
-    return counts[: classes * classes].view(classes, classes)
-
-
-class ClassificationSums:
-    """A validation pass's sums for classification: loss, top-1 and top-5 hits, samples, confusion counts.
-    Kept as tensors on the outputs' device; `metrics()` reads them back once, summed over ranks."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, torch.Tensor | int] = {"loss": 0, "top1": 0, "top5": 0}
-        self.count = 0
-        self.confusion: torch.Tensor | None = None
-
-    def add(self, outputs: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor) -> None:
-        """Add a batch: `outputs` [N, classes] scores, `labels` [N], `loss` its mean loss."""
-        top1, top5 = topk_hits(outputs.float(), labels, (1, 5))
-        n = labels.shape[0]
-        self.sums["loss"] = self.sums["loss"] + loss.detach().float() * n
-        self.sums["top1"] = self.sums["top1"] + top1
-        self.sums["top5"] = self.sums["top5"] + top5
-        self.count += n
-        counts = confusion_counts(outputs, labels)
-        self.confusion = counts if self.confusion is None else self.confusion + counts
-
-    def metrics(self, device: torch.device | str = "cpu") -> dict[str, float]:
-        """val_loss, val_top1 and val_top5 over all ranks."""
-        sums = all_reduce_sums({**{k: float(v) for k, v in self.sums.items()}, "count": self.count}, device)
-        n = max(1, sums["count"])
-        return {"val_loss": sums["loss"] / n, "val_top1": sums["top1"] / n, "val_top5": sums["top5"] / n}
-
-    def confusion_over_ranks(self) -> torch.Tensor | None:
-        """The confusion counts summed over ranks (None before the first batch)."""
-        return None if self.confusion is None else all_reduce_sum(self.confusion)
+from .distributed import drop_padding, gather_rows
 
 
 class KNNValLoader:

@@ -1,4 +1,8 @@
-"""Metric accumulators of the default hooks: running sums over an epoch, top-k hits, a confusion matrix.
+"""Metric accumulators: running sums over an epoch, and a classification pass's sums (loss, top-k hits, confusion).
+
+    self.val_sums = ClassificationSums()              # before_eval_epoch
+    self.val_sums.add(outputs, labels, loss)          # eval_step: on the device, no host sync per batch
+    self.epoch_record.update(self.val_sums.metrics()) # after_eval_epoch: val_loss, val_top1, val_top5 over all ranks
 
 A running sum is a plain dict of floats with a `count` (e.g. {"loss": 0.0, "top1": 0.0, "count": 0}): the step
 hooks add to it, the epoch hooks reduce it over ranks (`distributed.all_reduce_sums`) and divide by `count`.
@@ -7,6 +11,8 @@ hooks add to it, the epoch hooks reduce it over ranks (`distributed.all_reduce_s
 from __future__ import annotations
 
 import torch
+
+from .distributed import all_reduce_sum, all_reduce_sums
 
 
 def new_sums(*keys: str) -> dict[str, float]:
@@ -20,17 +26,46 @@ def means(sums: dict[str, float]) -> dict[str, float]:
     return {key: value / n for key, value in sums.items() if key != "count"}
 
 
-def topk_correct(outputs: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...]) -> list[float]:
-    """Number of samples whose target is among the top-k outputs, for each k (k capped at the class count)."""
+def topk_hits(outputs: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...]) -> list[torch.Tensor]:
+    """Samples whose target is among the top-k outputs, per k (k capped at the class count), as tensors."""
     kmax = min(max(ks), outputs.shape[1])
-    top = outputs.topk(kmax, dim=1).indices
-    hits = top == targets.view(-1, 1)
-    return [float(hits[:, : min(k, kmax)].any(dim=1).sum()) for k in ks]
+    hits = outputs.topk(kmax, dim=1).indices == targets.view(-1, 1)
+    return [hits[:, : min(k, kmax)].any(dim=1).sum() for k in ks]
 
 
-def accumulate_confusion(confusion: torch.Tensor | None, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Add a batch to a (classes x classes) confusion matrix of counts (rows: target, columns: prediction)."""
+def confusion_counts(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(classes x classes) counts of a batch: rows the target, columns the predicted class."""
     classes = outputs.shape[1]
     counts = torch.bincount(targets * classes + outputs.argmax(1), minlength=classes * classes)
-    counts = counts[: classes * classes].view(classes, classes)
-    return counts if confusion is None else confusion + counts
+    return counts[: classes * classes].view(classes, classes)
+
+
+class ClassificationSums:
+    """A validation pass's sums for classification: loss, top-1 and top-5 hits, samples, confusion counts.
+    Kept as tensors on the outputs' device; `metrics()` reads them back once, summed over ranks."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor | int] = {"loss": 0, "top1": 0, "top5": 0}
+        self.count = 0
+        self.confusion: torch.Tensor | None = None
+
+    def add(self, outputs: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor) -> None:
+        """Add a batch: `outputs` [N, classes] scores, `labels` [N], `loss` its mean loss."""
+        top1, top5 = topk_hits(outputs.float(), labels, (1, 5))
+        n = labels.shape[0]
+        self.sums["loss"] = self.sums["loss"] + loss.detach().float() * n
+        self.sums["top1"] = self.sums["top1"] + top1
+        self.sums["top5"] = self.sums["top5"] + top5
+        self.count += n
+        counts = confusion_counts(outputs, labels)
+        self.confusion = counts if self.confusion is None else self.confusion + counts
+
+    def metrics(self, device: torch.device | str = "cpu") -> dict[str, float]:
+        """val_loss, val_top1 and val_top5 over all ranks."""
+        sums = all_reduce_sums({**{k: float(v) for k, v in self.sums.items()}, "count": self.count}, device)
+        n = max(1, sums["count"])
+        return {"val_loss": sums["loss"] / n, "val_top1": sums["top1"] / n, "val_top5": sums["top5"] / n}
+
+    def confusion_over_ranks(self) -> torch.Tensor | None:
+        """The confusion counts summed over ranks (None before the first batch)."""
+        return None if self.confusion is None else all_reduce_sum(self.confusion)

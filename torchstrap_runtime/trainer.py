@@ -1,19 +1,8 @@
 """The Trainer base class: the whole training workflow of a torchstrap experiment, top to bottom.
 
-An experiment subclasses `Trainer` and overrides hooks. The order is fixed (docs/workflow.txt):
-
-    __init__:  initialize_model (then device, dtype, distributed, sync_BN)
-               if not training.eval_only: initialize_train_loader
-               initialize_val_loader
-               if not training.eval_only: initialize_optimizer, initialize_scheduler
-               load_checkpoint, initialize_metrics, initialize_criterion, initialize_logger
-    train_all_epochs: per epoch: modules.train(); before_train_epoch
-               per batch: self.data = batch, self.step = step; before_train_step; train_step; after_train_step
-               step the scheduler per epoch if MultiStepLR/StepLR (else per optimizer step)
-               after_train_epoch
-               if logging.eval_each_epoch: evaluate():
-                   modules.eval(); before_eval_epoch; per batch: before_eval_step; eval_step; after_eval_step
-                   after_eval_epoch
+An experiment subclasses `Trainer` and overrides hooks. They run in the order of docs/workflow.txt (the
+product spec, shown in every generated trainer.py), which this file follows top to bottom: `__init__`,
+then `train_all_epochs`, `train_one_epoch` and `evaluate`.
 
 `train_step` returns the loss. The loop does the rest in one place (`backward`, `optimizer_step`): backward
 (through the float16 GradScaler), gradient accumulation (`training.accumulate`, DDP `no_sync` on the inner
@@ -42,9 +31,9 @@ from . import sections as _sections  # noqa: F401  (declares the standard config
 from .batches import batch_size, close_iterator, epoch_batches, limited_len, safe_len
 from .best import best_checkpoints
 from .config import param
-from .distributed import all_reduce_sum, all_reduce_sums, drop_padding, setup_distributed
+from .distributed import all_reduce_sums, drop_padding, setup_distributed
 from .ema import ema_copy, update_ema
-from .metrics import accumulate_confusion, means, new_sums, topk_correct
+from .metrics import ClassificationSums, means, new_sums
 from .optim import PER_EPOCH_SCHEDULERS, build_optimizer, build_scheduler, parameter_groups
 from .trainer_base import NonFiniteLoss, TrainerBase  # noqa: F401  (NonFiniteLoss: raised by the loop)
 
@@ -251,9 +240,8 @@ class Trainer(TrainerBase):
 
     # ------------------------------------------------------------------ hooks: evaluation
     def before_eval_epoch(self) -> None:
-        """Called after `modules.eval()`, before the first validation batch."""
-        self.val_sums = new_sums("loss", "top1", "top5")
-        self.val_confusion: torch.Tensor | None = None
+        """Called after `modules.eval()`, before the first validation batch: empties `self.val_sums`."""
+        self.val_sums = ClassificationSums()
 
     def before_eval_step(self) -> None:
         """Called with `self.data` set to a validation batch."""
@@ -270,23 +258,18 @@ class Trainer(TrainerBase):
             loss = self.criterion(outputs, targets)
             if hasattr(self.criterion, "log_prob"):  # the loss holds the output layer (AdaptiveLogSoftmaxWithLoss)
                 outputs = self.criterion.log_prob(outputs)
-        top1, top5 = topk_correct(outputs.float(), targets, (1, 5))
-        n = targets.shape[0]
-        self.val_sums["loss"] += float(loss) * n
-        self.val_sums["top1"] += top1
-        self.val_sums["top5"] += top5
-        self.val_sums["count"] += n
-        self.val_confusion = accumulate_confusion(self.val_confusion, outputs, targets)
+        self.val_sums.add(outputs, targets, loss)
 
     def after_eval_step(self) -> None:
         """Called after each `eval_step`."""
 
     def after_eval_epoch(self) -> None:
-        """Reduce the validation sums across ranks and store them in `self.epoch_record`."""
-        sums = means(all_reduce_sums(self.val_sums, self.device))
-        self.epoch_record.update(val_loss=sums["loss"], val_top1=sums["top1"], val_top5=sums["top5"])
-        if self.val_confusion is not None:  # rows: true class, columns: predicted class
-            self.log_hdf5({"val_confusion": all_reduce_sum(self.val_confusion)})
+        """val_loss, val_top1 and val_top5 over all ranks into `self.epoch_record`; the confusion matrix (rows:
+        true class, columns: predicted class) into arrays.h5."""
+        self.epoch_record.update(self.val_sums.metrics(self.device))
+        confusion = self.val_sums.confusion_over_ranks()
+        if confusion is not None:
+            self.log_hdf5({"val_confusion": confusion})
 
     # ------------------------------------------------------------------ the loops
     def run(self) -> dict[str, Any]:
