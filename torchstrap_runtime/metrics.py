@@ -53,7 +53,7 @@ class ClassificationSums:
         """Add a batch: `outputs` [N, classes] scores, `labels` [N], `loss` its mean loss."""
         top1, top5 = topk_hits(outputs.float(), labels, (1, 5))
         n = labels.shape[0]
-        self.sums["loss"] = self.sums["loss"] + loss.detach().float() * n
+        self.sums["loss"] = self.sums["loss"] + loss.detach().double() * n
         self.sums["top1"] = self.sums["top1"] + top1
         self.sums["top5"] = self.sums["top5"] + top5
         self.count += n
