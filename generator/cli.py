@@ -31,6 +31,7 @@ from generator.lifecycle import (
     update_experiment,
 )
 from generator.template_source import ENV_VAR
+from torchstrap_runtime.command_line import split_options
 from torchstrap_runtime.errors import DEBUG_FLAG, UserError, report
 
 __all__ = ["main", "new_experiment", "update_experiment", "check_experiment"]
@@ -153,11 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] in (["runs"], ["plot"]):
+    rest = split_options(argv, flags=[DEBUG_FLAG])[1]  # --debug: `report` re-raises errors (reads argv)
+    if rest[:1] in (["runs"], ["plot"]):
         from generator import runs_cli
 
-        return runs_cli.main([arg for arg in argv if arg != DEBUG_FLAG])
-    args = build_parser().parse_args([arg for arg in argv if arg != DEBUG_FLAG])
+        return runs_cli.main(rest)
+    args = build_parser().parse_args(rest)
     previous = tempfile.tempdir
     if args.command != "demo":
         use_ram_tempdir()
