@@ -1,0 +1,37 @@
+"""Checks of the (student, teacher) view lists the self-supervised criteria are called with."""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_views(method: str, student, teacher, students: int | str, teachers: int | None) -> None:
+    """Raise ValueError unless `student` (and `teacher`) are lists of 2-D tensors with equal batch sizes per list:
+    `students` views (an int, or "2+" for at least two), `teachers` views (None: no teacher accepted)."""
+    _check_list(method, "student", student)
+    if students == "2+":
+        if len(student) < 2:
+            raise ValueError(f"{method} needs at least 2 student views, got {len(student)}")
+    elif len(student) != students:
+        raise ValueError(f"{method} needs {students} student views, got {len(student)}")
+    if teachers is None:
+        if teacher is not None:
+            raise ValueError(f"{method} has no teacher network: call it with teacher=None")
+        return
+    if teacher is None:
+        raise ValueError(f"{method} needs the teacher's outputs for {teachers} global views (teacher=[...])")
+    _check_list(method, "teacher", teacher)
+    if len(teacher) != teachers:
+        raise ValueError(f"{method} needs {teachers} teacher views, got {len(teacher)}")
+
+
+def _check_list(method: str, what: str, views) -> None:
+    if isinstance(views, torch.Tensor) or not isinstance(views, (list, tuple)):
+        raise ValueError(f"{method}: {what} must be a list of per-view (B, D) tensors, got {type(views).__name__}")
+    for i, v in enumerate(views):
+        if not isinstance(v, torch.Tensor) or v.dim() != 2:
+            shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+            raise ValueError(f"{method}: {what}[{i}] must be a (B, D) tensor, got {shape}")
+    if len({v.shape[0] for v in views}) > 1:
+        raise ValueError(f"{method}: the {what} views have different batch sizes "
+                         f"{[v.shape[0] for v in views]}; each view holds the same samples")
