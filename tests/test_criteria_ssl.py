@@ -162,3 +162,16 @@ def test_bad_inputs_and_parameters():
         build_criterion("simclr", {"temprature": 0.2})
     with pytest.raises(ValueError, match="warmup_teacher_temp_epochs"):
         build_criterion("dino", {"nepochs": 10, "warmup_teacher_temp_epochs": 30})
+
+
+@pytest.mark.parametrize("name", SSL_NAMES)
+def test_half_precision_inputs_are_computed_in_float32(name):
+    criterion = build_criterion(name, {"out_dim": 16} if name == "dino" else None)
+    student = views(3 if name == "dino" else 2, 8, 16, 0, grad=False)
+    teacher = views(2, 8, 16, 1, grad=False) if name in ("byol", "mocov3", "dino") else None
+    as_float = criterion([s.float() for s in student], None if teacher is None else [t.float() for t in teacher])
+    if name == "dino":
+        criterion = build_criterion(name, {"out_dim": 16})   # a fresh center
+    as_bf16 = criterion([s.bfloat16() for s in student], None if teacher is None else [t.bfloat16() for t in teacher])
+    assert as_bf16.dtype == torch.float32 and torch.isfinite(as_bf16)
+    assert torch.allclose(as_bf16, as_float, rtol=0.05)

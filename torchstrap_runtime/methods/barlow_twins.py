@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..distributed import all_reduce_sum_with_grad
-from .inputs import check_views
+from .inputs import check_views, full_precision
 from .vicreg import off_diagonal
 
 BATCHNORM_EPS = 1e-5   # nn.BatchNorm1d's default, which the authors' normalisation layer keeps
@@ -41,7 +41,7 @@ class BarlowTwinsLoss(nn.Module):
 
     def forward(self, student: list[torch.Tensor], teacher: list[torch.Tensor] | None = None) -> torch.Tensor:
         check_views("barlow_twins", student, teacher, 2, None)
-        z1, z2 = student
+        z1, z2 = full_precision(student)
         if z1.shape[1] != z2.shape[1]:
             raise ValueError(f"barlow_twins: the two views have different widths {z1.shape[1]} and {z2.shape[1]}")
         n1, count = batch_standardize(z1)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .inputs import check_views
+from .inputs import check_views, full_precision
 
 
 def regression_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -24,5 +24,5 @@ class BYOLLoss(nn.Module):
 
     def forward(self, student: list[torch.Tensor], teacher: list[torch.Tensor] | None = None) -> torch.Tensor:
         check_views("byol", student, teacher, 2, 2)
-        (p1, p2), (t1, t2) = student, (t.detach() for t in teacher)
+        (p1, p2), (t1, t2) = full_precision(student), full_precision([t.detach() for t in teacher])
         return (regression_loss(p1, t2) + regression_loss(p2, t1)).mean()

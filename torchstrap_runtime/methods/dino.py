@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributed import all_reduce_sum
-from .inputs import check_views
+from .inputs import check_views, full_precision
 
 
 class DINOLoss(nn.Module):
@@ -67,6 +67,7 @@ class DINOLoss(nn.Module):
         widths = {v.shape[1] for v in [*student, *teacher]}
         if widths != {self.out_dim}:
             raise ValueError(f"dino was built with out_dim={self.out_dim} but got outputs of width(s) {sorted(widths)}")
+        student, teacher = full_precision(student), full_precision(teacher)
         teacher_out = torch.cat(teacher).detach()
         temp = self.teacher_temp().to(teacher_out.dtype)
         targets = F.softmax((teacher_out - self.center) / temp, dim=-1).chunk(len(teacher))

@@ -35,3 +35,9 @@ def _check_list(method: str, what: str, views) -> None:
     if len({v.shape[0] for v in views}) > 1:
         raise ValueError(f"{method}: the {what} views have different batch sizes "
                          f"{[v.shape[0] for v in views]}; each view holds the same samples")
+
+
+def full_precision(views: list[torch.Tensor]) -> list[torch.Tensor]:
+    """float16 / bfloat16 views as float32 (the losses' batch statistics and softmaxes need the range); others
+    unchanged."""
+    return [v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for v in views]

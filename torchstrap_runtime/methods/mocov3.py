@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributed import all_gather_cat, rows_before_rank
-from .inputs import check_views
+from .inputs import check_views, full_precision
 
 
 class MoCoV3Loss(nn.Module):
@@ -37,7 +37,7 @@ class MoCoV3Loss(nn.Module):
 
     def forward(self, student: list[torch.Tensor], teacher: list[torch.Tensor] | None = None) -> torch.Tensor:
         check_views("mocov3", student, teacher, 2, 2)
-        (q1, q2), (k1, k2) = student, teacher
+        (q1, q2), (k1, k2) = full_precision(student), full_precision(teacher)
         return self.contrastive(q1, k2) + self.contrastive(q2, k1)
 
     def extra_repr(self) -> str:

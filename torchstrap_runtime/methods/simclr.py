@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributed import all_gather_cat_with_grad, rows_before_rank
-from .inputs import check_views
+from .inputs import check_views, full_precision
 
 
 class SimCLRLoss(nn.Module):
@@ -32,7 +32,7 @@ class SimCLRLoss(nn.Module):
 
     def forward(self, student: list[torch.Tensor], teacher: list[torch.Tensor] | None = None) -> torch.Tensor:
         check_views("simclr", student, teacher, 2, None)
-        z1, z2 = (F.normalize(z, dim=1) for z in student)
+        z1, z2 = (F.normalize(z, dim=1) for z in full_precision(student))
         batch = z1.shape[0]
         all1, all2 = all_gather_cat_with_grad(z1), all_gather_cat_with_grad(z2)
         own = torch.arange(batch, device=z1.device) + rows_before_rank(batch, z1.device)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributed import all_gather_cat_with_grad
-from .inputs import check_views
+from .inputs import check_views, full_precision
 
 
 def off_diagonal(matrix: torch.Tensor) -> torch.Tensor:
@@ -35,7 +35,7 @@ class VICRegLoss(nn.Module):
 
     def forward(self, student: list[torch.Tensor], teacher: list[torch.Tensor] | None = None) -> torch.Tensor:
         check_views("vicreg", student, teacher, 2, None)
-        x, y = student
+        x, y = full_precision(student)
         if x.shape[1] != y.shape[1]:
             raise ValueError(f"vicreg: the two views have different widths {x.shape[1]} and {y.shape[1]}")
         invariance = F.mse_loss(x, y)
