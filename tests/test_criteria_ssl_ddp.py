@@ -1,7 +1,8 @@
 """The SSL criteria that gather or all-reduce across ranks, under torch.distributed (gloo, 2 CPU processes):
 each rank feeds its half of the batch; the mean of the ranks' losses equals the loss of one process fed the
 whole batch, and each rank's input gradients divided by the world size (DDP averages gradients) equal that
-process's gradients for its rows. DINO's center ends the same on every rank as in one process."""
+process's gradients for its rows. DINO's center ends the same on every rank as in one process. With unequal
+shares (5 and 7 rows) the losses weighted by the ranks' rows equal the one-process loss."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch.multiprocessing as mp
 from torchstrap_runtime.criteria import build_criterion
 
 BATCH, WIDTH, STEPS, WORLD = 12, 10, 3, 2
+UNEQUAL = (0, 5, 12)   # rank r holds rows UNEQUAL[r]:UNEQUAL[r + 1]
 # name: (params, student views, teacher views)
 CASES = {
     "simclr": ({"temperature": 0.2}, 2, 0),
@@ -37,9 +39,12 @@ def step_inputs(step: int, name: str) -> tuple[list[torch.Tensor], list[torch.Te
     return student, teacher
 
 
-def run(criteria: dict[str, torch.nn.Module], rank: int, world: int) -> dict[str, list]:
-    """STEPS steps of every criterion on this rank's rows; (loss, student grads, teacher grads) per step."""
-    rows = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
+def run(criteria: dict[str, torch.nn.Module], rank: int, world: int, bounds: tuple[int, ...] | None = None
+        ) -> dict[str, list]:
+    """STEPS steps of every criterion on this rank's rows (an equal share, or bounds[rank]:bounds[rank + 1]);
+    (loss, student grads, teacher grads) per step."""
+    bounds = bounds or tuple(r * BATCH // world for r in range(world + 1))
+    rows = slice(bounds[rank], bounds[rank + 1])
     out: dict[str, list] = {name: [] for name in criteria}
     for step in range(STEPS):
         for name, criterion in criteria.items():
@@ -61,7 +66,10 @@ def worker(rank: int, world: int, folder: str) -> None:
     try:
         criteria = make_criteria()
         results = run(criteria, rank, world)
-        torch.save({"results": results, "dino": criteria["dino"].state_dict()}, os.path.join(folder, f"rank{rank}.pt"))
+        unequal = make_criteria()
+        unequal_results = run(unequal, rank, world, UNEQUAL)
+        torch.save({"results": results, "dino": criteria["dino"].state_dict(), "unequal": unequal_results,
+                    "unequal_dino": unequal["dino"].state_dict()}, os.path.join(folder, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -83,7 +91,12 @@ def test_two_ranks_equal_one_process_on_the_global_batch(tmp_path):
             for i, g in enumerate(teacher_grads):
                 got = torch.cat([p[2][i] for p in parts]) / WORLD
                 assert torch.allclose(got, g, rtol=1e-8, atol=1e-12), (name, step, "teacher", i)
+    for name in CASES:
+        for step in range(STEPS):
+            weighted = sum(ranks[r]["unequal"][name][step][0] * (UNEQUAL[r + 1] - UNEQUAL[r]) for r in range(WORLD))
+            assert torch.allclose(weighted / BATCH, expected[name][step][0], rtol=1e-10), (name, step, "unequal")
     for r in range(WORLD):
-        for key, value in reference["dino"].state_dict().items():
-            assert torch.allclose(ranks[r]["dino"][key].to(value.dtype), value, rtol=1e-12), (r, key)
+        for state in ("dino", "unequal_dino"):
+            for key, value in reference["dino"].state_dict().items():
+                assert torch.allclose(ranks[r][state][key].to(value.dtype), value, rtol=1e-12), (r, state, key)
     assert reference["dino"].center.abs().sum() > 0
