@@ -143,6 +143,8 @@ def test_dino_eval_mode_leaves_center_and_schedule_past_the_end_keeps_last_tempe
     ("byol", 2, None, "needs the teacher"),
     ("mocov3", 2, 1, "needs 2 teacher views"),
     ("dino", 1, 1, "at least 2 student views"),
+    ("dino", 2, 3, "a subset of the student's 2"),
+    ("dino", 3, 0, "at least 1 teacher views"),
 ])
 def test_wrong_views_name_the_method(name, student, teacher, message):
     criterion = build_criterion(name, {"out_dim": 4} if name == "dino" else None)

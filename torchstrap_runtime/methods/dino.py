@@ -61,9 +61,10 @@ class DINOLoss(nn.Module):
         return self.teacher_temp_schedule[self.epoch.clamp(max=self.teacher_temp_schedule.numel() - 1)]
 
     def forward(self, student: list[torch.Tensor], teacher: list[torch.Tensor] | None = None) -> torch.Tensor:
-        check_views("dino", student, teacher, "2+", len(teacher) if isinstance(teacher, (list, tuple)) else 2)
-        if not 1 <= len(teacher) <= len(student):
-            raise ValueError(f"dino needs 1 to {len(student)} teacher (global) views, got {len(teacher)}")
+        check_views("dino", student, teacher, "2+", "1+")
+        if len(teacher) > len(student):
+            raise ValueError(f"dino: the teacher sees the global views, a subset of the student's {len(student)}; "
+                             f"got {len(teacher)} teacher views")
         widths = {v.shape[1] for v in [*student, *teacher]}
         if widths != {self.out_dim}:
             raise ValueError(f"dino was built with out_dim={self.out_dim} but got outputs of width(s) {sorted(widths)}")

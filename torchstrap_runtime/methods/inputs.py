@@ -5,24 +5,28 @@ from __future__ import annotations
 import torch
 
 
-def check_views(method: str, student, teacher, students: int | str, teachers: int | None) -> None:
+def check_views(method: str, student, teacher, students: int | str, teachers: int | str | None) -> None:
     """Raise ValueError unless `student` (and `teacher`) are lists of 2-D tensors with equal batch sizes per list:
-    `students` views (an int, or "2+" for at least two), `teachers` views (None: no teacher accepted)."""
+    `students` and `teachers` views, each an int or "N+" for at least N (`teachers` None: no teacher accepted)."""
     _check_list(method, "student", student)
-    if students == "2+":
-        if len(student) < 2:
-            raise ValueError(f"{method} needs at least 2 student views, got {len(student)}")
-    elif len(student) != students:
-        raise ValueError(f"{method} needs {students} student views, got {len(student)}")
+    _check_count(method, "student", len(student), students)
     if teachers is None:
         if teacher is not None:
             raise ValueError(f"{method} has no teacher network: call it with teacher=None")
         return
     if teacher is None:
-        raise ValueError(f"{method} needs the teacher's outputs for {teachers} global views (teacher=[...])")
+        raise ValueError(f"{method} needs the teacher's outputs for its global views (teacher=[...])")
     _check_list(method, "teacher", teacher)
-    if len(teacher) != teachers:
-        raise ValueError(f"{method} needs {teachers} teacher views, got {len(teacher)}")
+    _check_count(method, "teacher", len(teacher), teachers)
+
+
+def _check_count(method: str, what: str, count: int, expected: int | str) -> None:
+    if isinstance(expected, str):
+        least = int(expected.rstrip("+"))
+        if count < least:
+            raise ValueError(f"{method} needs at least {least} {what} views, got {count}")
+    elif count != expected:
+        raise ValueError(f"{method} needs {expected} {what} views, got {count}")
 
 
 def _check_list(method: str, what: str, views) -> None:
