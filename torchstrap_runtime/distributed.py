@@ -250,3 +250,57 @@ def drop_padding(loader, *tensors):
         return tensors
     keep = loader.real_samples(batch)
     return tuple(t[:keep] for t in tensors)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward sums every rank's gradient of the gathered tensor and returns this
+    rank's rows (as VICReg's FullGatherLayer): gradients equal those of one process holding the whole batch."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        world = dist.get_world_size()
+        size = torch.tensor([t.shape[0]], device=t.device)
+        sizes = [torch.zeros_like(size) for _ in range(world)]
+        dist.all_gather(sizes, size)
+        ctx.sizes = [int(s.item()) for s in sizes]
+        ctx.rank = dist.get_rank()
+        longest = max(ctx.sizes)
+        padded = t.new_zeros((longest, *t.shape[1:]))
+        padded[: t.shape[0]] = t
+        parts = [torch.zeros_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded.contiguous())
+        return torch.cat([p[:s] for p, s in zip(parts, ctx.sizes)])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        start = sum(ctx.sizes[: ctx.rank])
+        return grad[start: start + ctx.sizes[ctx.rank]]
+
+
+def all_gather_cat_with_grad(t: torch.Tensor) -> torch.Tensor:
+    """`t` concatenated over ranks along dim 0 (sizes may differ), differentiable: the backward pass sums the
+    gradients of all ranks for this rank's rows, so that with DDP's gradient averaging a loss computed on the
+    gathered batch trains as one process on the global batch. `t` itself on one process."""
+    if not is_distributed():
+        return t
+    return _GatherWithGrad.apply(t)
+
+
+def all_reduce_sum_with_grad(t: torch.Tensor) -> torch.Tensor:
+    """`t` summed over ranks (a new tensor), differentiable: the backward pass sums the gradients of all ranks
+    too. `t` itself on one process."""
+    if not is_distributed():
+        return t
+    from torch.distributed.nn.functional import all_reduce
+
+    return all_reduce(t)
+
+
+def rows_before_rank(rows: int, device: torch.device | str = "cpu") -> int:
+    """Where this rank's `rows` start in a batch gathered with `all_gather_cat` (0 on one process)."""
+    if not is_distributed():
+        return 0
+    sizes = all_gather_cat(torch.tensor([rows], device=device))
+    return int(sizes[: dist.get_rank()].sum().item())

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .vit import VITS, patch_size_for
+
 
 class MLP(nn.Module):
     """Flattens the input and applies `len(hidden)` Linear-BatchNorm-ReLU blocks, then a linear head.
@@ -79,10 +81,14 @@ class ResNetSmall(nn.Module):
 
 def build_model(name: str, num_classes: int, image_size: int = 32, in_channels: int = 3, stem: str | None = None,
                 zero_init_residual: bool = False) -> nn.Module:
-    """`mlp`, `resnet-small` (also accepted: `resnet_small`) or `resnet18` / `resnet34` / `resnet50`;
-    `num_classes=0` gives the features (`.out_features` numbers) without a head. ResNets: `stem` 'cifar' or
-    'imagenet' (None: by image size), `zero_init_residual` starts each residual branch's last BatchNorm at 0."""
+    """`mlp`, `resnet-small` (also accepted: `resnet_small`), `resnet18` / `resnet34` / `resnet50` or
+    `vit_tiny` / `vit_small` / `vit_base`; `num_classes=0` gives the features (`.out_features` numbers) without a
+    head. ResNets: `stem` 'cifar' or 'imagenet' (None: by image size), `zero_init_residual` starts each residual
+    branch's last BatchNorm at 0. ViTs: 4 px patches for images up to 64 px, else 16 px (see vit.py)."""
     key = name.replace("_", "-").lower()
+    if key.replace("-", "_") in VITS:
+        return VITS[key.replace("-", "_")](num_classes=num_classes, patch_size=patch_size_for(image_size),
+                                           image_size=image_size, in_channels=in_channels)
     if key == "mlp":
         return MLP(in_channels * image_size * image_size, num_classes=num_classes)
     if key == "resnet-small":
@@ -235,7 +241,7 @@ def resnet50(num_classes: int = 1000, stem: str | None = None, image_size: int =
 
 
 RESNETS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
-MODELS = ("mlp", "resnet-small", *RESNETS)   # the names build_model knows
+MODELS = ("mlp", "resnet-small", *RESNETS, *VITS)   # the names build_model knows
 
 
 def same_size_runs(views: list[torch.Tensor]) -> list[tuple[int, int]]:

@@ -1,4 +1,4 @@
-"""Criteria: any torch.nn / pytorch-metric-learning loss by name, CoKe, and embedding evaluation.
+"""Criteria: any torch.nn / pytorch-metric-learning loss by name, CoKe, the SSL baselines, and embedding evaluation.
 
     from torchstrap_runtime.criteria import build_criterion, list_criteria
     criterion = build_criterion("TripletMarginLoss", {"margin": 0.1}, miner="TripletMarginMiner")

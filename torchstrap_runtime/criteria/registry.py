@@ -1,8 +1,9 @@
-"""Build any torch.nn loss, any pytorch-metric-learning loss, or a CoKe criterion by name.
+"""Build any torch.nn loss, any pytorch-metric-learning loss, a CoKe criterion or an SSL baseline by name.
 
     build_criterion("CrossEntropyLoss", {"label_smoothing": 0.1})
     build_criterion("TripletMarginLoss", {"margin": 0.1}, miner="TripletMarginMiner", miner_params={"margin": 0.2})
     build_criterion("coke_multi_view", {"embedding_size": 64, "num_clusters": [10, 20]})
+    build_criterion("dino", {"out_dim": 4096, "nepochs": 100})     # also simclr, vicreg, barlow_twins, byol, mocov3
 
 Name resolution: a bare name found in only one library means that class; the only name found in both,
 `TripletMarginLoss`, means the pytorch-metric-learning loss (the metric-learning use of the config);
@@ -28,13 +29,28 @@ from torch.nn.modules.loss import _Loss
 
 from ..config import NONE_WORDS, parse_text
 from ..errors import UserError
+from ..methods.barlow_twins import BarlowTwinsLoss
+from ..methods.byol import BYOLLoss
 from ..methods.coke.criterion import CoKeDoubleView, CoKeMultiView, CoKeSingleView
+from ..methods.dino import DINOLoss
+from ..methods.mocov3 import MoCoV3Loss
+from ..methods.simclr import SimCLRLoss
+from ..methods.vicreg import VICRegLoss
 from .wrappers import AdaptiveSoftmaxLoss, MetricLoss, ViewsLoss
 
 COKE_CRITERIA: dict[str, type[nn.Module]] = {
     "coke_single_view": CoKeSingleView,
     "coke_double_view": CoKeDoubleView,
     "coke_multi_view": CoKeMultiView,
+}
+# The self-supervised baselines, called as criterion(student, teacher=None) (input_kind "student_teacher").
+SSL_CRITERIA: dict[str, type[nn.Module]] = {
+    "simclr": SimCLRLoss,
+    "vicreg": VICRegLoss,
+    "barlow_twins": BarlowTwinsLoss,
+    "byol": BYOLLoss,
+    "mocov3": MoCoV3Loss,
+    "dino": DINOLoss,
 }
 GRAPH_CRITERIA = ("graph_laplacian",)  # graphs.training.GraphLaplacianLoss, imported when asked for
 # pytorch-metric-learning classes in `losses` that are bases, not losses.
@@ -88,9 +104,9 @@ def pml_miners() -> dict[str, type[nn.Module]]:
 
 
 def list_criteria() -> list[str]:
-    """Every name `build_criterion` accepts: bare names, `nn.`/`pml.` qualified names, CoKe names."""
+    """Every name `build_criterion` accepts: bare names, `nn.`/`pml.` qualified names, CoKe and SSL names."""
     nn_names, pml_names = set(torch_losses()), set(pml_losses())
-    names = nn_names | pml_names | set(COKE_CRITERIA) | set(GRAPH_CRITERIA)
+    names = nn_names | pml_names | set(COKE_CRITERIA) | set(SSL_CRITERIA) | set(GRAPH_CRITERIA)
     names |= {f"nn.{n}" for n in nn_names} | {f"pml.{n}" for n in pml_names}
     return sorted(names)
 
@@ -107,11 +123,13 @@ def _suggest(name: str, candidates: list[str]) -> str:
 
 
 def resolve(name: str) -> tuple[str, type[nn.Module]]:
-    """(library, class) for a criterion name; library is "nn", "pml", "coke" or "graphs"."""
+    """(library, class) for a criterion name; library is "nn", "pml", "coke", "ssl" or "graphs"."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"criterion name must be a non-empty string, got {name!r}")
     if name in COKE_CRITERIA:
         return "coke", COKE_CRITERIA[name]
+    if name in SSL_CRITERIA:
+        return "ssl", SSL_CRITERIA[name]
     if name in GRAPH_CRITERIA:
         from ..graphs.training import GraphLaplacianLoss
 
@@ -269,7 +287,7 @@ def build_criterion(name: str, params: dict[str, Any] | str | None = None,
     if library == "nn":
         criterion = instantiate(cls, _tensorize(cls, params), name)
         criterion.input_kind = _torch_input_kind(cls)
-    elif library in ("coke", "graphs"):
+    elif library in ("coke", "ssl", "graphs"):
         criterion = instantiate(cls, params, name)
     else:
         criterion = _build_pml(name, cls, params, miner, miner_params)

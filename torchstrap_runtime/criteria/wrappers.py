@@ -6,6 +6,9 @@ Every criterion that `build_criterion` returns carries `input_kind`, telling a T
 - "custom":            the loss's own signature, e.g. criterion(anchor, positive, negative)
 - "embeddings_labels": criterion(embeddings, labels, ref_emb=None, ref_labels=None, indices_tuple=None)
 - "views":             criterion(views, indices=None), views = list of [B, D] tensors of the same samples
+- "student_teacher":   criterion(student, teacher=None), per-view lists of [B, D] tensors of the same samples in
+                       view order, global views first: the online network's outputs for every view, and the
+                       momentum teacher's for the global views (None for methods without a teacher)
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from itertools import combinations
 import torch
 from torch import nn
 
-INPUT_KINDS = ("logits_targets", "custom", "embeddings_labels", "views")
+INPUT_KINDS = ("logits_targets", "custom", "embeddings_labels", "views", "student_teacher")
 
 
 class MetricLoss(nn.Module):

@@ -1,0 +1,55 @@
+"""Barlow Twins (Zbontar et al., "Barlow Twins: Self-Supervised Learning via Redundancy Reduction", ICML 2021;
+code facebookresearch/barlowtwins): the criterion."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..distributed import all_reduce_sum_with_grad
+from .inputs import check_views, full_precision
+from .vicreg import off_diagonal
+
+BATCHNORM_EPS = 1e-5   # nn.BatchNorm1d's default, which the authors' normalisation layer keeps
+
+
+def batch_standardize(z: torch.Tensor, eps: float = BATCHNORM_EPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """((z - mean) / sqrt(var + eps), N): features standardised over the N samples of every rank (biased
+    variance), as a BatchNorm1d without affine parameters in training mode under SyncBatchNorm."""
+    count = all_reduce_sum_with_grad(z.new_tensor([float(z.shape[0])]))
+    mean = all_reduce_sum_with_grad(z.sum(dim=0)) / count
+    centered = z - mean
+    var = all_reduce_sum_with_grad((centered * centered).sum(dim=0)) / count
+    return centered * torch.rsqrt(var + eps), count
+
+
+class BarlowTwinsLoss(nn.Module):
+    """Sum over the cross-correlation matrix C of the batch-normalised `student=[z1, z2]` of (1 - C_ii)^2 plus
+    `lambd` (0.0051, the authors') times the squared off-diagonal entries.
+
+    Features are standardised over the batch of every rank (the authors' BatchNorm1d(affine=False) under
+    SyncBatchNorm, always with batch statistics), and C = z1_n^T z2_n / N is summed across ranks. The authors'
+    all_reduce does not carry gradients, which makes their gradients 1/world_size of one process's on the global
+    batch; here the sum is differentiable, so 2 ranks train exactly as 1 rank on the global batch.
+    """
+
+    input_kind = "student_teacher"
+
+    def __init__(self, lambd: float = 0.0051):
+        super().__init__()
+        self.lambd = float(lambd)
+
+    def forward(self, student: list[torch.Tensor], teacher: list[torch.Tensor] | None = None) -> torch.Tensor:
+        check_views("barlow_twins", student, teacher, 2, None)
+        z1, z2 = full_precision(student)
+        if z1.shape[1] != z2.shape[1]:
+            raise ValueError(f"barlow_twins: the two views have different widths {z1.shape[1]} and {z2.shape[1]}")
+        n1, count = batch_standardize(z1)
+        n2, _ = batch_standardize(z2)
+        c = all_reduce_sum_with_grad(n1.T @ n2) / count
+        on_diag = (torch.diagonal(c) - 1).pow(2).sum()
+        off_diag = off_diagonal(c).pow(2).sum()
+        return on_diag + self.lambd * off_diag
+
+    def extra_repr(self) -> str:
+        return f"lambd={self.lambd}"
