@@ -289,6 +289,8 @@ def update_experiment(
             unsafe=trust,
         ) as worker:
             _check_data(data, worker.template.questions_data)
+            if RECORDED_PYTHON in worker.template.questions_data and RECORDED_PYTHON not in {**answers, **data}:
+                worker.data[RECORDED_PYTHON] = sys.executable  # an experiment generated before the answer existed
             worker.run_update()
     except (CopierError, ValueError, ProcessExecutionError) as err:
         raise _copier_message(err, url, vcs_ref) from None
