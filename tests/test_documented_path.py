@@ -144,7 +144,10 @@ def test_image_folder_data_sets_num_classes_warns_and_is_written_once(tpl, tmp_p
 def test_make_eval_without_runs_is_one_sentence_and_writes_nothing(tpl, tmp_path):
     exp = new_experiment(tmp_path / "exp", {"use_slurm": False}, template=str(tpl))
     done = shell(exp, "make eval")
-    assert done.returncode == 2 and "error: no run to evaluate" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "no run to evaluate: runs/ holds no run" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not done.stdout
+    done = shell(exp, "make eval RUN=runs/gone")
+    assert done.returncode == 2 and "runs/gone has no checkpoints/best.pt or checkpoints/last.pt" in done.stderr
     assert not (exp / "runs").exists() and not (exp / "data").exists()
 
 
