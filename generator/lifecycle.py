@@ -36,6 +36,7 @@ from generator.template_source import (
 )
 
 ANSWERS_FILE = ".copier-answers.yml"
+RECORDED_PYTHON = "python"  # the answer holding the interpreter `new` ran on (the experiment's `make` uses it)
 CONFLICT_MARKERS = (b"<<<<<<< ", b">>>>>>> ")  # copier writes "<<<<<<< before updating" / ">>>>>>> after updating"
 
 
@@ -219,6 +220,7 @@ def new_experiment(
     `template`: git path/URL (default: $TORCHSTRAP_TEMPLATE, else this torchstrap checkout).
     `vcs_ref`: tag/branch/sha; default: the checkout's committed HEAD, or the latest release tag of an
     explicit template. Use "HEAD" to include uncommitted template changes of a local source.
+    The interpreter running this is recorded as the `python` answer (unless given) for the experiment's Makefile.
     """
     dst = Path(path).expanduser().absolute()
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
@@ -241,6 +243,8 @@ def new_experiment(
             src_path=source.url, dst_path=dst, data=data, defaults=defaults, vcs_ref=vcs_ref, quiet=quiet
         ) as worker:
             _check_data(data, worker.template.questions_data)
+            if RECORDED_PYTHON in worker.template.questions_data and RECORDED_PYTHON not in data:
+                worker.data[RECORDED_PYTHON] = sys.executable  # the experiment's Makefile runs this Python
             worker.run_copy()
     except (CopierError, ValueError, ProcessExecutionError) as err:
         raise _copier_message(err, source.url, vcs_ref) from None
@@ -285,6 +289,8 @@ def update_experiment(
             unsafe=trust,
         ) as worker:
             _check_data(data, worker.template.questions_data)
+            if RECORDED_PYTHON in worker.template.questions_data and RECORDED_PYTHON not in {**answers, **data}:
+                worker.data[RECORDED_PYTHON] = sys.executable  # an experiment generated before the answer existed
             worker.run_update()
     except (CopierError, ValueError, ProcessExecutionError) as err:
         raise _copier_message(err, url, vcs_ref) from None
