@@ -43,8 +43,9 @@ def _add_run_selection(parser: argparse.ArgumentParser) -> None:
     """The arguments `runs` and `plot` share: which runs, which metric, which keys to fold."""
     parser.add_argument("paths", nargs="*", default=["runs"], metavar="FOLDER|RUN_DIR",
                         help="run folders, or folders of runs (default: runs)")
-    parser.add_argument("--metric", default="val_top1", help="the monitored metric (default: val_top1); with --compare, "
-                                                               "several comma-separated")
+    parser.add_argument("--metric", default="val_top1",
+                        help="the monitored metric (default: val_top1); with --compare, several comma-separated, "
+                             "each with its own best as NAME:min or NAME:max, e.g. val_top1,val_loss:min")
     parser.add_argument("--mode", default="max", choices=["max", "min"], help="best = max or min (default: max)")
     parser.add_argument("--group-by", action="append", default=[], metavar="KEY",
                         help="fold runs that differ only in KEY into mean ± std with the count (repeatable), "
@@ -91,6 +92,9 @@ def _compare_command(args: argparse.Namespace, runs: list) -> int:
     if len(args.compare) != 2:
         raise runs_api.RunsError(f"--compare needs exactly two KEY=VALUE settings (A then B, e.g. --compare "
                                  f"optimizer.lr=0.1 optimizer.lr=0.05), got {len(args.compare)}")
+    if args.group_by or getattr(args, "sort", None):
+        raise runs_api.RunsError(f"{'--group-by' if args.group_by else '--sort'} does not apply to --compare "
+                                 f"(the runs are paired by --paired-by {args.paired_by})")
     if args.command == "runs" and args.format == "csv":
         raise runs_api.RunsError("--format for --compare must be table, markdown or json, got 'csv'")
     metrics = [m for m in args.metric.split(",") if m]

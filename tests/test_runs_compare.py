@@ -42,15 +42,20 @@ def logged(run_dir: Path, metric: str = "val_top1") -> list[float]:
     return [r[metric] for r in read_log(run_dir) if r.get("kind") == "epoch"]
 
 
+def by_hand_metric(folder: Path, metric: str, pick) -> tuple[list[float], list[float]]:
+    """The A and B values of the paired seeds, each run's epoch values reduced by `pick` (max, min, the last)."""
+    return ([pick(logged(folder / f"lr0.1-s{s}", metric)) for s in PAIRED_SEEDS],
+            [pick(logged(folder / f"lr0.05-s{s}", metric)) for s in PAIRED_SEEDS])
+
+
 def by_hand(folder: Path, pick) -> tuple[list[float], list[float]]:
-    """The A and B values of the paired seeds, each run's epoch values reduced by `pick` (max, or the last)."""
-    return ([pick(logged(folder / f"lr0.1-s{s}")) for s in PAIRED_SEEDS],
-            [pick(logged(folder / f"lr0.05-s{s}")) for s in PAIRED_SEEDS])
+    return by_hand_metric(folder, "val_top1", pick)
 
 
 def power_by_hand(n: int, effect: float) -> float:
-    critical = stats.t.ppf(0.975, n - 1)
-    return stats.nct.sf(critical, n - 1, effect * math.sqrt(n)) + stats.nct.cdf(-critical, n - 1, effect * math.sqrt(n))
+    critical, noncentrality = stats.t.ppf(0.975, n - 1), effect * math.sqrt(n)
+    opposite = stats.nct.cdf(-critical, n - 1, noncentrality)   # scipy: nan when it underflows
+    return stats.nct.sf(critical, n - 1, noncentrality) + (0.0 if math.isnan(opposite) else opposite)
 
 
 def check_statistics(result: R.MetricComparison, a: list[float], b: list[float]) -> None:
@@ -86,6 +91,11 @@ def test_compare_matches_scipy_on_the_logged_values(runs_folder):
     check_statistics(final.metrics[0], *by_hand(runs_folder, lambda v: v[-1]))
     loss = [[logged(runs_folder / f"lr{lr}-s{s}", "train_loss")[-1] for s in PAIRED_SEEDS] for lr in (0.1, 0.05)]
     check_statistics(final.metrics[1], *loss)
+    # each metric with its own best: the best val_loss is its minimum
+    both = R.compare(runs, A, B, metric=["val_top1", "val_loss:min"])
+    assert [(m.metric, m.mode) for m in both.metrics] == [("val_top1", "max"), ("val_loss", "min")]
+    check_statistics(both.metrics[0], a, b)
+    check_statistics(both.metrics[1], *by_hand_metric(runs_folder, "val_loss", min))
 
 
 def test_missing_partner_and_unfinished_run_are_listed(runs_folder):
@@ -145,6 +155,8 @@ def test_cli_table_json_markdown(runs_folder, capsys):
     (["--compare", A, B, "--metric", "val_top7"], "no run logs the metric 'val_top7'"),
     (["--compare", A, "optimizer.lr=0.3"], "no run has optimizer.lr=0.3"),
     (["--compare", A, B, "--filter", "training.seed=0"], "1 pair(s) of finished runs"),
+    (["--compare", A, B, "--metric", "val_loss:mn"], "the suffix after ':' must be max or min"),
+    (["--compare", A, B, "--group-by", "training.seed"], "--group-by does not apply to --compare"),
 ])
 def test_bad_input_is_one_sentence_and_exit_2(runs_folder, capsys, argv, message):
     for command in ("runs", "plot"):

@@ -121,7 +121,7 @@ def plot_comparison(comparison, out: str | Path = "compare.png") -> Path:
         ax_pairs.plot([0, 1], [result.mean_a, result.mean_b], color="black", linewidth=2.5, label="mean")
         ax_pairs.set_xticks([0, 1], [f"A: {comparison.a}", f"B: {comparison.b}"])
         ax_pairs.set_xlim(-0.3, 1.3)
-        ax_pairs.set(ylabel=f"{comparison.value} {result.metric}",
+        ax_pairs.set(ylabel=f"{comparison.value} {result.metric}" + (f" ({result.mode})" if comparison.value == "best" else ""),
                      title=f"{result.metric}: {result.n_pairs} pairs by {comparison.paired_by}")
         ax_pairs.grid(alpha=0.3)
         if result.n_pairs <= 12:
@@ -138,7 +138,12 @@ def plot_comparison(comparison, out: str | Path = "compare.png") -> Path:
         p = result.paired_p
         ax_diff.set(ylabel="A - B", title="A - B, 95% CI" + (f"\npaired t p={p:.2g}" if p is not None else ""))
         ax_diff.grid(alpha=0.3)
-    fig.tight_layout()
+    left_out = [f"{r['run']} (no partner)" for r in comparison.unpaired] + \
+        [f"{r['run']} ({r['status']})" for r in comparison.unfinished]
+    if left_out:
+        shown = ", ".join(left_out[:8]) + (f" and {len(left_out) - 8} more" if len(left_out) > 8 else "")
+        fig.text(0.01, 0.005, f"left out: {shown}", fontsize="small", color="dimgray", va="bottom")
+    fig.tight_layout(rect=(0, 0.04 if left_out else 0, 1, 1))
     out = Path(out)
     fig.savefig(out, dpi=100)
     plt.close(fig)

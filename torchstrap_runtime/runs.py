@@ -543,6 +543,7 @@ class MetricComparison:
     The statistics are None where they are undefined (every difference equal makes the t-test's SD 0)."""
 
     metric: str
+    mode: str                                    # "max" or "min": what the best epoch of a run is for this metric
     pairs: list[dict[str, Any]]
     missing_values: list[str]
     mean_a: float
@@ -602,7 +603,7 @@ def compare(runs: Iterable[Run | str | Path], a: str, b: str, paired_by: str = "
 
     The runs with setting A and the runs with setting B that share a `paired_by` value (a seed: the same data
     order and augmentations) make a pair. A run's value is its best epoch's value of `metric` (max or min per
-    `mode`), or with `final=True` its last epoch's. Runs of A or B that are not finished are listed in
+    `mode`; a metric written `val_loss:min` has its own), or with `final=True` its last epoch's. Runs of A or B that are not finished are listed in
     `unfinished` and complete runs whose partner is missing or unfinished in `unpaired`; none is dropped
     silently. Per metric, over the n pairs' differences d = A - B:
 
@@ -622,14 +623,19 @@ def compare(runs: Iterable[Run | str | Path], a: str, b: str, paired_by: str = "
         runs = load_runs(runs)
     if mode not in ("max", "min"):
         raise RunsError(f"mode must be max or min, got {mode!r}")
-    metrics = [metric] if isinstance(metric, str) else list(metric)
+    metrics = []
+    for spec in [metric] if isinstance(metric, str) else list(metric):
+        name, _, own_mode = spec.partition(":")
+        if own_mode not in ("", "max", "min"):
+            raise RunsError(f"--metric {spec!r}: the suffix after ':' must be max or min")
+        metrics.append((name, own_mode or mode))
     (key_a, want_a), (key_b, want_b) = parse_setting(a, runs), parse_setting(b, runs)
     if key_a == key_b and _matches(want_a, want_b):
         raise RunsError(f"--compare needs two different settings, got {a!r} twice")
     if not any(paired_by in run.params for run in runs):
         raise RunsError(f"--paired-by: unknown key {paired_by!r} (a config key of the runs, such as training.seed)")
     logged = {k for run in runs for r in run.epochs for k in r}
-    for name in metrics:
+    for name, _ in metrics:
         if name not in logged:
             shown = sorted(k for k in logged if k not in ("epoch", "step", "time", "kind"))
             raise RunsError(f"no run logs the metric {name!r} (epoch metrics: {', '.join(shown) or 'none'})")
@@ -669,7 +675,8 @@ def compare(runs: Iterable[Run | str | Path], a: str, b: str, paired_by: str = "
     matched.sort(key=lambda pair: _sort_value(pair[0].params.get(paired_by)))
     left_out = "; ".join(f"{r['run']} ({r['reason']})" for r in unpaired) + "; " * bool(unpaired and unfinished) \
         + "; ".join(f"{r['run']} ({r['status']})" for r in unfinished)
-    results = [_compare_metric(matched, name, paired_by, mode, final, a, b, left_out) for name in metrics]
+    results = [_compare_metric(matched, name, paired_by, own_mode, final, a, b, left_out)
+               for name, own_mode in metrics]
     return Comparison(a=a, b=b, paired_by=paired_by, value="final" if final else "best", mode=mode,
                       metrics=results, unpaired=unpaired, unfinished=unfinished)
 
@@ -717,7 +724,7 @@ def _compare_metric(matched: list[tuple[Run, Run]], metric: str, paired_by: str,
         except ValueError:
             wilcoxon_p = None
     return MetricComparison(
-        metric=metric, pairs=pairs, missing_values=missing, mean_a=mean_std(xs)[0], mean_b=mean_std(ys)[0],
+        metric=metric, mode=mode, pairs=pairs, missing_values=missing, mean_a=mean_std(xs)[0], mean_b=mean_std(ys)[0],
         mean_difference=mean_d, sd_difference=sd_d, ci_low=mean_d - half, ci_high=mean_d + half,
         paired_t=_finite(paired.statistic), paired_p=_finite(paired.pvalue), wilcoxon_p=_finite(wilcoxon_p),
         welch_t=_finite(welch.statistic), welch_p=_finite(welch.pvalue),
@@ -733,8 +740,9 @@ def paired_power(n: int, effect: float, alpha: float = ALPHA) -> float:
     from scipy import stats
 
     critical = stats.t.ppf(1 - alpha / 2, n - 1)
-    noncentrality = effect * math.sqrt(n)
-    return float(stats.nct.sf(critical, n - 1, noncentrality) + stats.nct.cdf(-critical, n - 1, noncentrality))
+    noncentrality = abs(effect) * math.sqrt(n)
+    opposite = float(stats.nct.cdf(-critical, n - 1, noncentrality))   # nan (underflow) for a large effect
+    return float(stats.nct.sf(critical, n - 1, noncentrality)) + (opposite if math.isfinite(opposite) else 0.0)
 
 
 def seeds_for_power(mean_difference: float, sd_difference: float, power: float = POWER,
@@ -770,7 +778,7 @@ def format_comparison(comparison: Comparison, fmt: str = "table") -> str:
     c = comparison
     how = (f"the last epoch's value of each run" if c.value == "final" else
            f"the best epoch's value of each run ({c.mode} over epochs; --final for the last epoch's)")
-    summary = [{"metric": m.metric, "pairs": m.n_pairs, "mean A": _cell(m.mean_a), "mean B": _cell(m.mean_b),
+    summary = [{"metric": m.metric + (f" ({m.mode})" if c.value == "best" and m.mode != c.mode else ""), "pairs": m.n_pairs, "mean A": _cell(m.mean_a), "mean B": _cell(m.mean_b),
                 "A - B": _cell(m.mean_difference),
                 "95% CI": f"[{_cell(m.ci_low)}, {_cell(m.ci_high)}]",
                 "paired t p": _p(m.paired_p), "Wilcoxon p": _p(m.wilcoxon_p), "Welch p (unpaired)": _p(m.welch_p),
