@@ -6,6 +6,8 @@
                                                     # hyper-parameters that differ, best/final val_top1
     groups = group_rows(rows, ["training.seed"])    # seeds folded into mean, std and count
     df = to_dataframe(rows)                         # pandas, when installed
+    result = compare(runs, "optimizer.lr=0.1", "optimizer.lr=0.05", paired_by="training.seed")
+                                                    # paired over seeds: difference, CI, p-values, power
 
 `torchstrap runs` and `torchstrap plot` are built on these. Only `config.json` and the epoch lines of
 `log.jsonl` are parsed for the table (a long log's step lines are skipped unparsed); `arrays.h5` is never read.
