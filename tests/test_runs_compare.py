@@ -7,6 +7,7 @@ statistic is checked against scipy applied here to the values read back from the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
@@ -115,6 +116,14 @@ def test_missing_partner_and_unfinished_run_are_listed(runs_folder):
     assert comparison.metrics[0].n_pairs == 2
 
 
+def test_two_runs_of_one_setting_with_one_seed_are_refused(runs_folder):
+    runs = R.load_runs([runs_folder])
+    twin = dataclasses.replace(next(r for r in runs if r.run_id == "lr0.1-s0"), path=runs_folder / "lr0.1-s0-again")
+    with pytest.raises(R.RunsError, match=r"runs lr0.1-s0, lr0.1-s0-again have optimizer.lr=0.1 and the same "
+                                          r"training.seed \(0\): keep one per training.seed with --filter"):
+        R.compare(runs + [twin], A, B)
+
+
 def test_seeds_for_power_matches_the_published_figures():
     """Paired t, two-sided alpha 0.05, power 0.8: dz = 0.5 needs 34 pairs, dz = 0.8 needs 15 (G*Power)."""
     assert R.seeds_for_power(0.5, 1.0) == 34 and R.seeds_for_power(-0.8, 1.0) == 15
@@ -134,7 +143,8 @@ def test_cli_table_json_markdown(runs_folder, capsys):
     a, b = by_hand(runs_folder, max)
     assert code == 0 and data["metrics"][0]["n_pairs"] == 3
     assert data["metrics"][0]["mean_difference"] == pytest.approx(statistics.mean(x - y for x, y in zip(a, b)))
-    assert [r["run"] for r in data["unpaired"]] == ["lr0.1-s3"] and [r["run"] for r in data["unfinished"]] == ["lr0.05-s4"]
+    assert [r["run"] for r in data["unpaired"]] == ["lr0.1-s3"]
+    assert [r["run"] for r in data["unfinished"]] == ["lr0.05-s4"]
     code, out, _ = cli(capsys, *base, "--format", "markdown")
     lines = out.splitlines()
     assert code == 0 and lines[0].startswith("**A: optimizer.lr=0.1") and "best epoch's value" in lines[0]

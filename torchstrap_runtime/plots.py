@@ -121,7 +121,8 @@ def plot_comparison(comparison, out: str | Path = "compare.png") -> Path:
         ax_pairs.plot([0, 1], [result.mean_a, result.mean_b], color="black", linewidth=2.5, label="mean")
         ax_pairs.set_xticks([0, 1], [f"A: {comparison.a}", f"B: {comparison.b}"])
         ax_pairs.set_xlim(-0.3, 1.3)
-        ax_pairs.set(ylabel=f"{comparison.value} {result.metric}" + (f" ({result.mode})" if comparison.value == "best" else ""),
+        best = f" ({result.mode})" if comparison.value == "best" else ""
+        ax_pairs.set(ylabel=f"{comparison.value} {result.metric}{best}",
                      title=f"{result.metric}: {result.n_pairs} pairs by {comparison.paired_by}")
         ax_pairs.grid(alpha=0.3)
         if result.n_pairs <= 12:

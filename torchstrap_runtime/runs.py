@@ -328,11 +328,12 @@ def sort_rows(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     present = [r for r in rows if r.get(key) is not None]
     missing = [r for r in rows if r.get(key) is None]
 
-    def order(row: dict) -> tuple:
-        value = row[key]
-        return (0, value, "") if _is_number(value) else (1, 0, str(value))
+    return sorted(present, key=lambda row: _sort_value(row[key]), reverse=descending) + missing
 
-    return sorted(present, key=order, reverse=descending) + missing
+
+def _sort_value(value: Any) -> tuple:
+    """Numbers in order, then anything else by its text."""
+    return (0, value, "") if _is_number(value) else (1, 0, str(value))
 
 
 def mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -605,9 +606,9 @@ def compare(runs: Iterable[Run | str | Path], a: str, b: str, paired_by: str = "
 
     The runs with setting A and the runs with setting B that share a `paired_by` value (a seed: the same data
     order and augmentations) make a pair. A run's value is its best epoch's value of `metric` (max or min per
-    `mode`; a metric written `val_loss:min` has its own), or with `final=True` its last epoch's. Runs of A or B that are not finished are listed in
-    `unfinished` and complete runs whose partner is missing or unfinished in `unpaired`; none is dropped
-    silently. Per metric, over the n pairs' differences d = A - B:
+    `mode`; a metric written `val_loss:min` has its own), or with `final=True` its last epoch's. Runs of A or B
+    that are not finished are listed in `unfinished`, complete runs whose partner is missing or unfinished in
+    `unpaired`: none is dropped silently. Per metric, over the n pairs' differences d = A - B:
 
     - mean difference and its 95 % confidence interval, mean ± t(0.975, n-1) · sd / √n;
     - the paired t-test (`scipy.stats.ttest_rel`) and the Wilcoxon signed-rank test (`scipy.stats.wilcoxon`,
@@ -655,8 +656,8 @@ def compare(runs: Iterable[Run | str | Path], a: str, b: str, paired_by: str = "
             raise RunsError(f"--compare: no run has {spec} (values here: {', '.join(values)})")
         for members in sides[side].values():
             if len(members) > 1:
-                raise RunsError(f"runs {', '.join(r.run_id for r in members)} both have {spec} and {paired_by}="
-                                f"{_cell(members[0].params.get(paired_by))}: keep one with --filter")
+                raise RunsError(f"runs {', '.join(r.run_id for r in members)} have {spec} and the same {paired_by} "
+                                f"({_cell(members[0].params.get(paired_by))}): keep one per {paired_by} with --filter")
     labels = {"A": a, "B": b}
     unfinished = [{"run": run.run_id, "setting": labels[side], paired_by: run.params.get(paired_by),
                    "status": run.status, "epochs": run.epochs_done}
@@ -681,10 +682,6 @@ def compare(runs: Iterable[Run | str | Path], a: str, b: str, paired_by: str = "
                for name, own_mode in metrics]
     return Comparison(a=a, b=b, paired_by=paired_by, value="final" if final else "best", mode=mode,
                       metrics=results, unpaired=unpaired, unfinished=unfinished)
-
-
-def _sort_value(value: Any) -> tuple:
-    return (0, value, "") if _is_number(value) else (1, 0, str(value))
 
 
 def run_value(run: Run, metric: str, mode: str = "max", final: bool = False) -> float | None:
@@ -726,7 +723,8 @@ def _compare_metric(matched: list[tuple[Run, Run]], metric: str, paired_by: str,
         except ValueError:
             wilcoxon_p = None
     return MetricComparison(
-        metric=metric, mode=mode, pairs=pairs, missing_values=missing, mean_a=mean_std(xs)[0], mean_b=mean_std(ys)[0],
+        metric=metric, mode=mode, pairs=pairs, missing_values=missing, mean_a=mean_std(xs)[0],
+        mean_b=mean_std(ys)[0],
         mean_difference=mean_d, sd_difference=sd_d, ci_low=mean_d - half, ci_high=mean_d + half,
         paired_t=_finite(paired.statistic), paired_p=_finite(paired.pvalue), wilcoxon_p=_finite(wilcoxon_p),
         welch_t=_finite(welch.statistic), welch_p=_finite(welch.pvalue),
@@ -780,7 +778,8 @@ def format_comparison(comparison: Comparison, fmt: str = "table") -> str:
     c = comparison
     how = (f"the last epoch's value of each run" if c.value == "final" else
            f"the best epoch's value of each run ({c.mode} over epochs; --final for the last epoch's)")
-    summary = [{"metric": m.metric + (f" ({m.mode})" if c.value == "best" and m.mode != c.mode else ""), "pairs": m.n_pairs, "mean A": _cell(m.mean_a), "mean B": _cell(m.mean_b),
+    summary = [{"metric": m.metric + (f" ({m.mode})" if c.value == "best" and m.mode != c.mode else ""),
+                "pairs": m.n_pairs, "mean A": _cell(m.mean_a), "mean B": _cell(m.mean_b),
                 "A - B": _cell(m.mean_difference),
                 "95% CI": f"[{_cell(m.ci_low)}, {_cell(m.ci_high)}]",
                 "paired t p": _p(m.paired_p), "Wilcoxon p": _p(m.wilcoxon_p), "Welch p (unpaired)": _p(m.welch_p),
