@@ -99,3 +99,53 @@ def plot_runs(runs: list, metric: str = "val_top1", x: str = "epoch", out: str |
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def plot_comparison(comparison, out: str | Path = "compare.png") -> Path:
+    """Draw a paired comparison (`torchstrap_runtime.runs.compare`): per metric, one line per pair (seed) from
+    its value under A to its value under B, and beside it the mean difference A - B with its 95 % CI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = comparison.metrics
+    fig, axes = plt.subplots(len(metrics), 2, figsize=(9, 4.2 * len(metrics)), squeeze=False,
+                             gridspec_kw={"width_ratios": [3, 1]})
+    for (ax_pairs, ax_diff), result in zip(axes, metrics):
+        colors = plt.get_cmap("tab10" if result.n_pairs <= 10 else "viridis")
+        for i, pair in enumerate(result.pairs):
+            color = colors(i % 10 if result.n_pairs <= 10 else i / max(result.n_pairs - 1, 1))
+            ax_pairs.plot([0, 1], [pair["a"], pair["b"]], marker="o", color=color, alpha=0.8,
+                          label=f"{comparison.paired_by.split('.')[-1]}={pair['paired']}")
+        ax_pairs.plot([0, 1], [result.mean_a, result.mean_b], color="black", linewidth=2.5, label="mean")
+        ax_pairs.set_xticks([0, 1], [f"A: {comparison.a}", f"B: {comparison.b}"])
+        ax_pairs.set_xlim(-0.3, 1.3)
+        best = f" ({result.mode})" if comparison.value == "best" else ""
+        ax_pairs.set(ylabel=f"{comparison.value} {result.metric}{best}",
+                     title=f"{result.metric}: {result.n_pairs} pairs by {comparison.paired_by}")
+        ax_pairs.grid(alpha=0.3)
+        if result.n_pairs <= 12:
+            ax_pairs.legend(fontsize="small", loc="best", framealpha=0.6)
+        low = result.ci_low if result.ci_low is not None else result.mean_difference
+        high = result.ci_high if result.ci_high is not None else result.mean_difference
+        ax_diff.errorbar([0], [result.mean_difference], yerr=[[result.mean_difference - low],
+                         [high - result.mean_difference]], fmt="o", color="black", capsize=6)
+        ax_diff.scatter([0.25] * result.n_pairs, [p["difference"] for p in result.pairs], color="gray", s=12,
+                        alpha=0.7)
+        ax_diff.axhline(0, color="red", linewidth=1, linestyle="--")
+        ax_diff.set_xticks([0, 0.25], ["mean", "pairs"])
+        ax_diff.set_xlim(-0.4, 0.6)
+        p = result.paired_p
+        ax_diff.set(ylabel="A - B", title="A - B, 95% CI" + (f"\npaired t p={p:.2g}" if p is not None else ""))
+        ax_diff.grid(alpha=0.3)
+    left_out = [f"{r['run']} (no partner)" for r in comparison.unpaired] + \
+        [f"{r['run']} ({r['status']})" for r in comparison.unfinished]
+    if left_out:
+        shown = ", ".join(left_out[:8]) + (f" and {len(left_out) - 8} more" if len(left_out) > 8 else "")
+        fig.text(0.01, 0.005, f"left out: {shown}", fontsize="small", color="dimgray", va="bottom")
+    fig.tight_layout(rect=(0, 0.04 if left_out else 0, 1, 1))
+    out = Path(out)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
