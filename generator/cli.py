@@ -1,5 +1,6 @@
 """`torchstrap` command line: `new`, `update`, `check` (and `demo`, which lives in generator.demo).
 
+    torchstrap --version
     torchstrap new PATH [--template SRC] [--vcs-ref REF] [--defaults] [-d key=value ...]
     torchstrap update [PATH] [--vcs-ref REF] [-d key=value ...] [--trust]
     torchstrap check [PATH] [--template SRC]
@@ -31,6 +32,7 @@ from generator.lifecycle import (
     update_experiment,
 )
 from generator.template_source import ENV_VAR
+from torchstrap_runtime import __version__
 from torchstrap_runtime.command_line import split_options
 from torchstrap_runtime.errors import DEBUG_FLAG, UserError, report
 
@@ -125,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="torchstrap", description="Generate and update torchstrap experiments (see docs/LIFECYCLE.md).",
         epilog=f"exit codes: 0 ok; 1 needs attention (conflicts left, behind the template); 2 error "
                f"({DEBUG_FLAG} or TORCHSTRAP_DEBUG=1 shows its traceback)")
+    parser.add_argument("--version", action="version", version=f"torchstrap {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     new = sub.add_parser("new", help="generate an experiment (a git repository) from the template")

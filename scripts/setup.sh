@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 APT_CMD="apt-get install -y libopencv-dev libturbojpeg0-dev libjpeg-dev pkg-config"
+CONDA_CMD="conda install -c conda-forge opencv libjpeg-turbo pkg-config"
 
 have_system_libs() {
     command -v pkg-config >/dev/null 2>&1 && pkg-config --exists opencv4 && pkg-config --exists libturbojpeg \
@@ -18,8 +19,7 @@ if ! have_system_libs; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive $APT_CMD -qq >/dev/null
     else
-        echo "setup: FFCV and torchstrap's kernels need the system libraries opencv4, libturbojpeg and libjpeg, which pkg-config cannot find." >&2
-        echo "setup: run this, then 'make setup' again:  sudo $APT_CMD" >&2
+        echo "setup: FFCV and torchstrap's kernels need the system libraries opencv4, libturbojpeg and libjpeg, which pkg-config cannot find; install them (Debian/Ubuntu: sudo $APT_CMD; conda: $CONDA_CMD), then run 'make setup' again." >&2
         exit 1
     fi
 fi

@@ -1,3 +1,5 @@
 """torchstrap_runtime: the machinery that generated torchstrap experiments import."""
 
+# The package version, written only here: pyproject.toml reads it (`dynamic`), `torchstrap --version` prints it,
+# and it names the newest release section of CHANGELOG.md (`## v0.1.0`) and the release tag.
 __version__ = "0.1.0"
