@@ -12,7 +12,7 @@ INSTALL_HINT = ("Debian/Ubuntu: sudo apt-get install libopencv-dev libturbojpeg0
 
 
 def missing_system_libraries() -> str | None:
-    """What stops the kernels' build, in words (pkg-config absent, or the libraries it cannot find); None if nothing."""
+    """What stops the kernels' build, in words (no pkg-config, or the libraries it cannot find); None if nothing."""
     if shutil.which("pkg-config") is None:
         return "pkg-config is not installed"
     missing = [name for name in SYSTEM_LIBRARIES
