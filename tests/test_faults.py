@@ -142,6 +142,7 @@ def test_labels_beyond_num_classes_are_refused(experiment):
 
 
 # ---------------------------------------------------------------------- a changed config on resume
+@pytest.mark.slow  # four short trainings
 def test_resume_with_a_changed_config(experiment):
     first = train(experiment, "--logging.run_id", "resumed")
     assert first.returncode == 0, first.stderr[-3000:]
