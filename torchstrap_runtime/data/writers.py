@@ -65,7 +65,7 @@ def check_fits_model(loader: object, image_size: Optional[int], num_classes: Opt
     """BadFileError naming the file when what a torchstrap/FFCV Loader reads does not fit the model: images a
     pipeline decodes at their stored size (`SimpleRGBImageDecoder`) that are not `image_size` px square, or
     stored labels (an int field 'label') outside [0, `num_classes`). Other iterables are not checked."""
-    from ffcv.fields.rgb_image import SimpleRGBImageDecoder as StoredSizeDecoder
+    from ffcv.fields.rgb_image import ResizedCropRGBImageDecoder, SimpleRGBImageDecoder
 
     reader, specs = getattr(loader, "reader", None), getattr(loader, "pipeline_specs", None)
     if reader is None or specs is None:
@@ -73,8 +73,9 @@ def check_fits_model(loader: object, image_size: Optional[int], num_classes: Opt
     fname = getattr(loader, "fname", "the dataset")
     indices = np.asarray(getattr(loader, "indices", np.arange(reader.num_samples)), dtype=np.int64)
     columns = {name: reader.metadata[f"f{position}"][indices] for position, name in enumerate(reader.handlers)}
-    stored_size = {name for name, spec in specs.items()
-                   if isinstance(spec.source, str) and isinstance(spec.decoder, StoredSizeDecoder)}
+    stored_size = {name for name, spec in specs.items() if isinstance(spec.source, str)  # not resized crops
+                   and isinstance(spec.decoder, SimpleRGBImageDecoder)
+                   and not isinstance(spec.decoder, ResizedCropRGBImageDecoder)}
     for name in sorted({specs[n].source for n in stored_size} & set(columns)):
         if image_size is None or not isinstance(reader.handlers[name], RGBImageField) or not len(indices):
             continue
