@@ -175,6 +175,40 @@ def test_resume_with_a_changed_config(experiment):
     assert epochs == [0, 1, 2]
 
 
+class TinyTrainer(Trainer):
+    """A real Trainer on 32 random samples in batches of 8 and a linear model."""
+
+    def initialize_model(self) -> None:
+        self.model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
+
+    def initialize_train_loader(self) -> None:
+        g = torch.Generator().manual_seed(0)
+        x, y = torch.randn(32, 3, 2, 2, generator=g), torch.randint(0, 2, (32,), generator=g)
+        self.train_loader = [(x[i:i + 8], y[i:i + 8]) for i in range(0, 32, 8)]
+
+    def initialize_val_loader(self) -> None:
+        self.val_loader = [(torch.zeros(4, 3, 2, 2), torch.zeros(4, dtype=torch.long))]
+
+
+def test_refused_resume_releases_the_run_and_evaluation_keeps_the_record(tmp_path):
+    reset_config(keep_sections=True)
+    set_values({"logging.folder": str(tmp_path), "logging.progress": False, "model.num_classes": 2,
+                "training.epochs": 1, "logging.run_id": "kept"})
+    try:
+        TinyTrainer().run()
+        record = (tmp_path / "kept" / "config.json").read_text()
+        set_values({"optimizer.lr": 0.01, "optimizer.momentum": 0.5})
+        with pytest.raises(UserError, match=r"differ from its config.json: optimizer.lr \(0.1 -> 0.01\), "
+                                            r"optimizer.momentum \(0.9 -> 0.5\); rerun with the recorded values"):
+            TinyTrainer()
+        assert not (tmp_path / "kept" / "run.lock").exists()
+        set_values({"optimizer.lr": 0.1, "optimizer.momentum": 0.9, "training.eval_only": True})
+        TinyTrainer().run()  # evaluating the run: allowed, and its config.json stays as it trained
+        assert (tmp_path / "kept" / "config.json").read_text() == record
+    finally:
+        reset_config(keep_sections=True)
+
+
 # ---------------------------------------------------------------------- smaller ones
 def test_yaml_key_given_twice(experiment, tmp_path):
     config = tmp_path / "twice.yaml"

@@ -108,8 +108,9 @@ def resumable(key: str) -> bool:
 
 def config_changes(run_dir: Path, resume_changed: bool) -> dict[str, list]:
     """`{key: [recorded, now]}` of the values a resuming run (one with checkpoints/last.pt) changes from its
-    config.json. Any key outside `RESUMABLE_KEYS` is refused with a UserError listing them, unless
-    `resume_changed` (training.resume_changed). {} when the run does not resume or config.json is unreadable."""
+    config.json (keys both declare). Any key outside `RESUMABLE_KEYS` is refused with a UserError listing them,
+    unless `resume_changed` (training.resume_changed). {} when the run does not resume or config.json is
+    unreadable."""
     record_path = Path(run_dir) / CONFIG_FILE
     if not last_checkpoint(run_dir).exists() or not record_path.exists():
         return {}
@@ -118,8 +119,8 @@ def config_changes(run_dir: Path, resume_changed: bool) -> dict[str, list]:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
     now = flat_config(config_as_dict())
-    changes = {key: [recorded.get(key), now.get(key)] for key in sorted(set(recorded) | set(now))
-               if recorded.get(key) != now.get(key)}
+    # a key only one side has (declared since the run started, e.g. by a template update) is not compared
+    changes = {key: [recorded[key], now[key]] for key in sorted(set(recorded) & set(now)) if recorded[key] != now[key]}
     refused = [key for key in changes if not resumable(key)]
     if refused and not resume_changed:
         listed = ", ".join(f"{key} ({changes[key][0]!r} -> {changes[key][1]!r})" for key in refused)

@@ -209,7 +209,7 @@ class TrainerBase:
         if not (self.run_dir / CONFIG_FILE).exists():
             write_json_atomic(self.run_dir / CONFIG_FILE, run_record(type(self), self.train_loader, self.world_size))
         self.mirrors = open_mirrors(self.run_dir, self.step if self.checkpoint_path.exists() else None)
-        if self.config_changes:
+        if self.config_changes and not self.eval_only:  # evaluating a run leaves its record as it trained
             record_config_changes(self.run_dir, self.config_changes, self.epoch, self.step)
             self.log({"kind": "config_change", "changed": self.config_changes})
             print("resuming with changed values: " + ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new)
