@@ -232,12 +232,16 @@ class TrainerBase:
         if self.train_loader is not None and limited_len(self.train_loader, self.limit_train_batches) == 0:
             size, batch = self.train_set_size, getattr(self.train_loader, "batch_size", None)
             name = getattr(self.train_loader, "fname", None)
-            held = f"the training set{f' {name}' if name else ''} has {size} samples" if size is not None \
-                else "the training loader has no batch"
-            per_rank = f" ({size // self.world_size} per process)" if size is not None and self.world_size > 1 else ""
-            raise UserError(f"{held}{per_rank}, fewer than data.batch_size {batch}: with drop_last every epoch "
-                            f"would have no training step; set data.batch_size to at most "
-                            f"{(size or 0) // self.world_size or 1}")
+            where = f"the training set{f' {name}' if name else ''}"
+            if size == 0:
+                raise UserError(f"{where} has no samples: there is nothing to train on")
+            if size is None or batch is None:
+                raise UserError("the training loader has no batch: there is nothing to train on")
+            per_rank = size // self.world_size
+            shown = f"{size} samples" + (f" ({per_rank} per process)" if self.world_size > 1 else "")
+            most = f"; set data.batch_size to at most {per_rank}" if per_rank else ""
+            raise UserError(f"{where} has {shown}, fewer than data.batch_size {batch}: with drop_last every epoch "
+                            f"would have no training step{most}")
         image_size, num_classes = config_value("data.image_size"), config_value("model.num_classes")
         for loader in (self.train_loader, getattr(self, "val_loader", None)):
             if hasattr(loader, "reader") and hasattr(loader, "pipeline_specs"):
