@@ -48,6 +48,8 @@ class DtypeTrainer(TinyTrainer):
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 def test_amp_computes_in_the_chosen_dtype_and_scales_only_float16_on_cuda(dtype):
+    if dtype == "float16" and not torch.cuda.is_available():
+        pytest.skip("float16 needs CUDA: refused on the CPU (tests/test_faults.py::test_float16_on_the_cpu)")
     set_values({"training.dtype": dtype, "training.epochs": 1})
     trainer = DtypeTrainer()
     trainer.run()

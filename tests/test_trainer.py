@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from torchstrap_runtime.config import reset_config, set_values
+from torchstrap_runtime.errors import UserError
 from torchstrap_runtime.loggers import read_hdf5, read_log
 from torchstrap_runtime.checkpoint import load_torch
 from torchstrap_runtime.trainer import MEASURED_KEYS, Trainer
@@ -213,6 +214,10 @@ def test_interrupted_run_resumes_exactly(tmp_path):
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_amp_dtypes_train(dtype):
     set_values({"training.dtype": dtype, "training.epochs": 1})
+    if dtype == "float16" and not torch.cuda.is_available():  # its loss scaling needs CUDA: refused on the CPU
+        with pytest.raises(UserError, match="training.dtype float16 needs a CUDA GPU"):
+            TinyTrainer()
+        return
     record = TinyTrainer().run()
     assert np.isfinite(record["train_loss"]) and np.isfinite(record["val_loss"])
 

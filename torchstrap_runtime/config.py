@@ -34,7 +34,7 @@ import math
 import os
 import pkgutil
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -59,18 +59,48 @@ class ConfigError(UserError, ValueError):
     """A bad, missing or unknown config value; the message says which key, what was given, what was expected."""
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that gives the same key twice (YAML would keep the last value)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, Hashable) and key in seen:
+                raise DuplicateKeyError(f"key {key!r} is given twice, at lines {seen[key]} and {line} (keep one)")
+            if isinstance(key, Hashable):
+                seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def parse_text(text: str) -> Any:
-    """The value in a JSON or YAML text: a config file, or a mapping or list given on the command line."""
+    """The value in a JSON or YAML text: a config file, or a mapping or list given on the command line.
+    A key given twice in one mapping is refused."""
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=unique_keys)
     except json.JSONDecodeError:
         pass
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ValueError(f"neither JSON nor YAML ({getattr(e, 'problem', None) or e}{where})") from None
+
+
+class DuplicateKeyError(ValueError):
+    """A JSON or YAML mapping gives the same key twice."""
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object's pairs as a dict; a key given twice is refused (ValueError naming it)."""
+    result: dict = {}
+    for key, value in pairs:
+        if key in result:
+            raise DuplicateKeyError(f"key {key!r} is given twice in one JSON object (keep one)")
+        result[key] = value
+    return result
 
 
 class Checker(fv.Checker):

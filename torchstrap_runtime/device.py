@@ -12,6 +12,7 @@ from torch import nn
 
 from .config import param
 from .distributed import convert_sync_batchnorm, has_batchnorm
+from .errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # training.dtype
 
@@ -21,12 +22,43 @@ def choose_device(device: str, local_rank: int) -> torch.device:
     a plain 'cuda' is this process's GPU. A CUDA device becomes the current one."""
     if device == "auto":
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    chosen = torch.device(device)
+    chosen = checked_device(device)
     if chosen.type == "cuda" and chosen.index is None:
         chosen = torch.device("cuda", local_rank % torch.cuda.device_count())
     if chosen.type == "cuda":
         torch.cuda.set_device(chosen)
     return chosen
+
+
+DEVICE_RULE = "expected 'auto', 'cpu', 'cuda' or 'cuda:<index>'"
+
+
+def checked_device(device: str) -> torch.device:
+    """`training.device` as a torch.device this machine has; a UserError saying what it has otherwise."""
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"training.device {device!r} is not a device: {DEVICE_RULE}") from None
+    if chosen.type == "mps" and torch.backends.mps.is_available():
+        return chosen
+    if chosen.type not in ("cpu", "cuda") or (chosen.type == "cpu" and chosen.index not in (None, 0)):
+        raise UserError(f"training.device {device!r} is not a device this machine trains on: {DEVICE_RULE}")
+    if chosen.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"training.device is {device!r} but this machine has no CUDA GPU that torch can use; "
+                            f"use 'auto' or 'cpu'")
+        if chosen.index is not None and chosen.index >= count:
+            raise UserError(f"training.device is {device!r} but this machine has {count} GPU"
+                            f"{'s' if count > 1 else ''} (cuda:0 to cuda:{count - 1})")
+    return chosen
+
+
+def check_dtype(device: torch.device, dtype: str) -> None:
+    """float16 training needs CUDA (its loss scaling, the GradScaler, runs only there): a UserError otherwise."""
+    if dtype == "float16" and device.type != "cuda":
+        raise UserError(f"training.dtype float16 needs a CUDA GPU (loss scaling runs only there) but training "
+                        f"runs on {device.type}; use bfloat16 or float32")
 
 
 def grad_scaler(device: torch.device, dtype: torch.dtype) -> torch.amp.GradScaler:
@@ -52,6 +84,7 @@ def prepare_model(model: nn.Module, local_rank: int, world_size: int, device: st
     memory format if asked; with several processes its BatchNorms synchronised (`sync_bn`: torch's SyncBatchNorm
     on CUDA, GlobalBatchNorm on CPU) and wrapped in DDP; compiled with `training.compile`."""
     chosen = choose_device(device, local_rank)
+    check_dtype(chosen, dtype)
     model = model.to(chosen)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

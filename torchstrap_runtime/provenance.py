@@ -4,6 +4,8 @@ the config files read, seeds, versions, the experiment's git state, the command)
 from __future__ import annotations
 
 import datetime
+import fnmatch
+import json
 import secrets
 import subprocess
 import sys
@@ -16,6 +18,11 @@ import torch
 from . import __version__
 from .config import config_as_dict, config_files
 from .distributed import slurm_job_id
+from .errors import UserError
+from .run_folder import CONFIG_FILE, last_checkpoint, write_json_atomic
+
+# keys a run may resume with changed: they do not change what the steps already taken computed
+RESUMABLE_KEYS = ("training.epochs", "training.eval_only", "training.resume_changed", "data.num_workers", "logging.*")
 
 
 def new_run_id() -> str:
@@ -85,3 +92,51 @@ def git_state(repo: Path | None) -> dict[str, Any]:
     if commit.returncode != 0:
         return {"commit": None, "dirty": None}
     return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def flat_config(config: dict) -> dict[str, Any]:
+    """`{"section.key": value}` of a nested config, values as config.json stores them (a JSON round trip)."""
+    config = json.loads(json.dumps(config, default=str))
+    return {f"{section}.{key}": value for section, params in config.items() if isinstance(params, dict)
+            for key, value in params.items()}
+
+
+def resumable(key: str) -> bool:
+    """Whether `key` may differ from the run's config.json when the run resumes (`RESUMABLE_KEYS`)."""
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in RESUMABLE_KEYS)
+
+
+def config_changes(run_dir: Path, resume_changed: bool) -> dict[str, list]:
+    """`{key: [recorded, now]}` of the values a resuming run (one with checkpoints/last.pt) changes from its
+    config.json (keys both declare). Any key outside `RESUMABLE_KEYS` is refused with a UserError listing them,
+    unless `resume_changed` (training.resume_changed). {} when the run does not resume or config.json is
+    unreadable."""
+    record_path = Path(run_dir) / CONFIG_FILE
+    if not last_checkpoint(run_dir).exists() or not record_path.exists():
+        return {}
+    try:
+        recorded = flat_config(json.loads(record_path.read_text())["config"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+    now = flat_config(config_as_dict())
+    # a key only one side has (declared since the run started, e.g. by a template update) is not compared
+    changes = {key: [recorded[key], now[key]] for key in sorted(set(recorded) & set(now)) if recorded[key] != now[key]}
+    refused = [key for key in changes if not resumable(key)]
+    if refused and not resume_changed:
+        listed = ", ".join(f"{key} ({changes[key][0]!r} -> {changes[key][1]!r})" for key in refused)
+        raise UserError(f"run {run_dir} resumes with values that differ from its {CONFIG_FILE}: {listed}; rerun "
+                        f"with the recorded values, choose another logging.run_id, or set training.resume_changed "
+                        f"true to resume with them (recorded in {CONFIG_FILE})")
+    return changes
+
+
+def record_config_changes(run_dir: Path, changes: dict[str, list], epoch: int, step: int) -> None:
+    """Write the resumed run's current values into its config.json, and append `changes` (with the epoch and
+    step they apply from) to its "resumed_with_changes" list."""
+    path = Path(run_dir) / CONFIG_FILE
+    record = json.loads(path.read_text())
+    record["config"] = config_as_dict()
+    record.setdefault("resumed_with_changes", []).append(
+        {"epoch": epoch, "step": step, "time": datetime.datetime.now().isoformat(timespec="seconds"),
+         "changed": changes})
+    write_json_atomic(path, record)

@@ -41,9 +41,22 @@ CSV_DIR = "csv"
 MLRUNS_DIR = "mlruns"   # beside the run folders, shared by them
 
 
+RUN_ID_RULE = ("a run id is a folder name: no '/' or '\\', not '.' or '..', not absolute, no control "
+               "characters")
+
+
+def check_run_id(run_id: str) -> str:
+    """`run_id` when it names one folder inside logging.folder; a UserError stating the rule otherwise."""
+    bad = (not run_id.strip() or run_id in (".", "..") or "/" in run_id or "\\" in run_id
+           or os.path.isabs(run_id) or any(ord(c) < 32 or ord(c) == 127 for c in run_id))
+    if bad:
+        raise UserError(f"logging.run_id {run_id!r} is refused: {RUN_ID_RULE}")
+    return run_id
+
+
 def run_path(folder: str | os.PathLike, run_id: str) -> Path:
-    """The run folder of `logging.folder` and `logging.run_id`."""
-    return Path(folder) / run_id
+    """The run folder of `logging.folder` and `logging.run_id` (`check_run_id`: it stays inside the folder)."""
+    return Path(folder) / check_run_id(run_id)
 
 
 def last_checkpoint(run_dir: Path) -> Path:

@@ -22,6 +22,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,13 +177,27 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
+def read_record(path: Path) -> dict[str, Any]:
+    """A run's config.json ({} when missing); one warning line on stderr when it is there but unreadable."""
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        print(f"warning: {path} cannot be read ({type(error).__name__}), its run shows no config values",
+              file=sys.stderr)
+        return {}
+    if not isinstance(record, dict):
+        print(f"warning: {path} holds a JSON {type(record).__name__}, not a run record: its run shows no config "
+              f"values", file=sys.stderr)
+        return {}
+    return record
+
+
 def load_run(path: str | Path) -> Run:
     """Read one run folder (config.json, the epoch lines of log.jsonl, the lock, the checkpoint's presence)."""
     path = Path(path)
-    try:
-        record = json.loads((path / CONFIG_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        record = {}
+    record = read_record(path / CONFIG_FILE)
     epochs, end, last_time, wall = scan_log(path / LOG_FILE)
     try:
         log_mtime = (path / LOG_FILE).stat().st_mtime

@@ -11,7 +11,7 @@ from .config import Bool, Dict, Float, Int, ListOf, ListOfInt, OneOf, OptionalIn
 from .device import DTYPES
 from .mirrors import BACKENDS
 from .optim import OPTIMIZERS, SCHEDULERS
-from .run_folder import LOG_FILE
+from .run_folder import CONFIG_FILE, LOG_FILE
 
 
 def declare_standard_sections() -> None:
@@ -31,6 +31,9 @@ def declare_standard_sections() -> None:
         fast_dev_run=Param(Bool(), "one train and one val batch, no logs or checkpoints written", default=False),
         patience=Param(Int(min=0), "stop after this many epochs without a better logging.monitor (0 = off)", default=0),
         stop_on_nan=Param(Bool(), "stop the run when the training loss is not finite", default=True),
+        resume_changed=Param(Bool(), f"resume a run with values that differ from its {CONFIG_FILE} (recorded there); "
+                             "without it only training.epochs, eval_only, data.num_workers and logging.* may change",
+                             default=False),
     )
     Section("model", "the network").params(
         name=Param(Str(), "model name (see the experiment's models.py)", default="mlp"),

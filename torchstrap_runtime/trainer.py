@@ -33,6 +33,7 @@ from .best import best_checkpoints
 from .config import param
 from .distributed import all_reduce_sums, drop_padding, setup_distributed
 from .ema import ema_copy, update_ema
+from .errors import UserError
 from .metrics import ClassificationSums, means, new_sums
 from .optim import PER_EPOCH_SCHEDULERS, build_optimizer, build_scheduler, parameter_groups
 from .trainer_base import NonFiniteLoss, TrainerBase  # noqa: F401  (NonFiniteLoss: raised by the loop)
@@ -70,6 +71,7 @@ class Trainer(TrainerBase):
         if not self.eval_only:
             self.initialize_train_loader()
         self.initialize_val_loader()
+        self.check_loaders()  # a training epoch with no step, a dataset that does not fit the model
         if not self.eval_only:
             self.initialize_optimizer()
             self.initialize_scheduler()
@@ -362,6 +364,9 @@ class Trainer(TrainerBase):
                     self.close_progress_bar()
                     return False
         self.close_progress_bar()
+        if self.batch_index == 0:  # an iterable without a length that yields nothing: no step, never "finished"
+            raise UserError(f"the training loader gave no batch in epoch {self.epoch + 1}: nothing was trained "
+                            f"(is the training set empty, or smaller than data.batch_size with drop_last?)")
         elapsed = max(time.perf_counter() - started, 1e-9)
         self.epoch_record.update(images_per_s=samples * self.world_size / elapsed, data_wait_share=waited / elapsed,
                                  peak_memory_mb=dev.peak_memory_mb(self.device))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +22,25 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from . import device as dev
-from .batches import limited_len
-from .config import param
+from .batches import limited_len, safe_len
+from .config import ConfigError, get_value, param
+from .errors import UserError
 from .distributed import all_reduce_sums, any_rank, broadcast_object
 from .ema import swapped_in
 from .loggers import HDF5Logger, JSONLogger
 from .mirrors import Mirrors, open_mirrors
 from .progress import print_epoch_line, print_run_summary, progress_bar
-from .provenance import new_run_id, run_record
+from .provenance import config_changes, new_run_id, record_config_changes, run_record
 from .run_folder import (CONFIG_FILE, HDF5_FILE, LOG_FILE, RunLock, create_run_folder, last_checkpoint, run_path,
                          write_json_atomic)
+
+
+def config_value(key: str):
+    """The value of `key`, or None when the experiment declares no such key."""
+    try:
+        return get_value(key)
+    except ConfigError:
+        return None
 
 
 class NonFiniteLoss(RuntimeError):
@@ -47,6 +57,7 @@ class TrainerBase:
     mirrors: Mirrors | None = None
     progress_bar = None
     run_lock: RunLock | None = None
+    config_changes: dict[str, list] = {}    # values a resumed run changed from its config.json (make_run_dir)
     completed = False                       # run() returned without a stop request (the mirrors' end state)
 
     # ------------------------------------------------------------------ what the hooks call
@@ -173,13 +184,21 @@ class TrainerBase:
     # ------------------------------------------------------------------ the run folder: logs, progress, the end
     @param("logging.folder")
     @param("logging.run_id")
-    def make_run_dir(self, folder: str, run_id: str) -> Path:
-        """`<logging.folder>/<logging.run_id>/` (a fresh id is generated when none is given), locked by rank 0."""
+    @param("training.resume_changed")
+    def make_run_dir(self, folder: str, run_id: str, resume_changed: bool) -> Path:
+        """`<logging.folder>/<logging.run_id>/` (a fresh id is generated when none is given), locked by rank 0.
+        A run that resumes is compared with its config.json (`provenance.config_changes`)."""
         if not run_id:
             run_id = broadcast_object(new_run_id())  # every rank must agree on the generated id
         run_dir = run_path(folder, run_id)
         if self.is_main:
             self.run_lock = create_run_folder(run_dir)  # a second process on this run is refused
+        try:
+            self.config_changes = config_changes(run_dir, resume_changed)
+        except BaseException:
+            if self.run_lock is not None:
+                self.run_lock.release()
+            raise
         return run_dir
 
     def open_logs(self) -> None:
@@ -190,6 +209,45 @@ class TrainerBase:
         if not (self.run_dir / CONFIG_FILE).exists():
             write_json_atomic(self.run_dir / CONFIG_FILE, run_record(type(self), self.train_loader, self.world_size))
         self.mirrors = open_mirrors(self.run_dir, self.step if self.checkpoint_path.exists() else None)
+        if self.config_changes and not self.eval_only:  # evaluating a run leaves its record as it trained
+            record_config_changes(self.run_dir, self.config_changes, self.epoch, self.step)
+            self.log({"kind": "config_change", "changed": self.config_changes})
+            print("resuming with changed values: " + ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new)
+                                                               in self.config_changes.items()), file=sys.stderr)
+
+    # ------------------------------------------------------------------ what the loaders give
+    @property
+    def train_set_size(self) -> int | None:
+        """Samples in the training set (a torchstrap/FFCV Loader's indices, a DataLoader's dataset), or None."""
+        loader = self.train_loader
+        for sized in (getattr(loader, "indices", None), getattr(loader, "dataset", None)):
+            if sized is not None and safe_len(sized) is not None:
+                return len(sized)
+        return None
+
+    def check_loaders(self) -> None:
+        """Before training: refuse a training loader with no batch per epoch (a batch larger than the training
+        set with drop_last), and a dataset that does not fit the model (`data.check_fits_model`: image size,
+        label range; torchstrap/FFCV Loaders only)."""
+        if self.train_loader is not None and limited_len(self.train_loader, self.limit_train_batches) == 0:
+            size, batch = self.train_set_size, getattr(self.train_loader, "batch_size", None)
+            name = getattr(self.train_loader, "fname", None)
+            where = f"the training set{f' {name}' if name else ''}"
+            if size == 0:
+                raise UserError(f"{where} has no samples: there is nothing to train on")
+            if size is None or batch is None:
+                raise UserError("the training loader has no batch: there is nothing to train on")
+            per_rank = size // self.world_size
+            shown = f"{size} samples" + (f" ({per_rank} per process)" if self.world_size > 1 else "")
+            most = f"; set data.batch_size to at most {per_rank}" if per_rank else ""
+            raise UserError(f"{where} has {shown}, fewer than data.batch_size {batch}: with drop_last every epoch "
+                            f"would have no training step{most}")
+        image_size, num_classes = config_value("data.image_size"), config_value("model.num_classes")
+        for loader in (self.train_loader, getattr(self, "val_loader", None)):
+            if hasattr(loader, "reader") and hasattr(loader, "pipeline_specs"):
+                from .data.writers import check_fits_model
+
+                check_fits_model(loader, image_size, num_classes)
 
     def make_progress_bar(self, description: str, total: int | None = None, initial: int = 0):
         """A tqdm bar on rank 0 when `logging.progress` is on, else None."""

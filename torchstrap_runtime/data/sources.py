@@ -9,6 +9,7 @@ numpy types the official files use.
 """
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import pickle
@@ -45,12 +46,14 @@ CIFAR = {
     },
 }
 # The only globals in the official pickles (written by Python 2 with numpy); numpy 2 renamed numpy.core.
+# Python 3 writes bytes under pickle protocol 2 as `_codecs.encode(text, "latin1")`.
 _reconstruct = (np._core if hasattr(np, "_core") else np.core).multiarray._reconstruct
 ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): codecs.encode,
 }
 
 
@@ -61,7 +64,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         try:
             return ALLOWED_GLOBALS[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"refused global {module}.{name} (only numpy arrays are allowed)") from None
+            raise pickle.UnpicklingError(f"refused global {module}.{name} (only numpy arrays and bytes are allowed)") from None
 
 
 def load_pickle(data: bytes, where: str) -> dict:

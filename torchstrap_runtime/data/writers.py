@@ -61,6 +61,38 @@ def beton_info(path: PathLike) -> Tuple[int, List[str]]:
     return int(reader.num_samples), list(reader.field_names)
 
 
+def check_fits_model(loader: object, image_size: Optional[int], num_classes: Optional[int]) -> None:
+    """BadFileError naming the file when what a torchstrap/FFCV Loader reads does not fit the model: images a
+    pipeline decodes at their stored size (`SimpleRGBImageDecoder`) that are not `image_size` px square, or
+    stored labels (an int field 'label') outside [0, `num_classes`). Other iterables are not checked."""
+    from ffcv.fields.rgb_image import ResizedCropRGBImageDecoder, SimpleRGBImageDecoder
+
+    reader, specs = getattr(loader, "reader", None), getattr(loader, "pipeline_specs", None)
+    if reader is None or specs is None:
+        return
+    fname = getattr(loader, "fname", "the dataset")
+    indices = np.asarray(getattr(loader, "indices", np.arange(reader.num_samples)), dtype=np.int64)
+    columns = {name: reader.metadata[f"f{position}"][indices] for position, name in enumerate(reader.handlers)}
+    stored_size = {name for name, spec in specs.items() if isinstance(spec.source, str)  # not resized crops
+                   and isinstance(spec.decoder, SimpleRGBImageDecoder)
+                   and not isinstance(spec.decoder, ResizedCropRGBImageDecoder)}
+    for name in sorted({specs[n].source for n in stored_size} & set(columns)):
+        if image_size is None or not isinstance(reader.handlers[name], RGBImageField) or not len(indices):
+            continue
+        sizes = {(int(h), int(w)) for h, w in zip(columns[name]["height"], columns[name]["width"])}
+        if sizes != {(image_size, image_size)}:
+            shown = ", ".join(f"{h}x{w}" for h, w in sorted(sizes)[:3]) + (" ..." if len(sizes) > 3 else "")
+            raise BadFileError(f"{fname} stores {shown} px images (field {name!r}), which the pipeline uses at "
+                               f"their stored size, but data.image_size is {image_size}: write the dataset at "
+                               f"{image_size} px or set data.image_size to its size")
+    label = columns.get("label")
+    if num_classes is not None and label is not None and isinstance(reader.handlers["label"], IntField) \
+            and len(label) and (label.min() < 0 or label.max() >= num_classes):
+        raise BadFileError(f"{fname} stores labels from {label.min()} to {label.max()} (field 'label') but "
+                           f"model.num_classes is {num_classes} (labels 0 to {num_classes - 1}): set "
+                           f"model.num_classes to at least {label.max() + 1}, or check the dataset")
+
+
 # ---------------------------------------------------------------------- writing
 class ArrayDataset:
     """Indexable view of aligned per-sample arrays, as FFCV's writer wants it."""
@@ -216,14 +248,20 @@ def list_image_folder(src_folder: PathLike) -> Tuple[List[Path], List[int], List
     classes = sorted(p.name for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise ValueError(f"image folder {src} has no class subfolders (expected {src}/<class>/<image>)")
-    files, labels = [], []
+    files, labels, empty = [], [], []
     for label, name in enumerate(classes):
         found = sorted(p for p in (src / name).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         files += found
         labels += [label] * len(found)
+        if not found:
+            empty.append(name)
     if not files:
         raise ValueError(f"image folder {src} has class subfolders {classes} but no images "
                          f"({', '.join(IMAGE_SUFFIXES)})")
+    if empty:  # a class with no image would still get a label and an output of the model
+        raise ValueError(f"image folder {src}: the class folder{'s' if len(empty) > 1 else ''} "
+                         f"{', '.join(str(src / name) for name in empty)} hold{'' if len(empty) > 1 else 's'} no "
+                         f"image ({', '.join(IMAGE_SUFFIXES)}); add images or remove the folder")
     return files, labels, classes
 
 
