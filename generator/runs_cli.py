@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -81,7 +82,8 @@ def _runs_command(args: argparse.Namespace) -> int:
         rows = runs_api.group_rows(rows, args.group_by)
     if args.sort:
         rows = runs_api.sort_rows(rows, args.sort)
-    print(runs_api.format_rows(rows, args.format))
+    width = shutil.get_terminal_size().columns if args.format == "table" else None
+    print(runs_api.format_rows(rows, args.format, width=width))
     return 0
 
 
