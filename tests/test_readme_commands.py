@@ -8,7 +8,9 @@ runs them: test_demo.py, and this very suite). Blocks that need a cluster, a dow
 fenced ```sh, listings and diagrams ```text: they are illustrations, not run.
 
 README.md's ```python examples run each in a fresh interpreter in the scratch folder when they are
-self-contained (they begin unindented); an indented excerpt of a class is compiled only.
+self-contained (they begin unindented); an indented excerpt of a class is compiled only. The `torchstrap runs`
+and `torchstrap plot` lines of the sh blocks run on a runs/ folder of real toy runs (two learning rates x two
+seeds), as a user with runs of their own would type them.
 """
 
 from __future__ import annotations
@@ -103,3 +105,34 @@ def test_docs_python_examples_compile():
 def test_the_runnable_lines_leave_out_only_what_the_suite_runs():
     assert runnable_lines("make demo   # set up\nmake test   # the suite\ncd ../x\n") == ["cd ../x"]
     assert os.path.isfile(CHECKOUT / "tests" / "test_demo.py")
+
+
+@pytest.fixture(scope="module")
+def seeded_runs(tmp_path_factory) -> Path:
+    """A folder holding runs/: two learning rates (0.1 and 0.05) x two seeds of test_runs' toy trainer."""
+    from torchstrap_runtime import launcher
+
+    import test_cluster_toy as toy
+    from test_runs import toy_config
+
+    folder = tmp_path_factory.mktemp("user")
+    for lr in (0.1, 0.05):
+        for seed in (0, 1):
+            config = toy_config(folder / "runs", f"lr{lr}-s{seed}", lr, seed)
+            assert launcher.run_training(config, toy.TRAINER)["finished"]
+    return folder
+
+
+def test_runs_and_plot_examples_work_on_real_runs(seeded_runs, monkeypatch, capsys):
+    """The `torchstrap runs` / `torchstrap plot` lines of every sh block, on a runs/ folder of seeded runs."""
+    from generator.cli import main
+
+    commands = [shlex.split(line, comments=True) for document in DOCUMENTS
+                for language, text in fenced_blocks(document) if language == "sh"
+                for line in text.splitlines() if line.startswith(("torchstrap runs", "torchstrap plot"))]
+    assert len(commands) >= 8
+    monkeypatch.chdir(seeded_runs)
+    for argv in commands:
+        code = main(argv[1:])
+        captured = capsys.readouterr()
+        assert code == 0, f"{shlex.join(argv)}: {captured.err}"
