@@ -111,3 +111,12 @@ def test_plot_legend_fits_without_a_warning(experiments, tmp_path, capsys):
     assert main(["plot", str(experiments / "vision-idea" / "runs"), "--out", str(tmp_path / "cli.png")]) == 0
     captured = capsys.readouterr()
     assert "Tight layout" not in captured.err and (tmp_path / "cli.png").stat().st_size > 10_000
+
+
+def test_experiments_of_the_same_name_show_their_folders(experiments, tmp_path):
+    import shutil
+
+    for place in ("lab", "home"):
+        shutil.copytree(experiments / "vision-idea" / "runs" / "base", tmp_path / place / "idea" / "runs" / "base")
+    rows = R.runs_table(R.load_runs([tmp_path / "home" / "idea" / "runs", tmp_path / "lab" / "idea" / "runs"]))
+    assert [row["experiment"] for row in rows] == [str((tmp_path / p / "idea").resolve()) for p in ("home", "lab")]

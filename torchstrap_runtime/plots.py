@@ -54,13 +54,14 @@ def plot_runs(runs: list, metric: str = "val_top1", x: str = "epoch", out: str |
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from .runs import RunsError, _key, differing_keys, experiment_name, read_curve
+    from .runs import RunsError, _key, differing_keys, experiment_names, read_curve
 
     keys = [k for k in differing_keys(runs) if k not in (fold or [])]
     several = len({run.path.resolve().parent for run in runs}) > 1
+    experiments = experiment_names(runs)
     groups: dict[str, list] = {}
     for run in runs:
-        experiment = experiment_name(run) if several else None
+        experiment = experiments[run.path] if several else None
         groups.setdefault(_key([experiment] + [run.params.get(k) for k in keys]), []).append(run)
     labels, key_legend = curve_labels([members[0] for members in groups.values()], keys, several)
     fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
@@ -116,12 +117,12 @@ def curve_labels(runs: list, keys: list[str], with_experiment: bool = False) -> 
     """One label per run (a curve): its values of `keys` under their short names (`lr=0.1`, long values shortened,
     lines wrapped to fit below the axes), after its experiment when asked; and the legend of the short names
     (`lr = optimizer.lr`)."""
-    from .runs import _cell, _shorten, experiment_name, short_names
+    from .runs import _cell, _shorten, experiment_names, short_names
 
-    names = short_names(keys)
+    names, experiments = short_names(keys), experiment_names(runs)
     labels = []
     for run in runs:
-        parts = [experiment_name(run)] if with_experiment else []
+        parts = [_shorten(experiments[run.path], 40)] if with_experiment else []
         parts += [f"{names[k]}={_shorten(_cell(run.params.get(k)), 40)}" for k in keys]
         labels.append("\n".join(textwrap.wrap(", ".join(parts), LEGEND_CHARS - 10)) or run.run_id)
     return labels, [f"{names[k]} = {k}" for k in keys if names[k] != k]

@@ -268,6 +268,15 @@ def experiment_name(run: Run) -> str:
     return folder.parent.name if folder.name == "runs" and folder.parent.name else folder.name
 
 
+def experiment_names(runs: list[Run]) -> dict[Path, str]:
+    """`experiment_name` of each run (by its path); where two different folders share a name, the folder's path."""
+    folders = {run.path: run.path.resolve().parent for run in runs}
+    names = {run.path: experiment_name(run) for run in runs}
+    shared = {name for name in names.values() if len({folders[p] for p, other in names.items() if other == name}) > 1}
+    return {path: str(folders[path].parent if folders[path].name == "runs" else folders[path]) if name in shared
+            else name for path, name in names.items()}
+
+
 def runs_table(runs: list[Run], metric: str = "val_top1", mode: str = "max",
                keys: list[str] | None = None) -> list[dict[str, Any]]:
     """One dict per run: experiment (when the runs come from more than one), run, status, epochs, wall_s, the
@@ -277,7 +286,7 @@ def runs_table(runs: list[Run], metric: str = "val_top1", mode: str = "max",
         raise RunsError(f"mode must be max or min, got {mode!r}")
     keys = [k for k in (differing_keys(runs) if keys is None else keys) if k != "logging.tags"]
     tagged = any(run.params.get("logging.tags") for run in runs)
-    experiments = {run.path: experiment_name(run) for run in runs}
+    experiments = experiment_names(runs)
     several = len({run.path.resolve().parent for run in runs}) > 1
     rows = []
     for run in runs:
