@@ -47,7 +47,8 @@ def plot_runs(runs: list, metric: str = "val_top1", x: str = "epoch", out: str |
               fold: list[str] | None = None, title: str | None = None) -> Path:
     """Overlay `metric` of several runs (`torchstrap_runtime.runs.Run`s) in one PNG. Runs that differ only in
     the `fold` keys (e.g. training.seed) make one curve: their mean, with a band of ± one standard deviation.
-    Curves are labelled by the hyper-parameters that differ between the runs."""
+    Curves are labelled by the hyper-parameters that differ between the runs (and by experiment when the runs come
+    from several), in a legend below the axes that the figure grows to hold (`curve_labels`)."""
     import matplotlib
 
     matplotlib.use("Agg")
