@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -81,8 +83,15 @@ def _runs_command(args: argparse.Namespace) -> int:
         rows = runs_api.group_rows(rows, args.group_by)
     if args.sort:
         rows = runs_api.sort_rows(rows, args.sort)
-    print(runs_api.format_rows(rows, args.format))
+    print(runs_api.format_rows(rows, args.format, width=_table_width(args.format)))
     return 0
+
+
+def _table_width(fmt: str) -> int | None:
+    """The terminal's width for a table printed to a terminal (or with COLUMNS set); None: print it whole."""
+    if fmt != "table" or not (sys.stdout.isatty() or os.environ.get("COLUMNS")):
+        return None
+    return shutil.get_terminal_size().columns
 
 
 def _compare_command(args: argparse.Namespace, runs: list) -> int:

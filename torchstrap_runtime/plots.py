@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 from .loggers import read_log
@@ -46,27 +47,31 @@ def plot_runs(runs: list, metric: str = "val_top1", x: str = "epoch", out: str |
               fold: list[str] | None = None, title: str | None = None) -> Path:
     """Overlay `metric` of several runs (`torchstrap_runtime.runs.Run`s) in one PNG. Runs that differ only in
     the `fold` keys (e.g. training.seed) make one curve: their mean, with a band of ± one standard deviation.
-    Curves are labelled by the hyper-parameters that differ between the runs."""
+    Curves are labelled by the hyper-parameters that differ between the runs (and by experiment when the runs come
+    from several), in a legend below the axes that the figure grows to hold (`curve_labels`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from .runs import RunsError, _key, differing_keys, read_curve
+    from .runs import RunsError, _key, differing_keys, experiment_names, read_curve
 
     keys = [k for k in differing_keys(runs) if k not in (fold or [])]
+    several = len({run.path.resolve().parent for run in runs}) > 1
+    experiments = experiment_names(runs)
     groups: dict[str, list] = {}
     for run in runs:
-        groups.setdefault(_key([run.params.get(k) for k in keys]), []).append(run)
-    fig, ax = plt.subplots(figsize=(8, 5))
+        experiment = experiments[run.path] if several else None
+        groups.setdefault(_key([experiment] + [run.params.get(k) for k in keys]), []).append(run)
+    labels, key_legend = curve_labels([members[0] for members in groups.values()], keys, several)
+    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
     drawn = 0
-    for members in groups.values():
+    for members, label in zip(groups.values(), labels):
         curves = [read_curve(run.path, metric, x) for run in members]
         curves = [(np.asarray(xs, float), np.asarray(ys, float)) for xs, ys in curves if xs]
         if not curves:
             continue
-        label = ", ".join(f"{k.split('.')[-1]}={members[0].params.get(k)}" for k in keys) or members[0].run_id
         if len(members) > 1:
             label += f" (n={len(curves)})"
         grid = np.unique(np.concatenate([xs for xs, _ in curves]))
@@ -93,12 +98,35 @@ def plot_runs(runs: list, metric: str = "val_top1", x: str = "epoch", out: str |
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
+    shown = [line.get_label() for line in ax.lines]
+    longest = max(len(line) for label in shown for line in label.splitlines())
+    columns = max(1, min(len(shown), LEGEND_CHARS // (longest + 6)))
+    rows = sum(max(len(label.splitlines()) for label in shown[i:i + columns]) for i in range(0, len(shown), columns))
+    title = "\n".join(textwrap.wrap("; ".join(key_legend), LEGEND_CHARS)) or None
+    fig.set_figheight(5 + 0.2 * (rows + (title or "").count("\n") + bool(title)))
+    fig.legend(loc="outside lower center", ncols=columns, fontsize="small", title=title, title_fontsize="small")
     out = Path(out)
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+LEGEND_CHARS = 110     # characters of small text across the figure below the axes
+
+
+def curve_labels(runs: list, keys: list[str], with_experiment: bool = False) -> tuple[list[str], list[str]]:
+    """One label per run (a curve): its values of `keys` under their short names (`lr=0.1`, long values shortened,
+    lines wrapped to fit below the axes), after its experiment when asked; and the legend of the short names
+    (`lr = optimizer.lr`)."""
+    from .runs import _cell, _shorten, experiment_names, short_names
+
+    names, experiments = short_names(keys), experiment_names(runs)
+    labels = []
+    for run in runs:
+        parts = [_shorten(experiments[run.path], 40)] if with_experiment else []
+        parts += [f"{names[k]}={_shorten(_cell(run.params.get(k)), 40)}" for k in keys]
+        labels.append("\n".join(textwrap.wrap(", ".join(parts), LEGEND_CHARS - 10)) or run.run_id)
+    return labels, [f"{names[k]} = {k}" for k in keys if names[k] != k]
 
 
 def plot_comparison(comparison, out: str | Path = "compare.png") -> Path:

@@ -276,19 +276,39 @@ def differing_keys(runs: list[Run]) -> list[str]:
     return differ
 
 
+def experiment_name(run: Run) -> str:
+    """The experiment a run belongs to: the folder holding its runs folder (`my-idea` for my-idea/runs/<id>), or
+    the runs folder itself when it is not named `runs`."""
+    folder = run.path.resolve().parent
+    return folder.parent.name if folder.name == "runs" and folder.parent.name else folder.name
+
+
+def experiment_names(runs: list[Run]) -> dict[Path, str]:
+    """`experiment_name` of each run (by its path); where two different folders share a name, the folder's path."""
+    folders = {run.path: run.path.resolve().parent for run in runs}
+    names = {run.path: experiment_name(run) for run in runs}
+    shared = {name for name in names.values() if len({folders[p] for p, other in names.items() if other == name}) > 1}
+    return {path: str(folders[path].parent if folders[path].name == "runs" else folders[path]) if name in shared
+            else name for path, name in names.items()}
+
+
 def runs_table(runs: list[Run], metric: str = "val_top1", mode: str = "max",
                keys: list[str] | None = None) -> list[dict[str, Any]]:
-    """One dict per run: run, status, epochs, wall_s, the differing hyper-parameters (or `keys`), tags (when any),
-    `best_<metric>` (max or min over epochs, per `mode`) and `final_<metric>`."""
+    """One dict per run: experiment (when the runs come from more than one), run, status, epochs, wall_s, the
+    differing hyper-parameters (or `keys`), tags (when any), `best_<metric>` (max or min over epochs, per `mode`)
+    and `final_<metric>`."""
     if mode not in ("max", "min"):
         raise RunsError(f"mode must be max or min, got {mode!r}")
     keys = [k for k in (differing_keys(runs) if keys is None else keys) if k != "logging.tags"]
     tagged = any(run.params.get("logging.tags") for run in runs)
+    experiments = experiment_names(runs)
+    several = len({run.path.resolve().parent for run in runs}) > 1
     rows = []
     for run in runs:
         values = run.metric(metric)
         target = run.params.get("training.epochs")
-        row = {"run": run.run_id, "status": run.status,
+        row = {"experiment": experiments[run.path]} if several else {}
+        row |= {"run": run.run_id, "status": run.status,
                "epochs": f"{run.epochs_done}/{target}" if isinstance(target, int) else run.epochs_done,
                "wall_s": round(run.wall_time, 2)}
         row.update({k: run.params.get(k) for k in keys})
@@ -427,8 +447,9 @@ def display_rows(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     return shown
 
 
-def format_rows(rows: list[dict[str, Any]], fmt: str = "table") -> str:
-    """`table` (aligned text), `markdown`, `csv` or `json` (raw values)."""
+def format_rows(rows: list[dict[str, Any]], fmt: str = "table", width: int | None = None) -> str:
+    """`table` (aligned text), `markdown`, `csv` or `json` (raw values). With `width` (a terminal's columns), the
+    table fits in it: see `fit_table`."""
     if fmt == "json":
         return json.dumps(rows, indent=2, default=str)
     cells = display_rows(rows)
@@ -449,8 +470,98 @@ def format_rows(rows: list[dict[str, Any]], fmt: str = "table") -> str:
         return "\n".join(lines)
     if fmt != "table":
         raise RunsError(f"--format must be table, csv, markdown or json, got {fmt!r}")
-    widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
+    if width is not None:
+        return fit_table(columns, table[1:], width)
+    return _aligned(table)
+
+
+def _aligned(table: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table)
+
+
+_NOT_KEYS = ("experiment", "run", "runs", "status", "epochs", "wall_s", "tags", "count")
+WRAP_CELL = 30         # cells are shortened to this many characters before the table is cut into blocks
+MIN_CELL = 12          # and to this many, at least, when one block is still too wide
+
+
+def _is_key_column(column: str) -> bool:
+    """A hyper-parameter column (`optimizer.lr`), not a run's own column or a metric."""
+    return column not in _NOT_KEYS and not column.startswith(("best_", "final_"))
+
+
+def short_names(keys: list[str]) -> dict[str, str]:
+    """Each dotted key's shortest trailing part that no other key shares: optimizer.lr -> lr, but
+    data.seed and training.seed stay whole."""
+    short = {}
+    for key in keys:
+        parts = key.split(".")
+        for n in range(1, len(parts) + 1):
+            tail = ".".join(parts[-n:])
+            if n == len(parts) or not any(other != key and (other == tail or other.endswith("." + tail))
+                                          for other in keys):
+                short[key] = tail
+                break
+    return short
+
+
+def _shorten(cell: str, limit: int) -> str:
+    """At most `limit` characters: a path keeps its end (…/last/parts), anything else its start and its end."""
+    if len(cell) <= limit:
+        return cell
+    if "/" in cell:
+        return "…" + cell[len(cell) - limit + 1:]
+    head = (limit - 1) // 2
+    return cell[:head] + "…" + cell[len(cell) - (limit - 1 - head):]
+
+
+def fit_table(columns: list[str], body: list[list[str]], width: int) -> str:
+    """An aligned table no wider than `width` where it can be: first the hyper-parameter headers become their
+    short names (`lr`) with a legend below (`lr = optimizer.lr`), then the widest cells are shortened (down to
+    WRAP_CELL characters, a path keeping its end), then the table is cut into blocks of columns, each beginning
+    with the run's own columns, and a block still too wide has its cells shortened down to MIN_CELL."""
+    def line_width(cols: list[int]) -> int:
+        return sum(widths[i] for i in cols) + 2 * (len(cols) - 1)
+
+    header = list(columns)
+    if _aligned_width([header] + body) > width:
+        names = short_names([c for c in columns if _is_key_column(c)])
+        header = [names.get(c, c) for c in columns]
+    legend = [f"{header[i]} = {c}" for i, c in enumerate(columns) if header[i] != c]
+    body = [list(r) for r in body]
+    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(columns))]
+    def shrink(cols: list[int], smallest: int) -> None:
+        """Shorten the widest cells of `cols`, each column to no fewer than `smallest` characters, until they fit."""
+        while line_width(cols) > width:
+            widest = max(cols, key=lambda i: widths[i])
+            floor = max(smallest, len(header[widest]))
+            if widths[widest] <= floor:
+                return
+            limit = max(floor, widths[widest] - (line_width(cols) - width))
+            for r in body:
+                r[widest] = _shorten(r[widest], limit)
+            widths[widest] = max(len(r[widest]) for r in [header] + body)
+
+    everything = list(range(len(columns)))
+    shrink(everything, WRAP_CELL)
+    ids = [i for i, c in enumerate(columns) if c in ("experiment", "run", "runs")][:2] or [0]
+    blocks, block = [], list(ids)
+    for i in everything:
+        if i in ids:
+            continue
+        if len(block) > len(ids) and line_width(block + [i]) > width:
+            blocks.append(block)
+            block = list(ids)
+        block.append(i)
+    blocks.append(block)
+    for block in blocks:
+        shrink(block, MIN_CELL)
+    text = "\n\n".join(_aligned([[header[i] for i in b]] + [[r[i] for i in b] for r in body]) for b in blocks)
+    return text + ("\n\n" + "\n".join(legend) if legend else "")
+
+
+def _aligned_width(table: list[list[str]]) -> int:
+    return max((len(line) for line in _aligned(table).splitlines()), default=0)
 
 
 # ---------------------------------------------------------------------- curves
