@@ -18,84 +18,121 @@ def gray(r: float, g: float, b: float) -> float:
     return 0.299 * r + 0.587 * g + 0.114 * b
 
 
-@njit(cache=True, inline="always")
-def shift_hue(r: float, g: float, b: float, shift: float):
-    """Rotate the hue of one RGB pixel (0..255 floats) by `shift` turns, via HSV."""
-    mx, mn = max(r, g, b), min(r, g, b)
-    delta = mx - mn
-    if delta == 0.0:
-        return r, g, b  # grey: no hue
-    sat = delta / mx
-    if mx == r:
-        hue = ((g - b) / delta) % 6.0
-    elif mx == g:
-        hue = (b - r) / delta + 2.0
-    else:
-        hue = (r - g) / delta + 4.0
-    hue = (hue / 6.0 + shift) % 1.0 * 6.0
-    sector = min(int(hue), 5)
-    f = hue - sector
-    p, q, t = mx * (1.0 - sat), mx * (1.0 - sat * f), mx * (1.0 - sat * (1.0 - f))
-    if sector == 0:
-        return mx, t, p
-    if sector == 1:
-        return q, mx, p
-    if sector == 2:
-        return p, mx, t
-    if sector == 3:
-        return p, q, mx
-    if sector == 4:
-        return t, p, mx
-    return mx, p, q
+# error_model="numpy": float division without Python's zero check, so that the row loops compile to SIMD code
+# (the results are the same: no divisor here is zero where its quotient is used).
+@njit(cache=True, inline="always", error_model="numpy")
+def shift_hue_row(r, g, b, shift: float):
+    """Rotate the hue of each pixel of a row (three float64 channel arrays, values 0..255) by `shift` turns,
+    via HSV: the textbook formulas (colorsys, torchvision), with every branch written as a selection so the
+    loop vectorises; the wrap-arounds are comparisons, which equal Python's float `%` on these ranges
+    (hue/6 + shift lies in [-0.5, 1.5)). Grey pixels have no hue and stay as they are."""
+    for x in range(r.shape[0]):
+        rv, gv, bv = r[x], g[x], b[x]
+        mx = max(max(rv, gv), bv)
+        mn = min(min(rv, gv), bv)
+        delta = mx - mn
+        grey = delta == 0.0
+        d = 1.0 if grey else delta
+        sat = d / (1.0 if grey else mx)
+        is_r, is_g = mx == rv, mx == gv
+        hue = ((gv - bv) if is_r else ((bv - rv) if is_g else (rv - gv))) / d
+        hue = (hue + 6.0 if hue < 0.0 else hue) if is_r else (hue + 2.0 if is_g else hue + 4.0)
+        turn = hue / 6.0 + shift
+        turn = turn - 1.0 if turn >= 1.0 else (turn + 1.0 if turn < 0.0 else turn)
+        hue = turn * 6.0
+        sector = min(int(hue), 5)
+        f = hue - sector
+        p, q, t = mx * (1.0 - sat), mx * (1.0 - sat * f), mx * (1.0 - sat * (1.0 - f))
+        ro = mx if (sector == 0 or sector == 5) else (q if sector == 1 else (t if sector == 4 else p))
+        go = t if sector == 0 else (q if sector == 3 else (mx if sector <= 2 else p))
+        bo = p if sector <= 1 else (t if sector == 2 else (q if sector == 5 else mx))
+        r[x] = rv if grey else ro
+        g[x] = gv if grey else go
+        b[x] = bv if grey else bo
 
 
-@njit(cache=True, nogil=True)
-def jitter_in_order(image, k, bf, cf, sf, hf):
-    """The four changes in an order drawn from draws 5-7 (a Fisher-Yates shuffle, like torchvision's
-    randperm(4)), each over the whole image in float, clipped after each, rounded once at the end."""
-    order = np.arange(4)
-    for j in range(3, 0, -1):
-        r = randint(k, 8 - j, 0, j)
-        order[j], order[r] = order[r], order[j]
+@njit(cache=True, inline="always", error_model="numpy")
+def step_on_row(step, r, g, b, bf, cf, sf, hf, mean):
+    """One of the four changes (0 brightness, 1 contrast, 2 saturation, 3 hue) on one row of pixels held as
+    three float64 channel arrays, clipped; straight-line loops the compiler vectorises."""
+    n = r.shape[0]
+    if step == 0:
+        for x in range(n):
+            rv, gv, bv = r[x], g[x], b[x]
+            r[x], g[x], b[x] = clip255(bf * rv), clip255(bf * gv), clip255(bf * bv)
+    elif step == 1:
+        for x in range(n):
+            rv, gv, bv = r[x], g[x], b[x]
+            r[x] = clip255(cf * rv + (1 - cf) * mean)
+            g[x] = clip255(cf * gv + (1 - cf) * mean)
+            b[x] = clip255(cf * bv + (1 - cf) * mean)
+    elif step == 2:
+        for x in range(n):
+            rv, gv, bv = r[x], g[x], b[x]
+            l = gray(rv, gv, bv)
+            r[x] = clip255(sf * rv + (1 - sf) * l)
+            g[x] = clip255(sf * gv + (1 - sf) * l)
+            b[x] = clip255(sf * bv + (1 - sf) * l)
+    elif hf != 0.0:
+        shift_hue_row(r, g, b, hf)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def load_row(image, y, table, r, g, b):
+    for x in range(r.shape[0]):
+        r[x], g[x], b[x] = table[image[y, x, 0]], table[image[y, x, 1]], table[image[y, x, 2]]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def jitter_image(image, order, bf, cf, sf, hf):
+    """The four changes in `order` on one HxWx3 uint8 image, in float64, clipped after each, rounded once.
+
+    The changes before the first saturation or hue change act on each channel value alone, so they become
+    a 256-entry table; the rest run row by row on channel arrays. Contrast needs the mean luma of the image
+    as it enters the contrast change: one pass over the pixels, summed in row-major order."""
     h, w, _ = image.shape
-    x = image.astype(np.float64)
-    for step in order:
-        if step == 0:
-            for y in range(h):
-                for c in range(w):
-                    for ch in range(3):
-                        x[y, c, ch] = clip255(bf * x[y, c, ch])
-        elif step == 1:
-            mean = 0.0
-            for y in range(h):
-                for c in range(w):
-                    mean += gray(x[y, c, 0], x[y, c, 1], x[y, c, 2])
-            mean /= h * w
-            for y in range(h):
-                for c in range(w):
-                    for ch in range(3):
-                        x[y, c, ch] = clip255(cf * x[y, c, ch] + (1 - cf) * mean)
-        elif step == 2:
-            for y in range(h):
-                for c in range(w):
-                    l = gray(x[y, c, 0], x[y, c, 1], x[y, c, 2])
-                    for ch in range(3):
-                        x[y, c, ch] = clip255(sf * x[y, c, ch] + (1 - sf) * l)
-        elif hf != 0.0:
-            for y in range(h):
-                for c in range(w):
-                    x[y, c, 0], x[y, c, 1], x[y, c, 2] = shift_hue(x[y, c, 0], x[y, c, 1], x[y, c, 2], hf)
+    lead = 0  # leading brightness/contrast changes, folded into `table`
+    while lead < 4 and order[lead] <= 1:
+        lead += 1
+    contrast_at = 0
+    while order[contrast_at] != 1:
+        contrast_at += 1
+    table = np.arange(256).astype(np.float64)
+    r, g, b = np.empty(w), np.empty(w), np.empty(w)
+    before = min(contrast_at, lead)  # the changes before contrast that the table holds (brightness or none)
+    for s in range(before):
+        for v in range(256):
+            table[v] = clip255(bf * table[v])
+    mean = 0.0
     for y in range(h):
-        for c in range(w):
-            for ch in range(3):
-                image[y, c, ch] = np.uint8(x[y, c, ch] + 0.5)
+        load_row(image, y, table, r, g, b)
+        for s in range(lead, contrast_at):
+            step_on_row(order[s], r, g, b, bf, cf, sf, hf, 0.0)
+        for x in range(w):
+            mean += gray(r[x], g[x], b[x])
+    mean /= h * w
+    for s in range(before, lead):
+        step = order[s]
+        for v in range(256):
+            if step == 0:
+                table[v] = clip255(bf * table[v])
+            else:
+                table[v] = clip255(cf * table[v] + (1 - cf) * mean)
+    for y in range(h):
+        load_row(image, y, table, r, g, b)
+        for s in range(lead, 4):
+            step_on_row(order[s], r, g, b, bf, cf, sf, hf, mean)
+        for x in range(w):
+            image[y, x, 0] = np.uint8(r[x] + 0.5)
+            image[y, x, 1] = np.uint8(g[x] + 0.5)
+            image[y, x, 2] = np.uint8(b[x] + 0.5)
 
 
 @njit(cache=True, parallel=True, nogil=True)
 def color_jitter_kernel(images, dst, indices, key, params):
     b_lo, b_hi, c_lo, c_hi, s_lo, s_hi, hue, p = params[0], params[1], params[2], params[3], \
         params[4], params[5], params[6], params[7]
-    n, h, w, _ = images.shape
+    n = images.shape[0]
     for i in prange(n):
         k = sample_key(key, indices[i])
         if uniform(k, 0) >= p:
@@ -104,29 +141,12 @@ def color_jitter_kernel(images, dst, indices, key, params):
         cf = uniform_range(k, 2, c_lo, c_hi)
         sf = uniform_range(k, 3, s_lo, s_hi)
         hf = uniform_range(k, 4, -hue, hue)
-        if params[8] > 0:  # random_order
-            jitter_in_order(images[i], k, bf, cf, sf, hf)
-            continue
-        mean = 0.0  # mean luma after the brightness change, for the contrast change
-        for y in range(h):
-            for x in range(w):
-                mean += gray(clip255(bf * images[i, y, x, 0]), clip255(bf * images[i, y, x, 1]),
-                             clip255(bf * images[i, y, x, 2]))
-        mean /= h * w
-        for y in range(h):
-            for x in range(w):
-                r = clip255(bf * images[i, y, x, 0])
-                g = clip255(bf * images[i, y, x, 1])
-                b = clip255(bf * images[i, y, x, 2])
-                r, g, b = clip255(cf * r + (1 - cf) * mean), clip255(cf * g + (1 - cf) * mean), \
-                    clip255(cf * b + (1 - cf) * mean)
-                l = gray(r, g, b)
-                r, g, b = clip255(sf * r + (1 - sf) * l), clip255(sf * g + (1 - sf) * l), clip255(sf * b + (1 - sf) * l)
-                if hf != 0.0:
-                    r, g, b = shift_hue(r, g, b, hf)
-                images[i, y, x, 0] = np.uint8(r + 0.5)
-                images[i, y, x, 1] = np.uint8(g + 0.5)
-                images[i, y, x, 2] = np.uint8(b + 0.5)
+        order = np.arange(4)
+        if params[8] > 0:  # random_order: a Fisher-Yates shuffle on draws 5-7, like torchvision's randperm(4)
+            for j in range(3, 0, -1):
+                r = randint(k, 8 - j, 0, j)
+                order[j], order[r] = order[r], order[j]
+        jitter_image(images[i], order, bf, cf, sf, hf)
     return images
 
 
