@@ -78,9 +78,12 @@ def step_on_row(step, r, g, b, bf, cf, sf, hf, mean):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def load_row(image, y, table, r, g, b):
+def mean_luma(r, g, b) -> float:
+    """Mean luma of the pixels, summed in pixel order (as a plain loop over the image would)."""
+    total = 0.0
     for x in range(r.shape[0]):
-        r[x], g[x], b[x] = table[image[y, x, 0]], table[image[y, x, 1]], table[image[y, x, 2]]
+        total += gray(r[x], g[x], b[x])
+    return total / r.shape[0]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -88,44 +91,43 @@ def jitter_image(image, order, bf, cf, sf, hf):
     """The four changes in `order` on one HxWx3 uint8 image, in float64, clipped after each, rounded once.
 
     The changes before the first saturation or hue change act on each channel value alone, so they become
-    a 256-entry table; the rest run row by row on channel arrays. Contrast needs the mean luma of the image
-    as it enters the contrast change: one pass over the pixels, summed in row-major order."""
+    a 256-entry table (contrast's mean luma, when it is one of them, from a pass over the table's values);
+    the rest run on the image held as three float64 channel planes, in loops the compiler vectorises."""
     h, w, _ = image.shape
+    n = h * w
     lead = 0  # leading brightness/contrast changes, folded into `table`
     while lead < 4 and order[lead] <= 1:
         lead += 1
-    contrast_at = 0
-    while order[contrast_at] != 1:
-        contrast_at += 1
     table = np.arange(256).astype(np.float64)
-    r, g, b = np.empty(w), np.empty(w), np.empty(w)
-    before = min(contrast_at, lead)  # the changes before contrast that the table holds (brightness or none)
-    for s in range(before):
-        for v in range(256):
-            table[v] = clip255(bf * table[v])
-    mean = 0.0
-    for y in range(h):
-        load_row(image, y, table, r, g, b)
-        for s in range(lead, contrast_at):
-            step_on_row(order[s], r, g, b, bf, cf, sf, hf, 0.0)
-        for x in range(w):
-            mean += gray(r[x], g[x], b[x])
-    mean /= h * w
-    for s in range(before, lead):
-        step = order[s]
-        for v in range(256):
-            if step == 0:
+    for s in range(lead):
+        if order[s] == 0:
+            for v in range(256):
                 table[v] = clip255(bf * table[v])
-            else:
+        else:
+            total = 0.0
+            for y in range(h):
+                for x in range(w):
+                    total += gray(table[image[y, x, 0]], table[image[y, x, 1]], table[image[y, x, 2]])
+            mean = total / n
+            for v in range(256):
                 table[v] = clip255(cf * table[v] + (1 - cf) * mean)
+    planes = np.empty((3, n))
+    r, g, b = planes[0], planes[1], planes[2]
+    k = 0
     for y in range(h):
-        load_row(image, y, table, r, g, b)
-        for s in range(lead, 4):
-            step_on_row(order[s], r, g, b, bf, cf, sf, hf, mean)
         for x in range(w):
-            image[y, x, 0] = np.uint8(r[x] + 0.5)
-            image[y, x, 1] = np.uint8(g[x] + 0.5)
-            image[y, x, 2] = np.uint8(b[x] + 0.5)
+            r[k], g[k], b[k] = table[image[y, x, 0]], table[image[y, x, 1]], table[image[y, x, 2]]
+            k += 1
+    for s in range(lead, 4):
+        step = order[s]
+        step_on_row(step, r, g, b, bf, cf, sf, hf, mean_luma(r, g, b) if step == 1 else 0.0)
+    k = 0
+    for y in range(h):
+        for x in range(w):
+            image[y, x, 0] = np.uint8(r[k] + 0.5)
+            image[y, x, 1] = np.uint8(g[k] + 0.5)
+            image[y, x, 2] = np.uint8(b[k] + 0.5)
+            k += 1
 
 
 @njit(cache=True, parallel=True, nogil=True)
