@@ -18,34 +18,33 @@ def gray(r: float, g: float, b: float) -> float:
     return 0.299 * r + 0.587 * g + 0.114 * b
 
 
-# error_model="numpy": float division without Python's zero check, so that the row loops compile to SIMD code
-# (the results are the same: no divisor here is zero where its quotient is used).
+# error_model="numpy": float division without Python's zero check, so that the loops compile to SIMD code
+# (no divisor here is zero where its quotient is used).
 @njit(cache=True, inline="always", error_model="numpy")
 def shift_hue_row(r, g, b, shift: float):
-    """Rotate the hue of each pixel of a row (three float64 channel arrays, values 0..255) by `shift` turns,
-    via HSV: the textbook formulas (colorsys, torchvision), with every branch written as a selection so the
-    loop vectorises; the wrap-arounds are comparisons, which equal Python's float `%` on these ranges
-    (hue/6 + shift lies in [-0.5, 1.5)). Grey pixels have no hue and stay as they are."""
+    """Rotate the hue of each pixel (three float64 channel arrays, values 0..255) by `shift` turns, via HSV.
+
+    torchvision's formulas with the value and saturation factored out: max and min stay, the middle channel
+    is min + delta * f or max - delta * f (the same numbers as V(1 - S(1 - f)) and V(1 - Sf) but for
+    rounding in the last bits), and hue is kept in sixths of a turn. Every branch is a selection, so the
+    loop vectorises. Grey pixels have no hue and stay as they are."""
+    sixths = 6.0 * shift
     for x in range(r.shape[0]):
         rv, gv, bv = r[x], g[x], b[x]
         mx = max(max(rv, gv), bv)
         mn = min(min(rv, gv), bv)
         delta = mx - mn
         grey = delta == 0.0
-        d = 1.0 if grey else delta
-        sat = d / (1.0 if grey else mx)
         is_r, is_g = mx == rv, mx == gv
-        hue = ((gv - bv) if is_r else ((bv - rv) if is_g else (rv - gv))) / d
-        hue = (hue + 6.0 if hue < 0.0 else hue) if is_r else (hue + 2.0 if is_g else hue + 4.0)
-        turn = hue / 6.0 + shift
-        turn = turn - 1.0 if turn >= 1.0 else (turn + 1.0 if turn < 0.0 else turn)
-        hue = turn * 6.0
+        hue = ((gv - bv) if is_r else ((bv - rv) if is_g else (rv - gv))) / (1.0 if grey else delta)
+        hue += sixths + (0.0 if is_r else (2.0 if is_g else 4.0))
+        hue = hue - 6.0 if hue >= 6.0 else (hue + 6.0 if hue < 0.0 else hue)
         sector = min(int(hue), 5)
-        f = hue - sector
-        p, q, t = mx * (1.0 - sat), mx * (1.0 - sat * f), mx * (1.0 - sat * (1.0 - f))
-        ro = mx if (sector == 0 or sector == 5) else (q if sector == 1 else (t if sector == 4 else p))
-        go = t if sector == 0 else (q if sector == 3 else (mx if sector <= 2 else p))
-        bo = p if sector <= 1 else (t if sector == 2 else (q if sector == 5 else mx))
+        rise = delta * (hue - sector)
+        up, down = mn + rise, mx - rise
+        ro = mx if (sector == 0 or sector == 5) else (down if sector == 1 else (up if sector == 4 else mn))
+        go = up if sector == 0 else (down if sector == 3 else (mx if sector <= 2 else mn))
+        bo = mn if sector <= 1 else (up if sector == 2 else (down if sector == 5 else mx))
         r[x] = rv if grey else ro
         g[x] = gv if grey else go
         b[x] = bv if grey else bo
@@ -90,44 +89,41 @@ def mean_luma(r, g, b) -> float:
 def jitter_image(image, order, bf, cf, sf, hf):
     """The four changes in `order` on one HxWx3 uint8 image, in float64, clipped after each, rounded once.
 
-    The changes before the first saturation or hue change act on each channel value alone, so they become
-    a 256-entry table (contrast's mean luma, when it is one of them, from a pass over the table's values);
-    the rest run on the image held as three float64 channel planes, in loops the compiler vectorises."""
+    A brightness change that comes first is a 256-entry table applied while loading the image into three
+    float64 channel planes (and the mean luma is summed then, in pixel order, if contrast comes next); the
+    other changes run on the planes, in loops the compiler vectorises."""
     h, w, _ = image.shape
-    n = h * w
-    lead = 0  # leading brightness/contrast changes, folded into `table`
-    while lead < 4 and order[lead] <= 1:
-        lead += 1
     table = np.arange(256).astype(np.float64)
-    for s in range(lead):
-        if order[s] == 0:
-            for v in range(256):
-                table[v] = clip255(bf * table[v])
-        else:
-            total = 0.0
-            for y in range(h):
-                for x in range(w):
-                    total += gray(table[image[y, x, 0]], table[image[y, x, 1]], table[image[y, x, 2]])
-            mean = total / n
-            for v in range(256):
-                table[v] = clip255(cf * table[v] + (1 - cf) * mean)
-    planes = np.empty((3, n))
+    first = 0
+    if order[0] == 0:
+        for v in range(256):
+            table[v] = clip255(bf * table[v])
+        first = 1
+    planes = np.empty((3, h * w))
     r, g, b = planes[0], planes[1], planes[2]
-    k = 0
+    total = 0.0
     for y in range(h):
-        for x in range(w):
-            r[k], g[k], b[k] = table[image[y, x, 0]], table[image[y, x, 1]], table[image[y, x, 2]]
-            k += 1
-    for s in range(lead, 4):
+        row, o = image[y], y * w
+        if order[first] == 1:
+            for x in range(w):
+                rv, gv, bv = table[row[x, 0]], table[row[x, 1]], table[row[x, 2]]
+                r[o + x], g[o + x], b[o + x] = rv, gv, bv
+                total += gray(rv, gv, bv)
+        else:
+            for x in range(w):
+                r[o + x], g[o + x], b[o + x] = table[row[x, 0]], table[row[x, 1]], table[row[x, 2]]
+    for s in range(first, 4):
         step = order[s]
-        step_on_row(step, r, g, b, bf, cf, sf, hf, mean_luma(r, g, b) if step == 1 else 0.0)
-    k = 0
+        mean = 0.0
+        if step == 1:
+            mean = total / (h * w) if s == first else mean_luma(r, g, b)
+        step_on_row(step, r, g, b, bf, cf, sf, hf, mean)
     for y in range(h):
+        row, o = image[y], y * w
         for x in range(w):
-            image[y, x, 0] = np.uint8(r[k] + 0.5)
-            image[y, x, 1] = np.uint8(g[k] + 0.5)
-            image[y, x, 2] = np.uint8(b[k] + 0.5)
-            k += 1
+            row[x, 0] = np.int32(r[o + x] + 0.5)
+            row[x, 1] = np.int32(g[o + x] + 0.5)
+            row[x, 2] = np.int32(b[o + x] + 0.5)
 
 
 @njit(cache=True, parallel=True, nogil=True)
