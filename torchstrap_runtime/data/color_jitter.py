@@ -76,12 +76,13 @@ def step_on_row(step, r, g, b, bf, cf, sf, hf, mean):
         shift_hue_row(r, g, b, hf)
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
 def mean_luma(r, g, b) -> float:
-    """Mean luma of the pixels, summed in pixel order (as a plain loop over the image would)."""
+    """Mean luma of the pixels. The sum may be regrouped (vectorised): it can differ from a sum in pixel order
+    in its last bits, which moves an output value by one level only if it lies that close to a rounding edge."""
     total = 0.0
     for x in range(r.shape[0]):
-        total += gray(r[x], g[x], b[x])
+        total += 0.299 * r[x] + 0.587 * g[x] + 0.114 * b[x]
     return total / r.shape[0]
 
 
@@ -90,8 +91,7 @@ def jitter_image(image, order, bf, cf, sf, hf):
     """The four changes in `order` on one HxWx3 uint8 image, in float64, clipped after each, rounded once.
 
     A brightness change that comes first is a 256-entry table applied while loading the image into three
-    float64 channel planes (and the mean luma is summed then, in pixel order, if contrast comes next); the
-    other changes run on the planes, in loops the compiler vectorises."""
+    float64 channel planes; the other changes run on the planes, in loops the compiler vectorises."""
     h, w, _ = image.shape
     table = np.arange(256).astype(np.float64)
     first = 0
@@ -101,22 +101,15 @@ def jitter_image(image, order, bf, cf, sf, hf):
         first = 1
     planes = np.empty((3, h * w))
     r, g, b = planes[0], planes[1], planes[2]
-    total = 0.0
     for y in range(h):
         row, o = image[y], y * w
-        if order[first] == 1:
-            for x in range(w):
-                rv, gv, bv = table[row[x, 0]], table[row[x, 1]], table[row[x, 2]]
-                r[o + x], g[o + x], b[o + x] = rv, gv, bv
-                total += gray(rv, gv, bv)
-        else:
-            for x in range(w):
-                r[o + x], g[o + x], b[o + x] = table[row[x, 0]], table[row[x, 1]], table[row[x, 2]]
+        for x in range(w):
+            r[o + x], g[o + x], b[o + x] = table[row[x, 0]], table[row[x, 1]], table[row[x, 2]]
     for s in range(first, 4):
         step = order[s]
         mean = 0.0
         if step == 1:
-            mean = total / (h * w) if s == first else mean_luma(r, g, b)
+            mean = mean_luma(r, g, b)
         step_on_row(step, r, g, b, bf, cf, sf, hf, mean)
     for y in range(h):
         row, o = image[y], y * w
