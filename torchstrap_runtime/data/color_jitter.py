@@ -111,12 +111,15 @@ def jitter_image(image, order, bf, cf, sf, hf):
         if step == 1:
             mean = mean_luma(r, g, b)
         step_on_row(step, r, g, b, bf, cf, sf, hf, mean)
+    rounded = np.empty((3, h * w), np.uint8)  # rounded plane by plane (vectorised), then interleaved
+    for c in range(3):
+        plane, target = planes[c], rounded[c]
+        for x in range(h * w):
+            target[x] = np.int32(plane[x] + 0.5)
     for y in range(h):
         row, o = image[y], y * w
         for x in range(w):
-            row[x, 0] = np.int32(r[o + x] + 0.5)
-            row[x, 1] = np.int32(g[o + x] + 0.5)
-            row[x, 2] = np.int32(b[o + x] + 0.5)
+            row[x, 0], row[x, 1], row[x, 2] = rounded[0, o + x], rounded[1, o + x], rounded[2, o + x]
 
 
 @njit(cache=True, parallel=True, nogil=True)
