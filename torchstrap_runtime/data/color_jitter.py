@@ -51,9 +51,9 @@ def shift_hue_row(r, g, b, shift: float):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def step_on_row(step, r, g, b, bf, cf, sf, hf, mean):
-    """One of the four changes (0 brightness, 1 contrast, 2 saturation, 3 hue) on one row of pixels held as
-    three float64 channel arrays, clipped; straight-line loops the compiler vectorises."""
+def change_planes(step, r, g, b, bf, cf, sf, hf, mean):
+    """One of the four changes (0 brightness, 1 contrast with the given mean luma, 2 saturation, 3 hue) on
+    pixels held as three float64 channel arrays, clipped; straight-line loops the compiler vectorises."""
     n = r.shape[0]
     if step == 0:
         for x in range(n):
@@ -82,7 +82,7 @@ def mean_luma(r, g, b) -> float:
     in its last bits, which moves an output value by one level only if it lies that close to a rounding edge."""
     total = 0.0
     for x in range(r.shape[0]):
-        total += 0.299 * r[x] + 0.587 * g[x] + 0.114 * b[x]
+        total += gray(r[x], g[x], b[x])
     return total / r.shape[0]
 
 
@@ -110,7 +110,7 @@ def jitter_image(image, order, bf, cf, sf, hf):
         mean = 0.0
         if step == 1:
             mean = mean_luma(r, g, b)
-        step_on_row(step, r, g, b, bf, cf, sf, hf, mean)
+        change_planes(step, r, g, b, bf, cf, sf, hf, mean)
     rounded = np.empty((3, h * w), np.uint8)  # rounded plane by plane (vectorised), then interleaved
     for c in range(3):
         plane, target = planes[c], rounded[c]
