@@ -18,84 +18,115 @@ def gray(r: float, g: float, b: float) -> float:
     return 0.299 * r + 0.587 * g + 0.114 * b
 
 
-@njit(cache=True, inline="always")
-def shift_hue(r: float, g: float, b: float, shift: float):
-    """Rotate the hue of one RGB pixel (0..255 floats) by `shift` turns, via HSV."""
-    mx, mn = max(r, g, b), min(r, g, b)
-    delta = mx - mn
-    if delta == 0.0:
-        return r, g, b  # grey: no hue
-    sat = delta / mx
-    if mx == r:
-        hue = ((g - b) / delta) % 6.0
-    elif mx == g:
-        hue = (b - r) / delta + 2.0
-    else:
-        hue = (r - g) / delta + 4.0
-    hue = (hue / 6.0 + shift) % 1.0 * 6.0
-    sector = min(int(hue), 5)
-    f = hue - sector
-    p, q, t = mx * (1.0 - sat), mx * (1.0 - sat * f), mx * (1.0 - sat * (1.0 - f))
-    if sector == 0:
-        return mx, t, p
-    if sector == 1:
-        return q, mx, p
-    if sector == 2:
-        return p, mx, t
-    if sector == 3:
-        return p, q, mx
-    if sector == 4:
-        return t, p, mx
-    return mx, p, q
+# error_model="numpy": float division without Python's zero check, so that the loops compile to SIMD code
+# (no divisor here is zero where its quotient is used).
+@njit(cache=True, inline="always", error_model="numpy")
+def shift_hue_row(r, g, b, shift: float):
+    """Rotate the hue of each pixel (three float64 channel arrays, values 0..255) by `shift` turns, via HSV.
+
+    torchvision's formulas with the value and saturation factored out: max and min stay, the middle channel
+    is min + delta * f or max - delta * f (the same numbers as V(1 - S(1 - f)) and V(1 - Sf) but for
+    rounding in the last bits), and hue is kept in sixths of a turn. Every branch is a selection, so the
+    loop vectorises. Grey pixels have no hue and stay as they are."""
+    sixths = 6.0 * shift
+    for x in range(r.shape[0]):
+        rv, gv, bv = r[x], g[x], b[x]
+        mx = max(max(rv, gv), bv)
+        mn = min(min(rv, gv), bv)
+        delta = mx - mn
+        grey = delta == 0.0
+        is_r, is_g = mx == rv, mx == gv
+        hue = ((gv - bv) if is_r else ((bv - rv) if is_g else (rv - gv))) / (1.0 if grey else delta)
+        hue += sixths + (0.0 if is_r else (2.0 if is_g else 4.0))
+        hue = hue - 6.0 if hue >= 6.0 else (hue + 6.0 if hue < 0.0 else hue)
+        sector = min(int(hue), 5)
+        rise = delta * (hue - sector)
+        up, down = mn + rise, mx - rise
+        ro = mx if (sector == 0 or sector == 5) else (down if sector == 1 else (up if sector == 4 else mn))
+        go = up if sector == 0 else (down if sector == 3 else (mx if sector <= 2 else mn))
+        bo = mn if sector <= 1 else (up if sector == 2 else (down if sector == 5 else mx))
+        r[x] = rv if grey else ro
+        g[x] = gv if grey else go
+        b[x] = bv if grey else bo
 
 
-@njit(cache=True, nogil=True)
-def jitter_in_order(image, k, bf, cf, sf, hf):
-    """The four changes in an order drawn from draws 5-7 (a Fisher-Yates shuffle, like torchvision's
-    randperm(4)), each over the whole image in float, clipped after each, rounded once at the end."""
-    order = np.arange(4)
-    for j in range(3, 0, -1):
-        r = randint(k, 8 - j, 0, j)
-        order[j], order[r] = order[r], order[j]
+@njit(cache=True, inline="always", error_model="numpy")
+def change_planes(step, r, g, b, bf, cf, sf, hf, mean):
+    """One of the four changes (0 brightness, 1 contrast with the given mean luma, 2 saturation, 3 hue) on
+    pixels held as three float64 channel arrays, clipped; straight-line loops the compiler vectorises."""
+    n = r.shape[0]
+    if step == 0:
+        for x in range(n):
+            rv, gv, bv = r[x], g[x], b[x]
+            r[x], g[x], b[x] = clip255(bf * rv), clip255(bf * gv), clip255(bf * bv)
+    elif step == 1:
+        for x in range(n):
+            rv, gv, bv = r[x], g[x], b[x]
+            r[x] = clip255(cf * rv + (1 - cf) * mean)
+            g[x] = clip255(cf * gv + (1 - cf) * mean)
+            b[x] = clip255(cf * bv + (1 - cf) * mean)
+    elif step == 2:
+        for x in range(n):
+            rv, gv, bv = r[x], g[x], b[x]
+            l = gray(rv, gv, bv)
+            r[x] = clip255(sf * rv + (1 - sf) * l)
+            g[x] = clip255(sf * gv + (1 - sf) * l)
+            b[x] = clip255(sf * bv + (1 - sf) * l)
+    elif hf != 0.0:
+        shift_hue_row(r, g, b, hf)
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+def mean_luma(r, g, b) -> float:
+    """Mean luma of the pixels. The sum may be regrouped (vectorised): it can differ from a sum in pixel order
+    in its last bits, which moves an output value by one level only if it lies that close to a rounding edge."""
+    total = 0.0
+    for x in range(r.shape[0]):
+        total += gray(r[x], g[x], b[x])
+    return total / r.shape[0]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def jitter_image(image, order, bf, cf, sf, hf):
+    """The four changes in `order` on one HxWx3 uint8 image, in float64, clipped after each, rounded once.
+
+    A brightness change that comes first is a 256-entry table applied while loading the image into three
+    float64 channel planes; the other changes run on the planes, in loops the compiler vectorises."""
     h, w, _ = image.shape
-    x = image.astype(np.float64)
-    for step in order:
-        if step == 0:
-            for y in range(h):
-                for c in range(w):
-                    for ch in range(3):
-                        x[y, c, ch] = clip255(bf * x[y, c, ch])
-        elif step == 1:
-            mean = 0.0
-            for y in range(h):
-                for c in range(w):
-                    mean += gray(x[y, c, 0], x[y, c, 1], x[y, c, 2])
-            mean /= h * w
-            for y in range(h):
-                for c in range(w):
-                    for ch in range(3):
-                        x[y, c, ch] = clip255(cf * x[y, c, ch] + (1 - cf) * mean)
-        elif step == 2:
-            for y in range(h):
-                for c in range(w):
-                    l = gray(x[y, c, 0], x[y, c, 1], x[y, c, 2])
-                    for ch in range(3):
-                        x[y, c, ch] = clip255(sf * x[y, c, ch] + (1 - sf) * l)
-        elif hf != 0.0:
-            for y in range(h):
-                for c in range(w):
-                    x[y, c, 0], x[y, c, 1], x[y, c, 2] = shift_hue(x[y, c, 0], x[y, c, 1], x[y, c, 2], hf)
+    table = np.arange(256).astype(np.float64)
+    first = 0
+    if order[0] == 0:
+        for v in range(256):
+            table[v] = clip255(bf * table[v])
+        first = 1
+    planes = np.empty((3, h * w))
+    r, g, b = planes[0], planes[1], planes[2]
     for y in range(h):
-        for c in range(w):
-            for ch in range(3):
-                image[y, c, ch] = np.uint8(x[y, c, ch] + 0.5)
+        row, o = image[y], y * w
+        for x in range(w):
+            r[o + x], g[o + x], b[o + x] = table[row[x, 0]], table[row[x, 1]], table[row[x, 2]]
+    for s in range(first, 4):
+        step = order[s]
+        mean = 0.0
+        if step == 1:
+            mean = mean_luma(r, g, b)
+        change_planes(step, r, g, b, bf, cf, sf, hf, mean)
+    rounded = np.empty((3, h * w), np.uint8)  # rounded plane by plane (vectorised), then interleaved
+    for c in range(3):
+        plane, target = planes[c], rounded[c]
+        for x in range(h * w):
+            target[x] = np.int32(plane[x] + 0.5)
+    for y in range(h):
+        row, o = image[y], y * w
+        for x in range(w):
+            row[x, 0], row[x, 1], row[x, 2] = rounded[0, o + x], rounded[1, o + x], rounded[2, o + x]
 
 
 @njit(cache=True, parallel=True, nogil=True)
 def color_jitter_kernel(images, dst, indices, key, params):
     b_lo, b_hi, c_lo, c_hi, s_lo, s_hi, hue, p = params[0], params[1], params[2], params[3], \
         params[4], params[5], params[6], params[7]
-    n, h, w, _ = images.shape
+    n = images.shape[0]
     for i in prange(n):
         k = sample_key(key, indices[i])
         if uniform(k, 0) >= p:
@@ -104,29 +135,12 @@ def color_jitter_kernel(images, dst, indices, key, params):
         cf = uniform_range(k, 2, c_lo, c_hi)
         sf = uniform_range(k, 3, s_lo, s_hi)
         hf = uniform_range(k, 4, -hue, hue)
-        if params[8] > 0:  # random_order
-            jitter_in_order(images[i], k, bf, cf, sf, hf)
-            continue
-        mean = 0.0  # mean luma after the brightness change, for the contrast change
-        for y in range(h):
-            for x in range(w):
-                mean += gray(clip255(bf * images[i, y, x, 0]), clip255(bf * images[i, y, x, 1]),
-                             clip255(bf * images[i, y, x, 2]))
-        mean /= h * w
-        for y in range(h):
-            for x in range(w):
-                r = clip255(bf * images[i, y, x, 0])
-                g = clip255(bf * images[i, y, x, 1])
-                b = clip255(bf * images[i, y, x, 2])
-                r, g, b = clip255(cf * r + (1 - cf) * mean), clip255(cf * g + (1 - cf) * mean), \
-                    clip255(cf * b + (1 - cf) * mean)
-                l = gray(r, g, b)
-                r, g, b = clip255(sf * r + (1 - sf) * l), clip255(sf * g + (1 - sf) * l), clip255(sf * b + (1 - sf) * l)
-                if hf != 0.0:
-                    r, g, b = shift_hue(r, g, b, hf)
-                images[i, y, x, 0] = np.uint8(r + 0.5)
-                images[i, y, x, 1] = np.uint8(g + 0.5)
-                images[i, y, x, 2] = np.uint8(b + 0.5)
+        order = np.arange(4)
+        if params[8] > 0:  # random_order: a Fisher-Yates shuffle on draws 5-7, like torchvision's randperm(4)
+            for j in range(3, 0, -1):
+                r = randint(k, 8 - j, 0, j)
+                order[j], order[r] = order[r], order[j]
+        jitter_image(images[i], order, bf, cf, sf, hf)
     return images
 
 
