@@ -55,7 +55,7 @@ def plot_runs(runs: list, metric: str = "val_top1", x: str = "epoch", out: str |
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from .runs import RunsError, _key, differing_keys, experiment_names, read_curve
+    from .runs.folders import RunsError, _key, differing_keys, experiment_names, read_curve
 
     keys = [k for k in differing_keys(runs) if k not in (fold or [])]
     several = len({run.path.resolve().parent for run in runs}) > 1
@@ -118,7 +118,8 @@ def curve_labels(runs: list, keys: list[str], with_experiment: bool = False) -> 
     """One label per run (a curve): its values of `keys` under their short names (`lr=0.1`, long values shortened,
     lines wrapped to fit below the axes), after its experiment when asked; and the legend of the short names
     (`lr = optimizer.lr`)."""
-    from .runs import _cell, _shorten, experiment_names, short_names
+    from .runs.folders import experiment_names
+    from .runs.table import _cell, _shorten, short_names
 
     names, experiments = short_names(keys), experiment_names(runs)
     labels = []
