@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import h5py
+import yaml
 
 from torchstrap_runtime.loggers import read_log
 
@@ -57,10 +58,13 @@ def test_generated_experiment_installs_as_a_package(tmp_path):
 def test_copier_copy_gives_the_same_experiment_as_torchstrap_new(tmp_path):
     copier = Path(sys.executable).with_name("copier")
     torchstrap = Path(sys.executable).with_name("torchstrap")
-    subprocess.run([str(copier), "copy", "--defaults", "--quiet", "--vcs-ref", "HEAD", str(CHECKOUT), str(tmp_path / "a")],
-                   check=True, capture_output=True)
     subprocess.run([str(torchstrap), "new", str(tmp_path / "b"), "--defaults", "--vcs-ref", "HEAD"],
                    check=True, capture_output=True)
+    # `torchstrap new` records the interpreter it runs on as the `python` answer: copier is given the same
+    python = yaml.safe_load((tmp_path / "b" / ".copier-answers.yml").read_text())["python"]
+    assert Path(python).is_file()
+    subprocess.run([str(copier), "copy", "--defaults", "--quiet", "--vcs-ref", "HEAD", "-d", f"python={python}",
+                    str(CHECKOUT), str(tmp_path / "a")], check=True, capture_output=True)
     files = lambda root: sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() and ".git" not in p.parts)
     assert files(tmp_path / "a") == files(tmp_path / "b")
     # identical, but for the template commit id when the checkout has uncommitted changes (copier commits them)
