@@ -35,7 +35,9 @@ def tpl(tmp_path_factory) -> Path:
 
 def make_env(args: str = "") -> dict[str, str]:
     """The user's shell: no virtual environment active, this checkout reachable, ARGS sizing the runs."""
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "TORCHSTRAP_DEBUG", "MAKEFLAGS", "PY")}
+    # not inside another make (the suite runs under `make test`): MAKELEVEL would add "Entering directory" lines
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("VIRTUAL_ENV", "TORCHSTRAP_DEBUG", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PY")}
     env.update(PYTHONPATH=str(CHECKOUT), NUMBA_CACHE_DIR=str(CHECKOUT / ".numba_cache"), ARGS=args)
     return env
 

@@ -19,7 +19,7 @@ TASKS = yaml.safe_load((ROOT / "copier.yml").read_text())["task"]["choices"]
 
 
 def test_readme_workflow_block_is_docs_workflow_txt():
-    block = re.search(r"## The workflow\n\n```\n(.*?)```", README.read_text(), re.S)
+    block = re.search(r"## The workflow\n\n```\w*\n(.*?)```", README.read_text(), re.S)
     assert block, "README.md needs a '## The workflow' section with a code block"
     assert block.group(1) == SPEC_FILE.read_text(), "README's workflow block must equal docs/workflow.txt"
 
