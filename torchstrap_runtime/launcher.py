@@ -401,12 +401,27 @@ def submit(config: dict[str, dict[str, Any]], trainer: str, sweeps: list[str] = 
     import_object(trainer)
     sys_path = tuple(dict.fromkeys(import_root(name) for name in (trainer, *[m + ":_" for m in imports])))
     fns = [TrainJob(point, trainer, imports, sys_path) for point in points]
+    return submit_jobs(executor, fns)
+
+
+def submit_jobs(executor: Any, fns: list[TrainJob]) -> list[tuple[Any, Path]]:
+    """Submit `fns`: one job, or one job array (`slurm.array_parallelism` at once); `(job, run folder)` pairs."""
     if len(fns) == 1:
         jobs = [executor.submit(fns[0])]
     else:
         with executor.batch():
             jobs = [executor.submit(fn) for fn in fns]
     return [(job, fn.run_dir) for job, fn in zip(jobs, fns)]
+
+
+def resubmit(fns: list[TrainJob], local: bool = False) -> list[tuple[Any, Path]]:
+    """Submit train jobs again as they are (`scripts/submit.py --resume`): those with the same `slurm` section
+    as one job array; `(job, run folder)` pairs."""
+    groups: dict[str, list[TrainJob]] = {}
+    for fn in fns:
+        groups.setdefault(json.dumps(fn.config["slurm"], sort_keys=True), []).append(fn)
+    return [pair for alike in groups.values()
+            for pair in submit_jobs(make_executor(alike[0].config["slurm"], local), alike)]
 
 
 def split_launcher_args(argv: list[str]) -> tuple[list[str], list[str], bool, bool]:
@@ -426,6 +441,9 @@ def main(trainer: str, argv: list[str] | None = None, imports: tuple[str, ...] =
     status = [option for option in read_argv(argv) if option.name == "--status"]
     if status:   # each job's state next to its run row
         return print_sweep_status([status[0].value] if status[0].value is not None else [])
+    if any(option.name == "--resume" for option in read_argv(argv)):
+        from .sweeps import resume_command
+        return resume_command(argv, resubmit)
     try:
         rest, sweeps, local, wait = split_launcher_args(argv)
         import_modules(imports)  # declare the experiment's sections before the config is parsed

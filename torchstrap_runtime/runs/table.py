@@ -286,10 +286,11 @@ def _aligned_width(table: list[list[str]]) -> int:
 
 # ---------------------------------------------------------------------- sweeps (scripts/submit.py --status)
 def sweep_jobs(folder: str | Path) -> list[dict[str, Any]]:
-    """The jobs submitit wrote under `folder` (slurm.folder without %j): `{"job", "state", "run_dir"}` each.
+    """The jobs submitit wrote under `folder` (slurm.folder without %j): `{"job", "state", "run_dir", "slurm_state",
+    "function"}` each (`function`: the submitted `launcher.TrainJob`).
 
-    The state comes from sacct when it knows the job, else from submitit's result file (COMPLETED, FAILED) or
-    PENDING/RUNNING (no result yet)."""
+    The state comes from sacct when it knows the job (`slurm_state`, else None), else from submitit's result file
+    (COMPLETED, FAILED) or PENDING/RUNNING (no result yet)."""
     import pickle
 
     folder = Path(folder)
@@ -314,10 +315,11 @@ def sweep_jobs(folder: str | Path) -> list[dict[str, Any]]:
             except Exception:  # noqa: BLE001
                 outcome = "error"
             state = "COMPLETED" if outcome == "success" else "FAILED"
-        jobs.append({"job": job_id, "state": state, "run_dir": run_dir})
+        jobs.append({"job": job_id, "state": state, "run_dir": run_dir, "function": submission.function})
     states = sacct_states(job["job"] for job in jobs)
     for job in jobs:
-        job["state"] = states.get(job["job"], job["state"])
+        job["slurm_state"] = states.get(job["job"])
+        job["state"] = job["slurm_state"] or job["state"]
     return jobs
 
 
