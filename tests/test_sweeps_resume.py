@@ -110,6 +110,7 @@ def test_resume_resubmits_the_killed_and_the_cancelled_run_of_a_sweep(slurm_clus
     assert all(row["status"] == "finished" and row["action"] == "leave" for row in plan.values()), plan
 
 
+@pytest.mark.slow
 def test_local_sweep_resumes_only_the_run_that_was_killed(tmp_path):
     """submitit's LocalExecutor: a sweep over `toy.kill_at_step` (no effect on the numbers), one run SIGKILLs
     itself mid-run; `--resume --local` resubmits it alone and it ends as the uninterrupted run."""
@@ -130,3 +131,21 @@ def test_local_sweep_resumes_only_the_run_that_was_killed(tmp_path):
         time.sleep(0.5)
     assert [run.status for run in sweep_plan(sweep_dir, slurm=False)] == ["finished", "finished"]
     toy.assert_same_run(tmp_path / "refs" / "ref", again.run_dir)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--resume"], "--resume needs the sweep's folder: --resume SWEEP_DIR"),
+    (["--resume", "{tmp}/nosuch"], "is not a folder: give the sweep's submitit folder"),
+    (["--resume", "{tmp}", "--slurm.partition", "gpu"], "--resume takes one SWEEP_DIR and only --dry-run and --local"),
+])
+def test_bad_resume_input_is_one_sentence_and_exit_2(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        launcher.main(toy.TRAINER, [a.format(tmp=tmp_path) for a in argv])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_a_folder_without_submissions_resubmits_nothing(tmp_path, capsys):
+    assert launcher.main(toy.TRAINER, ["--resume", str(tmp_path)]) == []
+    assert capsys.readouterr().out == f"no submitted runs under {tmp_path}\n"

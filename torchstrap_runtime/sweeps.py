@@ -14,10 +14,10 @@ started starts. The new jobs write into SWEEP_DIR too, so a later `--resume` see
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -109,7 +109,8 @@ def resume_sweep(folder: str | Path, submit: Callable[[list[Any], bool], list[tu
         return plan
     functions = []
     for run in todo:
-        function = type(run.function)(**run.function.__getstate__())   # a fresh copy, same config and run id
+        state = json.loads(json.dumps(run.function.__getstate__()))    # a fresh copy: same config and run id
+        function = type(run.function)(**state)
         slurm = function.config["slurm"]
         slurm["folder"] = str(folder / "%j") if str(slurm["folder"]).endswith("%j") else str(folder)
         functions.append(function)
@@ -156,6 +157,5 @@ def resume_command(argv: list[str], submit: Callable[[list[Any], bool], list[tup
     count = sum(run.resubmit for run in plan)
     where = "locally (submitit LocalExecutor)" if local else "to SLURM"
     verb = "would resubmit" if dry_run else "resubmitted"
-    print(f"{verb} {count} of {len(plan)} run(s) {where}" + (" (dry run: nothing submitted)" if dry_run else ""),
-          file=sys.stdout)
+    print(f"{verb} {count} of {len(plan)} run(s) {where}" + (" (dry run: nothing submitted)" if dry_run else ""))
     return plan
