@@ -3,6 +3,7 @@
     python scripts/submit.py -C configs/default.yaml --slurm.partition gpu --slurm.timeout_min 240
     python scripts/submit.py -C configs/default.yaml --sweep optimizer.lr=0.1,0.01 --sweep training.seed=0,1
     python scripts/submit.py -C configs/default.yaml --local        # submitit's LocalExecutor, no cluster
+    python scripts/submit.py --resume slurm_logs [--dry-run]         # resubmit what failed (sweeps.py)
 
 Every job trains in a fixed run folder (`logging.folder/logging.run_id`, decided at submission). On USR2
 (time limit or preemption) the Trainer finishes its step, saves `run_dir/checkpoints/last.pt` and the job
