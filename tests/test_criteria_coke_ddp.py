@@ -3,11 +3,8 @@ the state of one process fed the whole batch; the mean of the ranks' losses equa
 
 from __future__ import annotations
 
-import os
-
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo import run_on_ranks
 
 from torchstrap_runtime.criteria import build_criterion
 
@@ -49,23 +46,15 @@ def run(criteria: dict[str, torch.nn.Module], rank: int, world: int) -> list[flo
     return losses
 
 
-def worker(rank: int, world: int, folder: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
-    try:
-        criteria = make_criteria()
-        losses = run(criteria, rank, world)
-        torch.save({"losses": losses, **{k: c.state_dict() for k, c in criteria.items()}},
-                   os.path.join(folder, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def rank_job(rank: int, world: int) -> dict:
+    criteria = make_criteria()
+    return {"losses": run(criteria, rank, world), **{name: c.state_dict() for name, c in criteria.items()}}
 
 
 def test_two_ranks_match_one_process(tmp_path):
     reference = make_criteria()
     losses = torch.tensor(run(reference, rank=0, world=1))
-    mp.start_processes(worker, args=(2, str(tmp_path)), nprocs=2, join=True, start_method="spawn")
-    states = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    states = run_on_ranks(rank_job, 2, tmp_path)
     mean_loss = (torch.tensor(states[0]["losses"]) + torch.tensor(states[1]["losses"])) / 2
     assert torch.allclose(mean_loss, losses, atol=1e-5)
     for rank, state in enumerate(states):

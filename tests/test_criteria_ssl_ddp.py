@@ -6,11 +6,8 @@ shares (5 and 7 rows) the losses weighted by the ranks' rows equal the one-proce
 
 from __future__ import annotations
 
-import os
-
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo import run_on_ranks
 
 from torchstrap_runtime.criteria import build_criterion
 
@@ -60,25 +57,16 @@ def run(criteria: dict[str, torch.nn.Module], rank: int, world: int, bounds: tup
     return out
 
 
-def worker(rank: int, world: int, folder: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
-    try:
-        criteria = make_criteria()
-        results = run(criteria, rank, world)
-        unequal = make_criteria()
-        unequal_results = run(unequal, rank, world, UNEQUAL)
-        torch.save({"results": results, "dino": criteria["dino"].state_dict(), "unequal": unequal_results,
-                    "unequal_dino": unequal["dino"].state_dict()}, os.path.join(folder, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def rank_job(rank: int, world: int) -> dict:
+    criteria, unequal = make_criteria(), make_criteria()
+    return {"results": run(criteria, rank, world), "dino": criteria["dino"].state_dict(),
+            "unequal": run(unequal, rank, world, UNEQUAL), "unequal_dino": unequal["dino"].state_dict()}
 
 
 def test_two_ranks_equal_one_process_on_the_global_batch(tmp_path):
     reference = make_criteria()
     expected = run(reference, rank=0, world=1)
-    mp.start_processes(worker, args=(WORLD, str(tmp_path)), nprocs=WORLD, join=True, start_method="spawn")
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    ranks = run_on_ranks(rank_job, WORLD, tmp_path)
     for name in CASES:
         for step in range(STEPS):
             loss, student_grads, teacher_grads = expected[name][step]

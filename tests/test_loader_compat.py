@@ -11,7 +11,7 @@ from ffcv.fields.basics import IntDecoder
 from ffcv.loader import Loader as FFCVLoader
 from ffcv.transforms import ToTensor
 
-from torchstrap_runtime.config import config_as_dict, reset_config, set_values
+from torchstrap_runtime.config import reset_config, set_values
 from torchstrap_runtime.data import (Loader, OrderOption, RandomColorJitter, RandomErasing, RandomGrayscale,
                                      RandomHorizontalFlip, RandomInvert, RandomResizedCrop, RandomSolarization,
                                      RandomTranslation, RandomVerticalFlip, SimpleRGBImageDecoder, write_dataset)
@@ -131,8 +131,6 @@ def test_trainer_validation_sums_skip_the_padding(beton, tmp_path):
     reset_config(keep_sections=True)
     set_values({"logging.folder": str(tmp_path), "logging.progress": False, "training.epochs": 1,
                 "model.num_classes": 17})
-    if "image_size" in config_as_dict().get("data", {}):  # declared by experiments other tests imported
-        set_values({"data.image_size": 8})  # the stored size: the loaders' check compares them
     try:
         SeventeenTrainer.path = beton
         trainer = SeventeenTrainer()

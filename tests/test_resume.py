@@ -31,28 +31,10 @@ EPOCHS = 3
 TOY_SECTIONS = ("training", "model", "optimizer", "scheduler", "criterion", "logging", "toy", "slurm")
 
 
-def declared_by_a_toy_job() -> dict[str, set[str]]:
-    """The keys of the runtime's standard sections as a fresh process declares them (experiments imported by
-    other tests of this process add keys to them, e.g. model.stem)."""
-    from fastargs.state import set_current_config
-
-    from torchstrap_runtime.sections import declare_standard_sections
-
-    previous = cfg.get_config()
-    cfg.reset_config()
-    declare_standard_sections()
-    keys = {name: set(values) for name, values in cfg.config_as_dict().items()}
-    set_current_config(previous)
-    return keys
-
-
 def toy_config(folder: Path, run_id: str, **overrides: dict) -> dict:
     """The resolved config of a small toy run (3 epochs x 21 steps, cosine schedule, dropout, noise)."""
-    standard = declared_by_a_toy_job()
     cfg.load_config([])
-    # the sections and keys a toy job process declares too (other tests may have declared more in this process)
-    base = {name: {key: value for key, value in values.items() if name not in standard or key in standard[name]}
-            for name, values in cfg.config_as_dict().items() if name in TOY_SECTIONS}
+    base = {name: values for name, values in cfg.config_as_dict().items() if name in TOY_SECTIONS}
     base["training"].update(epochs=EPOCHS, seed=3, device="cpu")   # also on GPU machines (jobs see no GPU)
     base["scheduler"].update(name="cosine", warmup_epochs=0.5)
     base["logging"].update(folder=str(folder), run_id=run_id, progress=False, log_every=1)

@@ -27,7 +27,7 @@ from .decoders import SimpleRGBImageDecoder
 from .erasing import RandomErasing
 from .gaussian_blur import RandomGaussianBlur
 from .grayscale import RandomGrayscale
-from .horizontal_flip import RandomHorizontalFlip
+from .flip import RandomHorizontalFlip, RandomVerticalFlip
 from .invert import RandomInvert
 from .loader import Loader
 from .normalize_on_device import NormalizeOnDevice, batch_device
@@ -35,7 +35,6 @@ from .random_resized_crop import RandomResizedCrop
 from .sample_index import SampleIndexDecoder
 from .solarization import RandomSolarization
 from .translation import RandomTranslation
-from .vertical_flip import RandomVerticalFlip
 from .writers import beton_info, check_beton, write_dataset, write_digits, write_image_files, write_image_folder
 from .sources import SOURCES, SourceError, prepare, read_classes
 

@@ -134,8 +134,8 @@ class Seeded:
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         cls.stream = stream_id(cls.__name__)
-        if "__init__" in cls.__dict__:
-            cls.__init__ = accept_ffcv_names(cls.__dict__["__init__"])
+        if not hasattr(cls.__init__, "__wrapped__"):
+            cls.__init__ = accept_ffcv_names(cls.__init__)
 
 
 class SeededTransform(Seeded, Operation):
@@ -164,6 +164,17 @@ class SeededTransform(Seeded, Operation):
             raise ValueError(f"{type(self).__name__} needs uint8 HxWx3 images from a decoder before it, "
                              f"got shape {shape}")
         return replace(previous_state, jit_mode=True), AllocationQuery(shape, previous_state.dtype)
+
+
+class WithProbability:
+    """Mixin for an op applied to each sample with probability `p` (draw 0 < p): `p` checked, `params()` = [p]."""
+
+    def __init__(self, p: float = 0.5, seed: Optional[int] = None):
+        super().__init__(seed)
+        self.p = check_probability(p, type(self).__name__)
+
+    def params(self) -> np.ndarray:
+        return np.array([self.p])
 
 
 class SeededInPlaceTransform(SeededTransform):

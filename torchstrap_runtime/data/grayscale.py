@@ -4,7 +4,7 @@ from typing import Optional
 import numpy as np
 from numba import njit, prange
 
-from .base import SeededInPlaceTransform, check_probability
+from .base import SeededInPlaceTransform, WithProbability
 from .rng import sample_key, uniform
 
 
@@ -29,7 +29,7 @@ def grayscale_kernel(images, dst, indices, key, params):
     return images
 
 
-class RandomGrayscale(SeededInPlaceTransform):
+class RandomGrayscale(WithProbability, SeededInPlaceTransform):
     """With probability `p` (draw 0 < p), set R = G = B = round(0.299 R + 0.587 G + 0.114 B).
 
     The output keeps three (equal) channels, so it can be followed by any RGB op.
@@ -43,8 +43,4 @@ class RandomGrayscale(SeededInPlaceTransform):
     kernel = staticmethod(grayscale_kernel)
 
     def __init__(self, p: float = 0.2, seed: Optional[int] = None):
-        super().__init__(seed)
-        self.p = check_probability(p, "RandomGrayscale")
-
-    def params(self) -> np.ndarray:
-        return np.array([self.p])
+        super().__init__(p, seed)

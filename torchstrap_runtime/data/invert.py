@@ -1,10 +1,8 @@
 """RandomInvert: replace every pixel value v by 255 - v with probability p."""
-from typing import Optional
 
-import numpy as np
 from numba import njit, prange
 
-from .base import SeededInPlaceTransform, check_probability
+from .base import SeededInPlaceTransform, WithProbability
 from .image_kernels import solarize_image
 from .rng import sample_key, uniform
 
@@ -19,7 +17,7 @@ def invert_kernel(images, dst, indices, key, params):
     return images
 
 
-class RandomInvert(SeededInPlaceTransform):
+class RandomInvert(WithProbability, SeededInPlaceTransform):
     """Invert each image (v -> 255 - v on every channel) with probability `p` (draw 0 < p).
 
     Args:
@@ -28,10 +26,3 @@ class RandomInvert(SeededInPlaceTransform):
     """
 
     kernel = staticmethod(invert_kernel)
-
-    def __init__(self, p: float = 0.5, seed: Optional[int] = None):
-        super().__init__(seed)
-        self.p = check_probability(p, "RandomInvert")
-
-    def params(self) -> np.ndarray:
-        return np.array([self.p])

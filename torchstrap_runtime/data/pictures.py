@@ -19,13 +19,12 @@ from .decoders import SimpleRGBImageDecoder
 from .erasing import RandomErasing
 from .gaussian_blur import RandomGaussianBlur
 from .grayscale import RandomGrayscale
-from .horizontal_flip import RandomHorizontalFlip
+from .flip import RandomHorizontalFlip, RandomVerticalFlip
 from .invert import RandomInvert
 from .loader import Loader, OrderOption
 from .random_resized_crop import RandomResizedCrop
 from .solarization import RandomSolarization
 from .translation import RandomTranslation
-from .vertical_flip import RandomVerticalFlip
 from .writers import beton_info, digits_arrays, write_dataset
 
 PathLike = Union[str, Path]

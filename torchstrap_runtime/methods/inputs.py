@@ -5,6 +5,13 @@ from __future__ import annotations
 import torch
 
 
+def check_temperature(method: str, temperature: float) -> float:
+    """`temperature` as a float, or a ValueError naming the method when it is not > 0."""
+    if not temperature > 0:
+        raise ValueError(f"{method} temperature must be > 0, got {temperature!r}")
+    return float(temperature)
+
+
 def check_views(method: str, student, teacher, students: int | str, teachers: int | str | None) -> None:
     """Raise ValueError unless `student` (and `teacher`) are lists of 2-D tensors with equal batch sizes per list:
     `students` and `teachers` views, each an int or "N+" for at least N (`teachers` None: no teacher accepted)."""

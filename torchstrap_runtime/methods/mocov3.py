@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributed import all_gather_cat, rows_before_rank
-from .inputs import check_views, full_precision
+from .inputs import check_temperature, check_views, full_precision
 
 
 class MoCoV3Loss(nn.Module):
@@ -25,9 +25,7 @@ class MoCoV3Loss(nn.Module):
 
     def __init__(self, temperature: float = 1.0):
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"mocov3 temperature must be > 0, got {temperature!r}")
-        self.temperature = float(temperature)
+        self.temperature = check_temperature("mocov3", temperature)
 
     def contrastive(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         q, k = F.normalize(q, dim=1), F.normalize(k.detach(), dim=1)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributed import all_gather_cat_with_grad, rows_before_rank
-from .inputs import check_views, full_precision
+from .inputs import check_temperature, check_views, full_precision
 
 
 class SimCLRLoss(nn.Module):
@@ -26,9 +26,7 @@ class SimCLRLoss(nn.Module):
 
     def __init__(self, temperature: float = 0.1):
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"simclr temperature must be > 0, got {temperature!r}")
-        self.temperature = float(temperature)
+        self.temperature = check_temperature("simclr", temperature)
 
     def forward(self, student: list[torch.Tensor], teacher: list[torch.Tensor] | None = None) -> torch.Tensor:
         check_views("simclr", student, teacher, 2, None)
