@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -25,6 +23,7 @@ from typing import Any, Callable
 from .command_line import split_options
 from .errors import UserError, fail
 from .runs import RunsError, format_rows, is_run_dir, load_run, run_status, sweep_jobs
+from .runs.folders import slurm_job_rows
 
 ALIVE_STATES = {"RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "RESIZING"}
 QUEUED_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"}
@@ -52,14 +51,7 @@ def _job_order(job_id: str) -> tuple[int, ...]:
 
 def queued_states(job_ids: list[str]) -> dict[str, str]:
     """`{job id: state}` for the jobs `squeue` still holds (pending, running or recently ended); {} without it."""
-    if not job_ids or shutil.which("squeue") is None:
-        return {}
-    try:
-        out = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i|%T", "-j", ",".join(job_ids)],
-                             capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    return dict(line.split("|", 1) for line in out.stdout.splitlines() if "|" in line)
+    return dict(slurm_job_rows(["squeue", "-h", "-t", "all", "-o", "%i|%T"], job_ids))
 
 
 def judge(run_dir: Path, job_state: str | None, slurm: bool) -> str:

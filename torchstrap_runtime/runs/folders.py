@@ -220,22 +220,23 @@ def run_status(run: Run, slurm_state: str | None = None) -> str:
     return "failed"
 
 
+def slurm_job_rows(command: list[str], job_ids: Iterable[str]) -> list[tuple[str, str]]:
+    """(job id, state) rows that a SLURM `command` printing `JOBID|STATE` lines gives for `job_ids`
+    ([] when the command is missing or fails)."""
+    job_ids = sorted({str(j) for j in job_ids if j})
+    if not job_ids or shutil.which(command[0]) is None:
+        return []
+    try:
+        out = subprocess.run([*command, "-j", ",".join(job_ids)], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [tuple(part.strip() for part in line.split("|", 1)) for line in out.stdout.splitlines() if "|" in line]
+
+
 def sacct_states(job_ids: Iterable[str]) -> dict[str, str]:
     """`{job id: SLURM state}` from one `sacct` call ({} when sacct is missing or fails)."""
-    job_ids = sorted({str(j) for j in job_ids if j})
-    if not job_ids or shutil.which("sacct") is None:
-        return {}
-    try:
-        out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(job_ids)],
-                             capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    states = {}
-    for line in out.stdout.splitlines():
-        if "|" in line:
-            job, state = line.split("|", 1)
-            states[job.strip()] = state.split()[0] if state.strip() else ""
-    return states
+    rows = slurm_job_rows(["sacct", "-n", "-P", "-X", "-o", "JobID,State"], job_ids)
+    return {job: state.split()[0] if state else "" for job, state in rows}
 
 
 def load_runs(paths: Iterable[str | Path] = ("runs",), use_sacct: bool = True) -> list[Run]:
