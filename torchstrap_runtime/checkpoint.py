@@ -117,7 +117,7 @@ def truncate_run_logs(run_dir: Path, log_bytes: int, hdf5_rows: dict[str, int]) 
 # `attach_criterion`. A start from `model.load_from` goes through the same two steps with the parts it keeps.
 def trainer_state(trainer: Any, batch: int) -> dict[str, Any]:
     """Everything an exact resume of `trainer` needs: weights (and their EMA), optimizer, scheduler, scaler,
-    position, RNGs, criterion, the best epochs so far, and how far the logs had got (so a resumed run neither
+    position, RNGs, criterion, the modules of `trainer.checkpointed`, the best epochs so far, and how far the logs had got (so a resumed run neither
     repeats nor loses rows). `batch` > 0: the batches of the epoch already done."""
     criterion = getattr(trainer, "criterion", None)
     return {
@@ -127,6 +127,7 @@ def trainer_state(trainer: Any, batch: int) -> dict[str, Any]:
         "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
         "scaler": trainer.scaler.state_dict(),
         "criterion": criterion.state_dict() if isinstance(criterion, torch.nn.Module) else None,
+        "modules": {name: module.state_dict() for name, module in getattr(trainer, "checkpointed", {}).items()},
         "epoch": trainer.epoch,
         "step": trainer.step,
         "batch": batch,
@@ -164,8 +165,12 @@ def restore_weights_and_position(trainer: Any, state: dict[str, Any], resume: bo
 
 
 def restore_optimization_state(trainer: Any, state: dict[str, Any]) -> None:
-    """The criterion, optimizer and scheduler states (those `state` has and `trainer` has objects for)."""
+    """The criterion, optimizer and scheduler states, and those of `trainer.checkpointed` (a dict of modules an
+    experiment adds: a momentum teacher, a probe), for those `state` has and `trainer` has objects for."""
     criterion = getattr(trainer, "criterion", None)
+    for name, module in getattr(trainer, "checkpointed", {}).items():
+        if name in (state.get("modules") or {}):
+            module.load_state_dict(state["modules"][name])
     if state.get("criterion") and isinstance(criterion, torch.nn.Module):
         criterion.load_state_dict(state["criterion"])
     if state.get("optimizer") and trainer.optimizer is not None:

@@ -1,4 +1,5 @@
-"""Evaluation of embeddings by a kNN vote over the training set's embeddings.
+"""Evaluation of embeddings: a kNN vote over the training set's embeddings, the effective rank of a batch of
+embeddings (`rankme`), and a linear probe trained alongside the run (`OnlineLinearProbe`).
 
     features, labels = embed_loader(self, self.val_loader.bank)  # the training set's embeddings (kNN reference)
 
@@ -8,9 +9,13 @@ set whose embeddings are the kNN reference.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Iterable, Iterator
 
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
 
 from .distributed import drop_padding, gather_rows
 
@@ -50,3 +55,44 @@ def embed_loader(trainer: Any, loader: Iterable) -> tuple[torch.Tensor, torch.Te
 def gathered(chunks: list[torch.Tensor]) -> torch.Tensor:
     """Tensors kept batch by batch (e.g. validation embeddings), concatenated on the CPU over all ranks."""
     return gather_rows(torch.cat([c.cpu() for c in chunks]))
+
+
+def rankme(embeddings: torch.Tensor, eps: float = 1e-7) -> float:
+    """RankMe (Garrido et al., 2023): the effective rank `exp(-sum p_k log p_k)` of an (N, D) embedding matrix,
+    `p_k = sigma_k / ||sigma||_1 + eps` over its singular values; from 1 (collapsed) to min(N, D)."""
+    sigma = torch.linalg.svdvals(embeddings.detach().double())
+    p = sigma / sigma.sum() + eps
+    return float(torch.exp(-(p * torch.log(p)).sum()))
+
+
+class OnlineLinearProbe(nn.Module):
+    """A linear classifier trained alongside the run on detached features, with its own AdamW: no gradient
+    reaches the backbone, and the main optimizer never sees its weights. Its optimizer state is part of its
+    `state_dict` (extra state), so a checkpoint of the module resumes it exactly."""
+
+    def __init__(self, in_features: int, num_classes: int, lr: float = 1e-3, weight_decay: float = 0.0):
+        super().__init__()
+        self.linear = nn.Linear(in_features, num_classes)
+        self.optimizer = torch.optim.AdamW(self.linear.parameters(), lr=lr, weight_decay=weight_decay)
+
+    def train_step(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One optimizer step of the probe on `features` (detached here); its loss, detached."""
+        with torch.enable_grad():
+            loss = F.cross_entropy(self.linear(features.detach().float()), labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        if dist.is_available() and dist.is_initialized():  # every rank's probe takes the same step
+            for p in self.linear.parameters():
+                dist.all_reduce(p.grad)
+                p.grad /= dist.get_world_size()
+        self.optimizer.step()
+        return loss.detach()
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(features.detach().float())
+
+    def get_extra_state(self) -> dict:
+        return copy.deepcopy(self.optimizer.state_dict())  # its own tensors: a later step must not change them
+
+    def set_extra_state(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state)
