@@ -105,6 +105,7 @@ def test_ssl_trainer_calls_the_criterion_on_views_and_resumes_coke_state(tmp_pat
     trainer = in_memory(task_trainer("ssl-multiview"), views=3)()
     record = trainer.run()
     assert 0 <= record["val_knn_top1"] <= 1 and record["val_top1"] == record["val_knn_top1"]
+    assert 1.0 <= record["val_rankme"] <= trainer.raw_model.backbone(torch.zeros(2, 3, 8, 8)).shape[1]  # effective rank
     assert "coke/head0/dual_mean" in record  # the criterion's end_epoch() ran and was logged
     centers = trainer.criterion.centers_0.clone()
     assert bool(trainer.criterion.initialized) and torch.allclose(centers.norm(dim=1), torch.ones(4))
