@@ -206,7 +206,7 @@ class TrainerBase:
         config.json when the run folder has none. Training without a checkpoint starts the logs over."""
         if not self.eval_only and not self.checkpoint_path.exists() and start_logs_over(self.run_dir):
             print(f"no checkpoint in {self.run_dir}: starting over, the logs of the earlier attempt are emptied "
-                  f"(log.jsonl, arrays.h5)", file=sys.stderr)
+                  f"({LOG_FILE}, {HDF5_FILE})", file=sys.stderr)
         self.json_logger = JSONLogger(self.run_dir / LOG_FILE)
         self.hdf5_logger = HDF5Logger(self.run_dir / HDF5_FILE)
         if not (self.run_dir / CONFIG_FILE).exists():
