@@ -248,3 +248,42 @@ def _read_only(folder: Path) -> bool:
         return True
     (folder / ".probe").unlink()
     return False
+
+
+def test_a_rerun_on_a_disk_still_full_stops_at_the_lock(experiment, tmp_path):  # noqa: F811
+    with mounted("-t", "tmpfs", "-o", "size=1m", "tmpfs", target=tmp_path / "tiny") as disk:
+        (disk / "full").mkdir()
+        with contextlib.suppress(OSError), open(disk / "filler", "wb") as filler:
+            while True:
+                filler.write(b"\0" * 65536)
+        done = experiment.run_train(*RUN, "--logging.run_id", "full", "--logging.folder", str(disk))
+        assert_one_sentence(done, f"error: the disk holding run folder {disk / 'full'} is full (0.0 MB free) and the "
+                                  f"run needs more space: no checkpoint was written yet; free space there and rerun")
+        assert [p.name for p in (disk / "full").iterdir()] == []
+
+
+def test_a_log_line_that_does_not_fit_is_cut_off_whole(tmp_path):
+    from torchstrap_runtime.loggers import JSONLogger
+
+    with mounted("-t", "tmpfs", "-o", "size=64k", "tmpfs", target=tmp_path / "tiny") as disk:
+        logger = JSONLogger(disk / "log.jsonl")
+        logger.log({"kind": "train_step", "loss": 1.0}, step=0)
+        with pytest.raises(OSError, match="No space left on device"):
+            logger.log({"kind": "train_step", "text": "x" * (1 << 20)}, step=1)
+        logger.log({"kind": "end", "status": "failed"}, step=1)
+        logger.close()
+        assert [(r["step"], r["kind"]) for r in read_log(disk / "log.jsonl")] == [(0, "train_step"), (1, "end")]
+
+
+def test_temporary_files_of_dead_processes_are_removed_when_a_run_takes_its_folder(tmp_path):
+    from torchstrap_runtime.run_folder import create_run_folder
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = [tmp_path / f".log.jsonl.{dead.pid}.abc.tmp", tmp_path / "checkpoints" / f".last.pt.{dead.pid}.def.tmp"]
+    live = tmp_path / "checkpoints" / f".best.pt.{os.getppid()}.ghi.tmp"  # a process that lives
+    live.parent.mkdir()
+    for path in (*stale, live):
+        path.write_bytes(b"partial")
+    create_run_folder(tmp_path).release()
+    assert [path.exists() for path in stale] == [False, False] and live.exists()
