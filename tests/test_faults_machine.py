@@ -287,3 +287,15 @@ def test_temporary_files_of_dead_processes_are_removed_when_a_run_takes_its_fold
         path.write_bytes(b"partial")
     create_run_folder(tmp_path).release()
     assert [path.exists() for path in stale] == [False, False] and live.exists()
+
+
+def test_ctrl_c_outside_training_is_one_line(capsys):
+    from torchstrap_runtime.errors import exit_on_user_error
+
+    def interrupted(argv: list[str]) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as stop:
+        exit_on_user_error(interrupted, [])
+    assert stop.value.code == 130
+    assert capsys.readouterr().err == "interrupted: Ctrl-C\n"

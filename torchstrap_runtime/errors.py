@@ -71,7 +71,7 @@ def exit_on_user_error(main: Callable[[list[str]], Any], argv: Sequence[str] | N
     except KeyboardInterrupt as error:  # Ctrl-C, SIGTERM (signals.Interrupted): one line, 130 / 143
         if debug_requested(argv):
             raise
-        print(f"interrupted: {error or 'Ctrl-C'}", file=sys.stderr)
+        print(f"interrupted: {str(error) or 'Ctrl-C'}", file=sys.stderr)
         raise SystemExit(getattr(error, "exit_code", 130)) from None
     except OSError as error:  # a full disk or a read-only folder met outside a run's own checks
         if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
