@@ -60,12 +60,23 @@ class Experiment:
         """The config its train module resolves with `args` (`--print-config`)."""
         return resolved_config(self.path, *args)
 
-    def run_train(self, *args: str, **run) -> subprocess.CompletedProcess:
-        """Its train module with configs/default.yaml on the digits, no progress bar, runs under root / "runs"."""
+    def train_argv(self, *args: str) -> list[str]:
+        """The python argv of its train module with configs/default.yaml on the digits, no progress bar, runs
+        under root / "runs", then `args`."""
         package = next(self.path.glob("src/*/train.py")).parent.name
-        return self.run("-m", f"{package}.train", "-C", "configs/default.yaml", "--data.train_path", str(self.train),
-                        "--data.val_path", str(self.val), "--logging.progress", "false", "--logging.folder",
-                        str(self.root / "runs"), *args, **run)
+        return ["-m", f"{package}.train", "-C", "configs/default.yaml", "--data.train_path", str(self.train),
+                "--data.val_path", str(self.val), "--logging.progress", "false", "--logging.folder",
+                str(self.root / "runs"), *args]
+
+    def run_train(self, *args: str, **run) -> subprocess.CompletedProcess:
+        """Its train module (`train_argv`), to its end."""
+        return self.run(*self.train_argv(*args), **run)
+
+    def start_train(self, *args: str, stderr: Path, **popen) -> subprocess.Popen:
+        """Its train module (`train_argv`) started in the background, its stderr into the file `stderr`."""
+        with open(stderr, "w") as err:
+            return subprocess.Popen([sys.executable, *self.train_argv(*args)], cwd=self.path, env=self.env,
+                                    stdout=subprocess.DEVNULL, stderr=err, text=True, **popen)
 
 
 def make_experiment(root: Path, answers: dict, digits: bool = True, template: Path | None = None) -> Experiment:

@@ -6,9 +6,12 @@ pickles, an empty class folder, a garbage config.json. Each ends in one sentence
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import subprocess
+from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -66,18 +69,25 @@ class NoBatchTrainer(Trainer):
         self.val_loader = [(torch.zeros(4, 3, 2, 2), torch.zeros(4, dtype=torch.long))]
 
 
-def test_a_run_without_any_step_is_never_finished(tmp_path):
+@contextlib.contextmanager
+def in_process_run(folder: Path, run_id: str, epochs: int) -> Iterator[None]:
+    """The config of a Trainer built in this process: `run_id` under `folder`, no progress bar, two classes."""
     reset_config(keep_sections=True)
-    set_values({"logging.folder": str(tmp_path), "logging.progress": False, "model.num_classes": 2,
-                "training.epochs": 2, "logging.run_id": "nothing"})
+    set_values({"logging.folder": str(folder), "logging.progress": False, "model.num_classes": 2,
+                "training.epochs": epochs, "logging.run_id": run_id})
     try:
+        yield
+    finally:
+        reset_config(keep_sections=True)
+
+
+def test_a_run_without_any_step_is_never_finished(tmp_path):
+    with in_process_run(tmp_path, "nothing", epochs=2):
         trainer = NoBatchTrainer()
         with pytest.raises(UserError, match="the training loader gave no batch in epoch 1: nothing was trained"):
             trainer.run()
         assert not trainer.finished
         assert all(r.get("status") != "finished" for r in read_log(tmp_path / "nothing"))
-    finally:
-        reset_config(keep_sections=True)
 
 
 # ---------------------------------------------------------------------- a run id that escapes
@@ -191,10 +201,7 @@ class TinyTrainer(Trainer):
 
 
 def test_refused_resume_releases_the_run_and_evaluation_keeps_the_record(tmp_path):
-    reset_config(keep_sections=True)
-    set_values({"logging.folder": str(tmp_path), "logging.progress": False, "model.num_classes": 2,
-                "training.epochs": 1, "logging.run_id": "kept"})
-    try:
+    with in_process_run(tmp_path, "kept", epochs=1):
         TinyTrainer().run()
         record = (tmp_path / "kept" / "config.json").read_text()
         set_values({"optimizer.lr": 0.01, "optimizer.momentum": 0.5})
@@ -205,8 +212,6 @@ def test_refused_resume_releases_the_run_and_evaluation_keeps_the_record(tmp_pat
         set_values({"optimizer.lr": 0.1, "optimizer.momentum": 0.9, "training.eval_only": True})
         TinyTrainer().run()  # evaluating the run: allowed, and its config.json stays as it trained
         assert (tmp_path / "kept" / "config.json").read_text() == record
-    finally:
-        reset_config(keep_sections=True)
 
 
 # ---------------------------------------------------------------------- smaller ones

@@ -3,11 +3,14 @@
 Raise a `UserError` (or one of its kinds below) wherever a user's input is found wrong: a value out of
 range, a missing or corrupt file, a busy run folder. Entry points run their `main` through
 `exit_on_user_error`, the one place that turns it into `error: <sentence>` on stderr and exit code 2.
-`--debug` on the command line, or `TORCHSTRAP_DEBUG=1`, shows the traceback instead.
+`--debug` on the command line, or `TORCHSTRAP_DEBUG=1`, shows the traceback instead. It also ends a run stopped
+by Ctrl-C or SIGTERM with one line (exit 130 / 143, `signals.Interrupted`) and turns a full disk or a read-only
+folder met anywhere into one sentence.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -65,3 +68,13 @@ def exit_on_user_error(main: Callable[[list[str]], Any], argv: Sequence[str] | N
         return main(rest)
     except UserError as error:
         fail(error, argv=argv)
+    except KeyboardInterrupt as error:  # Ctrl-C, SIGTERM (signals.Interrupted): one line, 130 / 143
+        if debug_requested(argv):
+            raise
+        print(f"interrupted: {str(error) or 'Ctrl-C'}", file=sys.stderr)
+        raise SystemExit(getattr(error, "exit_code", 130)) from None
+    except OSError as error:  # a full disk or a read-only folder met outside a run's own checks
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        where = f" writing {error.filename}" if error.filename else ""
+        fail(UserError(f"{error.strerror}{where}: free space or make the folder writable, then rerun"), argv=argv)

@@ -40,7 +40,8 @@ def _to_jsonable(value: Any) -> Any:
 
 
 class JSONLogger:
-    """Appends one JSON object per `log()` call to `path`, flushed immediately (line-buffered).
+    """Appends one JSON object per `log()` call to `path`, written to the file at once (unbuffered); a line
+    whose write fails (a full disk) is cut off again, so the file holds whole lines only.
 
     Each line's `time` is the run's wall time in seconds: a resumed run continues from the last line's time."""
 
@@ -48,12 +49,19 @@ class JSONLogger:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._start = time.time() - last_logged_time(self.path)
-        self._file = open(self.path, "a", buffering=1, encoding="utf-8")
+        self._file = open(self.path, "ab", buffering=0)
 
     def log(self, values: dict[str, Any], **context: Any) -> dict[str, Any]:
         """Write one line; returns the record written (for the log's mirrors)."""
         record = {**context, "time": round(time.time() - self._start, 6), **_to_jsonable(values)}
-        self._file.write(json.dumps(record) + "\n")
+        line, start = (json.dumps(record) + "\n").encode("utf-8"), self._file.tell()
+        try:
+            written = 0
+            while written < len(line):
+                written += self._file.write(line[written:])
+        except OSError:
+            self._file.truncate(start)
+            raise
         return record
 
     def tell(self) -> int:
@@ -218,11 +226,14 @@ class HDF5Logger:
         f.flush()
 
     def close(self) -> None:
-        self.drain()
-        self._datasets, self._lengths = {}, {}
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        """Write what is queued (raising the writer's error, once), then close the file in any case."""
+        try:
+            self.drain()
+        finally:
+            self._datasets, self._lengths = {}, {}
+            if self._file is not None:
+                file, self._file = self._file, None
+                file.close()
 
 
 def last_logged_time(path: str | Path) -> float:

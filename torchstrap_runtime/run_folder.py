@@ -10,12 +10,15 @@
         tensorboard/, csv/   mirrors of log.jsonl (logging.backends); MLflow's file store is <logging.folder>/mlruns
 
 Every file that must never be seen half-written goes through `atomic_write`: written under a temporary name
-in the same folder, flushed to disk (fsync), then renamed over the target (`os.replace`, atomic on POSIX).
+in the same folder (`.<name>.<pid>.<random>.tmp`), flushed to disk (fsync), then renamed over the target
+(`os.replace`, atomic on POSIX). Temporary files a dead process left behind are removed when a run takes
+its folder (`remove_stale_temporaries`); a restart without a checkpoint starts the logs over (`start_logs_over`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -76,9 +79,10 @@ def epoch_checkpoint(run_dir: Path, epoch: int) -> Path:
 
 # ---------------------------------------------------------------------- atomic writes
 def temporary_beside(path: Path) -> Path:
-    """A new empty file `.<name>.<random>.tmp` in `path`'s folder (created with it), where `path` is written first."""
+    """A new empty file `.<name>.<pid>.<random>.tmp` in `path`'s folder (created with it), where `path` is written
+    first (the pid tells whether its writer still lives)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     return Path(name)
 
@@ -246,9 +250,83 @@ class RunLock:
 
 
 def create_run_folder(run_dir: Path) -> RunLock:
-    """Create the run folder and take its lock (a second process on this run is refused)."""
+    """Create the run folder and take its lock (a second process on this run is refused), then remove the
+    temporary files dead processes left in it. A folder that cannot be written is one sentence (`UserError`)."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"cannot create the run folder {run_dir}: {error.strerror} (logging.folder)") from None
-    return RunLock(run_dir).acquire()
+    try:
+        lock = RunLock(run_dir).acquire()
+    except OSError as error:
+        raise UserError(unwritable_folder(run_dir, error)) from None
+    remove_stale_temporaries(run_dir)
+    return lock
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def free_bytes(folder: Path) -> int:
+    """Bytes free to this user on the file system holding `folder` (0 when it cannot be asked)."""
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 0
+
+
+def last_checkpoint_size(run_dir: Path) -> int:
+    """Bytes of `checkpoints/last.pt` (0 when there is none): about what the next checkpoint needs."""
+    try:
+        return last_checkpoint(run_dir).stat().st_size
+    except OSError:
+        return 0
+
+
+def disk_full_sentence(run_dir: Path, needed: int) -> str:
+    """The one sentence of a run whose disk is full: the folder, the free space, what the next checkpoint needs,
+    what is kept."""
+    kept = (f"{last_checkpoint(run_dir)} and the logs up to it are kept" if last_checkpoint(run_dir).exists()
+            else "no checkpoint was written yet")
+    need = f"the next checkpoint needs {megabytes(needed)}" if needed else "the run needs more space"
+    return (f"the disk holding run folder {run_dir} is full ({megabytes(free_bytes(run_dir))} free) and {need}: "
+            f"{kept}; free space there and rerun the same command to resume")
+
+
+def unwritable_folder(run_dir: Path, error: OSError) -> str:
+    """The sentence for a run folder a run cannot write into (full disk, read-only, no permission)."""
+    if error.errno in DISK_FULL_ERRNOS:
+        return disk_full_sentence(run_dir, last_checkpoint_size(run_dir))
+    return (f"run folder {run_dir} cannot be written ({error.strerror}): a run writes its lock, logs and "
+            f"checkpoints there; make it writable, or copy the run into another logging.folder and resume it there")
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Remove the `atomic_write` temporary files of the run folder (and its checkpoints/) whose writing process
+    is gone (a kill during a checkpoint write leaves one); returns them. Call it holding the run's lock."""
+    removed = []
+    for folder in (run_dir, run_dir / CHECKPOINTS_DIR):
+        for path in folder.glob(".*.tmp"):
+            pid = path.name[:-len(".tmp")].rsplit(".", 2)[-2]
+            if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
+                continue
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+def start_logs_over(run_dir: Path) -> bool:
+    """A run that starts without a checkpoint: empty log.jsonl and remove arrays.h5 that an earlier attempt
+    (killed before its first checkpoint) left, so that no row is written twice. True when there were any."""
+    log, arrays = run_dir / LOG_FILE, run_dir / HDF5_FILE
+    earlier = (log.exists() and log.stat().st_size > 0) or arrays.exists()
+    if earlier:
+        with open(log, "wb"):
+            pass
+        arrays.unlink(missing_ok=True)
+    return earlier

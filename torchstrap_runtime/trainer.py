@@ -34,8 +34,10 @@ from .config import param
 from .distributed import all_reduce_sums, drop_padding, setup_distributed
 from .ema import ema_copy, update_ema
 from .errors import UserError
+from .faults import stop_on_faults
 from .metrics import ClassificationSums, means, new_sums
 from .optim import PER_EPOCH_SCHEDULERS, build_optimizer, build_scheduler, parameter_groups
+from .signals import stop_on_signals
 from .trainer_base import NonFiniteLoss, TrainerBase  # noqa: F401  (NonFiniteLoss: raised by the loop)
 
 # epoch-record values measured with a clock: they differ between two runs of the same seeds
@@ -276,16 +278,18 @@ class Trainer(TrainerBase):
     # ------------------------------------------------------------------ the loops
     def run(self) -> dict[str, Any]:
         """Train for `training.epochs` (or only evaluate with `training.eval_only`); returns the last epoch record.
-        Closes the loggers at the end (`close()`), also when training raised."""
+        Closes the loggers at the end (`close()`), also when training raised. Ctrl-C and SIGTERM checkpoint and
+        stop (signals.py); a full disk or memory that runs out end the run as failed, in one sentence (faults.py)."""
         try:
-            if self.eval_only:
-                self.epoch_record = {"kind": "eval"}
-                self.evaluate()
-                self.log(self.epoch_record)
-                record = self.epoch_record
-            else:
-                record = self.train_all_epochs()
-            self.end_run()  # arrays.h5 complete, the log's end line, curves.png
+            with stop_on_signals(self), stop_on_faults(self):
+                if self.eval_only:
+                    self.epoch_record = {"kind": "eval"}
+                    self.evaluate()
+                    self.log(self.epoch_record)
+                    record = self.epoch_record
+                else:
+                    record = self.train_all_epochs()
+                self.end_run()  # arrays.h5 complete, the log's end line, curves.png
             return record
         finally:
             self.close()

@@ -32,7 +32,7 @@ from .mirrors import Mirrors, open_mirrors
 from .progress import print_epoch_line, print_run_summary, progress_bar
 from .provenance import config_changes, new_run_id, record_config_changes, run_record
 from .run_folder import (CONFIG_FILE, HDF5_FILE, LOG_FILE, RunLock, create_run_folder, last_checkpoint, run_path,
-                         write_json_atomic)
+                         start_logs_over, write_json_atomic)
 
 
 def config_value(key: str):
@@ -203,7 +203,10 @@ class TrainerBase:
 
     def open_logs(self) -> None:
         """Open log.jsonl, arrays.h5 and the mirrors (a resumed run continues their runs from `self.step`); write
-        config.json when the run folder has none."""
+        config.json when the run folder has none. Training without a checkpoint starts the logs over."""
+        if not self.eval_only and not self.checkpoint_path.exists() and start_logs_over(self.run_dir):
+            print(f"no checkpoint in {self.run_dir}: starting over, the logs of the earlier attempt are emptied "
+                  f"({LOG_FILE}, {HDF5_FILE})", file=sys.stderr)
         self.json_logger = JSONLogger(self.run_dir / LOG_FILE)
         self.hdf5_logger = HDF5Logger(self.run_dir / HDF5_FILE)
         if not (self.run_dir / CONFIG_FILE).exists():

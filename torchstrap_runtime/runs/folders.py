@@ -22,7 +22,7 @@ from ..run_folder import CONFIG_FILE, LOG_FILE, RunLock, last_checkpoint, pid_al
 
 RECENT_S = 300.0                 # with no lock file: a log written this recently counts as a running run
 IGNORED_KEYS = ("logging.run_id", "logging.folder", "logging.progress")  # differ without meaning anything
-STATUSES = ("running", "finished", "failed", "preempted", "requeued", "stopped early")
+STATUSES = ("running", "finished", "failed", "preempted", "interrupted", "requeued", "stopped early")
 _MARK = b'"kind": "e'      # the lines the table needs: "kind": "epoch", "eval" and "end"
 
 
@@ -212,7 +212,8 @@ def run_status(run: Run, slurm_state: str | None = None) -> str:
     if finished:
         return "finished"
     if run.end is not None:
-        return "stopped early" if run.end.get("status") == "stopped early" else "preempted"
+        status = run.end.get("status")  # a run ended by a full disk or memory says "failed", by Ctrl-C "interrupted"
+        return status if status in ("stopped early", "failed", "interrupted") else "preempted"
     if slurm_state in ("PREEMPTED", "TIMEOUT"):
         return "preempted"
     if run.lock is None and slurm_state is None and run.log_mtime and time.time() - run.log_mtime < RECENT_S:
