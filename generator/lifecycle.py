@@ -34,6 +34,7 @@ from generator.template_source import (
     update_ref,
     versions,
 )
+from generator.template_store import is_store, packaged_template, resolve_source, sync_store
 
 ANSWERS_FILE = ".copier-answers.yml"
 RECORDED_PYTHON = "python"  # the answer holding the interpreter `new` ran on (the experiment's `make` uses it)
@@ -228,7 +229,7 @@ def new_experiment(
     existing = next(p for p in dst.parents if p.exists())
     if not existing.is_dir():
         raise TemplateError(f"Cannot create {dst}: {existing} is a file, not a folder.")
-    source: TemplateSource = resolve(template)
+    source: TemplateSource = resolve_source(template)
     if vcs_ref is None and source.origin == "checkout":
         vcs_ref = checkout_ref()
         pending = git("status", "--porcelain", "--", "template", "copier.yml", cwd=source.url).stdout.strip()
@@ -236,7 +237,7 @@ def new_experiment(
             print(f"torchstrap: uncommitted template changes in {source.url} are not used "
                   "(commit them, or pass --vcs-ref HEAD to try them).", file=sys.stderr)
     elif vcs_ref is None:
-        vcs_ref = default_ref(source.url)
+        vcs_ref = source.ref or default_ref(source.url)
     data = dict(data or {})
     try:
         with Worker(
@@ -274,8 +275,9 @@ def update_experiment(
             f"and undone:\n  {listing}"
         )
     url = str(answers["_src_path"])
+    installed = _sync_if_store(url)  # the installed package's template joins the store: the update's target
     remote_tags(url)  # raises "not reachable" early, with a sentence
-    vcs_ref = vcs_ref or update_ref(str(answers["_commit"]), url)
+    vcs_ref = vcs_ref or installed or update_ref(str(answers["_commit"]), url)
     data = dict(data or {})
     try:
         with Worker(
@@ -308,6 +310,15 @@ def update_experiment(
         rejects=find_rejects(root),
         kept=kept,
     )
+
+
+def _sync_if_store(url: str) -> str | None:
+    """When `url` is the user's template store and this package carries a template, add it to the store;
+    its ref (None otherwise)."""
+    packaged = packaged_template()
+    if packaged is None or not is_store(url):
+        return None
+    return sync_store(packaged)[1]
 
 
 def _render(answers: Mapping[str, Any], dst: Path) -> Path:
@@ -374,6 +385,7 @@ def check_experiment(path: str | os.PathLike = ".", template: str | None = None)
     answers = read_answers(root)
     version = str(answers["_commit"])
     url = resolve(template).url if template else str(answers["_src_path"])
+    _sync_if_store(url)
     return CheckReport(
         path=root,
         version=version,

@@ -21,8 +21,11 @@ from packaging.version import Version
 import torchstrap
 import torchstrap_runtime
 from experiments import subprocess_env
+from generator.template_repo import TEMPLATE_FILES
 from generator.template_source import CHECKOUT, parse_version
+from generator.template_store import PACKAGED
 
+PACKAGED_IN_WHEEL = PACKAGED.relative_to(CHECKOUT).as_posix()
 PYPROJECT = tomllib.loads((CHECKOUT / "pyproject.toml").read_text())
 EXTRAS = ("tensorboard", "wandb", "mlflow", "pandas", "slurm")
 CONDA_HINT = "conda install -c conda-forge opencv libjpeg-turbo"
@@ -171,6 +174,8 @@ def test_wheel_metadata(tmp_path):
     assert f"torchstrap-{version}.dist-info/licenses/LICENSE" in names
     assert {"torchstrap_runtime/py.typed", "torchstrap/py.typed"} <= names
     assert any(re.fullmatch(r"torchstrap_runtime/data/_kernels\..*\.so", n) for n in names), "native kernels"
+    template = [name for name in files if name.split("/")[0] in TEMPLATE_FILES]
+    assert {f"{PACKAGED_IN_WHEEL}/{name}" for name in template} <= names, "the template travels with the package"
     assert set(metadata.get_all("Provides-Extra")) == {*EXTRAS, "dev"}
     requires = metadata.get_all("Requires-Dist")
     assert "torch>=2.4" in requires and 'mlflow-skinny>=2.10; extra == "mlflow"' in requires
