@@ -9,8 +9,8 @@ from pathlib import Path
 from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 
-TEMPLATE_FILES = ("copier.yml", "template", "CHANGELOG.md")  # generator.template_repo.TEMPLATE_FILES
-PACKAGED_TEMPLATE = Path("generator", "packaged_template")  # generator.template_store.PACKAGED in the wheel
+TEMPLATE_FILES = ("copier.yml", "template", "CHANGELOG.md")  # torchstrap.generator.template_repo.TEMPLATE_FILES
+PACKAGED_TEMPLATE = Path("torchstrap", "generator", "packaged_template")  # template_store.PACKAGED in a wheel
 SYSTEM_LIBRARIES = ("opencv4", "libjpeg")  # pkg-config names of what _kernels.cpp compiles and links against
 INSTALL_HINT = ("Debian/Ubuntu: sudo apt-get install libopencv-dev libturbojpeg0-dev libjpeg-dev pkg-config; "
                 "conda: conda install -c conda-forge opencv libjpeg-turbo pkg-config")

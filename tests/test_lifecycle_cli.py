@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from generator.cli import main, new_experiment
-from generator.template_repo import commit, edit, tag
-from generator import template_source
-from generator.template_source import CHECKOUT, git
+from torchstrap.generator.cli import main, new_experiment
+from torchstrap.generator.template_repo import commit, edit, tag
+from torchstrap.generator import template_source
+from torchstrap.generator.template_source import CHECKOUT, git
 
 TINY_COPIER = """\
 _subdirectory: template

@@ -21,9 +21,9 @@ from packaging.version import Version
 import torchstrap
 import torchstrap_runtime
 from experiments import subprocess_env
-from generator.template_repo import TEMPLATE_FILES
-from generator.template_source import CHECKOUT, parse_version
-from generator.template_store import PACKAGED
+from torchstrap.generator.template_repo import TEMPLATE_FILES
+from torchstrap.generator.template_source import CHECKOUT, parse_version
+from torchstrap.generator.template_store import PACKAGED
 
 PACKAGED_IN_WHEEL = PACKAGED.relative_to(CHECKOUT).as_posix()
 PYPROJECT = tomllib.loads((CHECKOUT / "pyproject.toml").read_text())
@@ -72,7 +72,7 @@ def test_one_version_everywhere():
 
 
 def test_cli_prints_the_version():
-    out = subprocess.run([sys.executable, "-m", "generator.cli", "--version"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "torchstrap.generator.cli", "--version"], capture_output=True, text=True,
                          env=subprocess_env(CHECKOUT), cwd=CHECKOUT, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == f"torchstrap {torchstrap_runtime.__version__}", out
 
@@ -102,7 +102,7 @@ def test_extras_by_purpose_and_dev_is_their_union():
 
 
 def test_torch_floor_is_the_newest_api_the_code_uses():
-    sources = [p for folder in ("torchstrap_runtime", "torchstrap", "generator", "template")
+    sources = [p for folder in ("torchstrap_runtime", "torchstrap", "template")
                for p in (CHECKOUT / folder).rglob("*") if p.suffix in (".py", ".jinja")]
     text = "\n".join(p.read_text() for p in sources)
     used = {api: since for api, since in TORCH_API_SINCE.items() if re.search(api, text)}

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from generator.lifecycle import new_experiment, read_answers, update_experiment
-from generator.template_repo import TEMPLATE_FILES, commit
-from generator.template_source import CHECKOUT, git
-from generator.template_store import is_store, packaged_template, store_path, sync_store
+from torchstrap.generator.lifecycle import new_experiment, read_answers, update_experiment
+from torchstrap.generator.template_repo import TEMPLATE_FILES, commit
+from torchstrap.generator.template_source import CHECKOUT, git
+from torchstrap.generator.template_store import is_store, packaged_template, store_path, sync_store
 
 
 def packaged_copy(folder: Path) -> Path:
@@ -80,7 +80,7 @@ def test_new_and_update_from_the_store_keep_edits(tmp_path, monkeypatch):
 
 def test_no_template_source_is_one_sentence(tmp_path, monkeypatch):
     """Neither a checkout nor a packaged template: the message says how to give one."""
-    import generator.template_source as template_source
+    import torchstrap.generator.template_source as template_source
 
     monkeypatch.setattr(template_source, "CHECKOUT", tmp_path)
     monkeypatch.delenv("TORCHSTRAP_TEMPLATE", raising=False)

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
-from generator.template_source import CHECKOUT, ENV_VAR, TemplateSource, git, is_checkout, resolve
+from torchstrap.generator.template_source import CHECKOUT, ENV_VAR, TemplateSource, git, is_checkout, resolve
 from torchstrap_runtime import __version__
 
 PACKAGED = Path(__file__).resolve().with_name("packaged_template")  # filled by setup.py's build_py in a wheel

@@ -19,7 +19,7 @@ from packaging.version import InvalidVersion, Version
 from torchstrap_runtime.errors import UserError
 
 ENV_VAR = "TORCHSTRAP_TEMPLATE"
-CHECKOUT = Path(__file__).resolve().parents[1]  # the torchstrap checkout this module runs from
+CHECKOUT = Path(__file__).resolve().parents[2]  # the torchstrap checkout this module runs from
 _DESCRIBE = re.compile(r"^(?P<tag>.+)-(?P<count>\d+)-g(?P<sha>[0-9a-f]+)$")
 
 
@@ -49,7 +49,7 @@ def is_checkout(path: Path | None = None) -> bool:
 
 def resolve(template: str | None = None) -> TemplateSource:
     """Pick the template: `--template`, else $TORCHSTRAP_TEMPLATE, else the torchstrap checkout
-    (generator.template_store.resolve_source adds the template an installed package carries)."""
+    (torchstrap.generator.template_store.resolve_source adds the template an installed package carries)."""
     if template:
         return TemplateSource(_normalize(template, "--template"), "--template")
     if os.environ.get(ENV_VAR):

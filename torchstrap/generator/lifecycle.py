@@ -20,8 +20,8 @@ from copier._main import Worker  # the public run_copy/run_update cannot validat
 from copier.errors import CopierError, UnsafeTemplateError
 from plumbum import ProcessExecutionError
 
-from generator.merge import merge
-from generator.template_source import (
+from torchstrap.generator.merge import merge
+from torchstrap.generator.template_source import (
     TemplateError,
     TemplateSource,
     checkout_ref,
@@ -34,7 +34,7 @@ from generator.template_source import (
     update_ref,
     versions,
 )
-from generator.template_store import is_store, packaged_template, resolve_source, sync_store
+from torchstrap.generator.template_store import is_store, packaged_template, resolve_source, sync_store
 
 ANSWERS_FILE = ".copier-answers.yml"
 RECORDED_PYTHON = "python"  # the answer holding the interpreter `new` ran on (the experiment's `make` uses it)
@@ -342,7 +342,7 @@ def _after_update(root: Path, before: Mapping[str, Any], after: Mapping[str, Any
     1. copier removes every file the new template (or a changed answer) no longer generates, edited or
        not: a file whose committed content differs from the old version's rendering is restored.
     2. copier's merge calls adjacent-line edits conflicts: unmerged files are merged again line by line
-       (generator.merge); the ones left without conflict are marked resolved.
+       (torchstrap.generator.merge); the ones left without conflict are marked resolved.
     """
     out = git("diff", "--name-only", "-z", "--diff-filter=D", "--", ".", cwd=root).stdout
     deleted = [name for name in out.split("\0") if name]
