@@ -310,8 +310,8 @@ def test_default_template_is_this_checkout_at_its_committed_head(tmp_path, monke
 
 
 def test_no_template_source_is_a_sentence(tmp_path, capsys, monkeypatch):
-    """Installed without a checkout (e.g. from a wheel), and no --template or $TORCHSTRAP_TEMPLATE."""
+    """Neither a checkout nor an installed package carrying the template, and no --template or $TORCHSTRAP_TEMPLATE."""
     monkeypatch.delenv("TORCHSTRAP_TEMPLATE", raising=False)
     monkeypatch.setattr(template_source, "CHECKOUT", tmp_path / "site-packages")
     code, _, err = run(capsys, "new", str(tmp_path / "exp"))
-    assert code == 2 and "not running from a git checkout" in err and "--template" in err
+    assert code == 2 and "neither a git checkout" in err and "--template" in err

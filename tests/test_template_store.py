@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import shutil
+import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
+from experiments import template_repo
 from torchstrap.generator.lifecycle import new_experiment, read_answers, update_experiment
 from torchstrap.generator.template_repo import TEMPLATE_FILES, commit
 from torchstrap.generator.template_source import CHECKOUT, git
-from torchstrap.generator.template_store import is_store, packaged_template, store_path, sync_store
+from torchstrap.generator.template_store import (
+    installed_requirement,
+    is_store,
+    packaged_template,
+    requirement_from_direct_url,
+    store_path,
+    sync_store,
+)
 
 
 def packaged_copy(folder: Path) -> Path:
@@ -78,11 +88,24 @@ def test_new_and_update_from_the_store_keep_edits(tmp_path, monkeypatch):
     assert text.startswith("Version 2 first line.") and text.endswith("My notes.\n")
 
 
-def test_no_template_source_is_one_sentence(tmp_path, monkeypatch):
-    """Neither a checkout nor a packaged template: the message says how to give one."""
-    import torchstrap.generator.template_source as template_source
+@pytest.mark.parametrize("direct_url, expected", [
+    (None, "torchstrap==1.2.0"),
+    ('{"url": "file:///wheels/torchstrap-1.2.0-cp311-cp311-linux_x86_64.whl", "archive_info": {}}',
+     "torchstrap @ file:///wheels/torchstrap-1.2.0-cp311-cp311-linux_x86_64.whl"),
+    ('{"url": "file:///src/torchstrap", "dir_info": {}}', "torchstrap @ file:///src/torchstrap"),
+    ('{"url": "https://github.com/lab/torchstrap.git", "vcs_info": {"vcs": "git", "requested_revision": "v1.2.0",'
+     ' "commit_id": "0123abcd"}}', "torchstrap @ git+https://github.com/lab/torchstrap.git@v1.2.0"),
+    ('{"url": "https://github.com/lab/torchstrap.git", "vcs_info": {"vcs": "git", "commit_id": "0123abcd"}}',
+     "torchstrap @ git+https://github.com/lab/torchstrap.git@0123abcd"),
+], ids=["index", "wheel", "folder", "vcs-tag", "vcs-commit"])
+def test_the_experiment_requires_the_torchstrap_that_generated_it(direct_url, expected):
+    requirement = requirement_from_direct_url("torchstrap", "1.2.0", direct_url)
+    assert requirement == expected and Requirement(requirement).name == "torchstrap"
 
-    monkeypatch.setattr(template_source, "CHECKOUT", tmp_path)
-    monkeypatch.delenv("TORCHSTRAP_TEMPLATE", raising=False)
-    with pytest.raises(template_source.TemplateError, match="--template URL_OR_PATH"):
-        template_source.resolve()
+
+def test_a_checkout_generates_experiments_that_require_its_folder(tmp_path):
+    template = str(template_repo(tmp_path / "tpl"))
+    exp = new_experiment(tmp_path / "exp", {"project_name": "needs-checkout"}, template=template)
+    assert read_answers(exp)["torchstrap_requirement"] == installed_requirement() == f"torchstrap @ {CHECKOUT.as_uri()}"
+    dependencies = tomllib.loads((exp / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert dependencies == [f"torchstrap @ {CHECKOUT.as_uri()}"]

@@ -34,10 +34,17 @@ from torchstrap.generator.template_source import (
     update_ref,
     versions,
 )
-from torchstrap.generator.template_store import is_store, packaged_template, resolve_source, sync_store
+from torchstrap.generator.template_store import (
+    installed_requirement,
+    is_store,
+    packaged_template,
+    resolve_source,
+    sync_store,
+)
 
 ANSWERS_FILE = ".copier-answers.yml"
 RECORDED_PYTHON = "python"  # the answer holding the interpreter `new` ran on (the experiment's `make` uses it)
+RECORDED_REQUIREMENT = "torchstrap_requirement"  # how pip finds the torchstrap that ran `new`/`update`
 CONFLICT_MARKERS = (b"<<<<<<< ", b">>>>>>> ")  # copier writes "<<<<<<< before updating" / ">>>>>>> after updating"
 
 
@@ -246,6 +253,8 @@ def new_experiment(
             _check_data(data, worker.template.questions_data)
             if RECORDED_PYTHON in worker.template.questions_data and RECORDED_PYTHON not in data:
                 worker.data[RECORDED_PYTHON] = sys.executable  # the experiment's Makefile runs this Python
+            if RECORDED_REQUIREMENT in worker.template.questions_data and RECORDED_REQUIREMENT not in data:
+                worker.data[RECORDED_REQUIREMENT] = installed_requirement()
             worker.run_copy()
     except (CopierError, ValueError, ProcessExecutionError) as err:
         raise _copier_message(err, source.url, vcs_ref) from None
@@ -293,6 +302,8 @@ def update_experiment(
             _check_data(data, worker.template.questions_data)
             if RECORDED_PYTHON in worker.template.questions_data and RECORDED_PYTHON not in {**answers, **data}:
                 worker.data[RECORDED_PYTHON] = sys.executable  # an experiment generated before the answer existed
+            if RECORDED_REQUIREMENT in worker.template.questions_data and RECORDED_REQUIREMENT not in data:
+                worker.data[RECORDED_REQUIREMENT] = installed_requirement()  # the torchstrap updating it
             worker.run_update()
     except (CopierError, ValueError, ProcessExecutionError) as err:
         raise _copier_message(err, url, vcs_ref) from None

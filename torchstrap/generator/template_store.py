@@ -107,16 +107,20 @@ def sync_store(template: Path, version: str = __version__, store: Path | None = 
 
 
 def installed_requirement(distribution: str = DISTRIBUTION) -> str:
-    """The requirement pip resolves to the torchstrap running now: the wheel file, folder or VCS URL it was
-    installed from (PEP 610 direct_url.json), else `torchstrap==<version>` from the index it came from; a
-    checkout run without installing names its folder."""
-    if packaged_template() is None:  # a checkout runs (on the path, or installed editable)
+    """The requirement pip resolves to the torchstrap running now: see `requirement_from_direct_url`; a checkout
+    (run from its folder, or installed editable) names its folder."""
+    if packaged_template() is None:
         return f"{distribution} @ {CHECKOUT.as_uri()}"
     dist = metadata.distribution(distribution)
-    direct = dist.read_text("direct_url.json")
-    if not direct:
-        return f"{distribution}=={dist.version}"
-    url = json.loads(direct)
+    return requirement_from_direct_url(distribution, dist.version, dist.read_text("direct_url.json"))
+
+
+def requirement_from_direct_url(distribution: str, version: str, direct_url: str | None) -> str:
+    """The wheel file, folder or VCS URL (at the revision asked for, else the commit) an install came from
+    (PEP 610 direct_url.json), else `name==version`: the package index it was installed from serves it."""
+    if not direct_url:
+        return f"{distribution}=={version}"
+    url = json.loads(direct_url)
     if "vcs_info" in url:
         vcs = url["vcs_info"]
         return f"{distribution} @ {vcs['vcs']}+{url['url']}@{vcs.get('requested_revision') or vcs['commit_id']}"
