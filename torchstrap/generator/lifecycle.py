@@ -37,6 +37,7 @@ from torchstrap.generator.template_source import (
 from torchstrap.generator.template_store import (
     installed_requirement,
     is_store,
+    local_store_for,
     packaged_template,
     resolve_source,
     sync_store,
@@ -395,7 +396,7 @@ def check_experiment(path: str | os.PathLike = ".", template: str | None = None)
     root = project_root(Path(path))
     answers = read_answers(root)
     version = str(answers["_commit"])
-    url = resolve(template).url if template else str(answers["_src_path"])
+    url = resolve(template).url if template else local_store_for(str(answers["_src_path"]))
     _sync_if_store(url)
     return CheckReport(
         path=root,

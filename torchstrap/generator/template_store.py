@@ -54,6 +54,15 @@ def is_store(url: str) -> bool:
     return Path(url).expanduser().absolute() == store_path().absolute()
 
 
+def local_store_for(url: str) -> str:
+    """The recorded template source, or this user's store when the source is a store of another machine or user
+    that is not here (an experiment's CI runs `torchstrap check` on a fresh runner)."""
+    path = Path(url)
+    if packaged_template() is not None and not path.exists() and path.parts[-2:] == store_path().parts[-2:]:
+        return str(store_path())
+    return url
+
+
 @contextmanager
 def _locked(folder: Path) -> Iterator[None]:
     """One process at a time changes the store (two `torchstrap new` at once would race on git's index)."""
