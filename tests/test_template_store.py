@@ -53,7 +53,8 @@ def test_each_version_is_a_tag_and_syncing_again_changes_nothing(tmp_path):
     packaged, store = packaged_copy(tmp_path / "pkg"), tmp_path / "store"
     assert sync_store(packaged, "1.0.0", store) == (store, "v1.0.0")
     head = git("rev-parse", "HEAD", cwd=store).stdout
-    assert sync_store(packaged, "1.0.0", store) == (store, "v1.0.0") and git("rev-parse", "HEAD", cwd=store).stdout == head
+    assert sync_store(packaged, "1.0.0", store) == (store, "v1.0.0")
+    assert git("rev-parse", "HEAD", cwd=store).stdout == head
     files = git("ls-tree", "-r", "--name-only", "v1.0.0", cwd=store).stdout.split("\n")
     assert "template/.gitignore" in files and "copier.yml" in files, "ignored names and dotfiles are kept"
     assert not any("__pycache__" in name for name in files)

@@ -163,6 +163,11 @@ def test_run_folder_holds_config_checkpoint_and_curves(tmp_path):
     assert saved["seeds"]["training.seed"] == 7
     assert saved["versions"]["torch"] == torch.__version__ and "torchstrap_runtime" in saved["versions"]
     assert set(saved["git"]) == {"commit", "dirty"}
+    assert saved["versions"]["numpy"] == np.__version__
+    assert {"ffcv", "numba", "cuda", "cudnn"} <= saved["versions"].keys()
+    assert saved["gpus"] == [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    frozen = (run / "requirements.txt").read_text().splitlines()  # what `pip freeze` lists, to rebuild the environment
+    assert f"torch=={torch.__version__}" in frozen and f"numpy=={np.__version__}" in frozen
     state = load_torch(run / "checkpoints" / "last.pt")  # weights_only=True
     assert state["epoch"] == 2 and state["step"] == 8
     assert (run / "curves.png").stat().st_size > 1000
