@@ -152,6 +152,22 @@ def test_log_and_log_hdf5_files(tmp_path):
     np.testing.assert_array_equal(arrays["weights"][-1], trainer.model[1].weight.detach().numpy())
 
 
+def test_deterministic_turns_on_torchs_algorithms_and_ops_without_one_name_themselves():
+    set_values({"training.deterministic": True})
+    try:
+        TinyTrainer()
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        with pytest.warns(UserWarning, match="put_ does not have a deterministic implementation"):
+            torch.zeros(4).put_(torch.tensor([0, 0]), torch.tensor([1.0, 2.0]))
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+    set_values({"training.deterministic": False})
+    TinyTrainer()
+    assert not torch.are_deterministic_algorithms_enabled(), "off by default"
+
+
 def test_run_folder_holds_config_checkpoint_and_curves(tmp_path):
     set_values({"logging.run_id": "", "training.seed": 7})
     trainer = TinyTrainer()
