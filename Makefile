@@ -7,7 +7,7 @@ setup:  ## create .venv and install everything (idempotent)
 	@bash scripts/setup.sh
 
 demo: setup  ## generate demo-experiment/, train it on digits, print metrics, write logs and plots
-	$(PY) -m generator.demo demo-experiment
+	$(PY) -m torchstrap.generator.demo demo-experiment
 
 test: setup  ## the whole test suite (tests marked slow excluded; see test-all)
 	$(PY) -m pytest -q -ra -m "not slow" tests

@@ -4,8 +4,13 @@ import shlex
 import shutil
 import subprocess
 
-from setuptools import Extension, setup
+from pathlib import Path
 
+from setuptools import Extension, setup
+from setuptools.command.build_py import build_py
+
+TEMPLATE_FILES = ("copier.yml", "template", "CHANGELOG.md")  # torchstrap.generator.template_repo.TEMPLATE_FILES
+PACKAGED_TEMPLATE = Path("torchstrap", "generator", "packaged_template")  # template_store.PACKAGED in a wheel
 SYSTEM_LIBRARIES = ("opencv4", "libjpeg")  # pkg-config names of what _kernels.cpp compiles and links against
 INSTALL_HINT = ("Debian/Ubuntu: sudo apt-get install libopencv-dev libturbojpeg0-dev libjpeg-dev pkg-config; "
                 "conda: conda install -c conda-forge opencv libjpeg-turbo pkg-config")
@@ -41,5 +46,21 @@ def kernels_extension() -> Extension:
     )
 
 
+class BuildWithTemplate(build_py):
+    """build_py that also puts the experiment template into the package, so `torchstrap new` works from a wheel."""
+
+    def run(self) -> None:
+        super().run()
+        if self.editable_mode:
+            return  # an editable install runs from the checkout, which is its own template
+        for name in TEMPLATE_FILES:
+            target = str(Path(self.build_lib, PACKAGED_TEMPLATE, name))
+            if Path(name).is_dir():
+                self.copy_tree(name, target)
+            else:
+                self.mkpath(str(Path(target).parent))
+                self.copy_file(name, target)
+
+
 if __name__ == "__main__":  # setuptools' build backend runs this file as __main__
-    setup(ext_modules=[kernels_extension()])
+    setup(ext_modules=[kernels_extension()], cmdclass={"build_py": BuildWithTemplate})

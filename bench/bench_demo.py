@@ -1,7 +1,7 @@
 """`make demo` end to end (set-up already done): seconds to generate the demo experiment, write digits,
 train it and reach ≥ 95 % validation accuracy.
 
-Runs what `make demo` runs after its `setup` prerequisite, `python -m generator.demo <folder>`, into a
+Runs what `make demo` runs after its `setup` prerequisite, `python -m torchstrap.generator.demo <folder>`, into a
 temporary folder (so it never touches the repository's demo-experiment/), `--rounds` times. One difference:
 `--no-install` with the experiment's src/ on PYTHONPATH instead of its `pip install -e`, which would re-point
 the shared .venv at a temporary folder. Reports seconds from the start to each phase, to the moment the first
@@ -26,13 +26,13 @@ TARGET = 0.95
 
 
 def demo_available() -> str | None:
-    """None when `generator.demo` exists, else why not."""
+    """None when `torchstrap.generator.demo` exists, else why not."""
     sys.path.insert(0, str(REPO_DIR))
     try:
-        found = importlib.util.find_spec("generator.demo") is not None
+        found = importlib.util.find_spec("torchstrap.generator.demo") is not None
     except ImportError as err:
-        return f"generator.demo cannot be imported: {err}"
-    return None if found else "generator/demo.py does not exist yet"
+        return f"torchstrap.generator.demo cannot be imported: {err}"
+    return None if found else "torchstrap/generator/demo.py does not exist yet"
 
 
 def read_epochs(folder: Path) -> list[dict]:
@@ -46,14 +46,14 @@ def read_epochs(folder: Path) -> list[dict]:
 
 
 def run_demo(workdir: Path, index: int) -> dict:
-    """One `python -m generator.demo --no-install`; seconds from its start to each phase, to the first epoch
+    """One `python -m torchstrap.generator.demo --no-install`; seconds from its start to each phase, to the first epoch
     record with val_top1 >= 95 % (log polled every 0.1 s) and to its end."""
     target = workdir / f"demo_{index}" / "demo-experiment"
     target.parent.mkdir(parents=True)
     env = numba_env()
     env["PYTHONPATH"] = f"{target / 'src'}:{env['PYTHONPATH']}"  # instead of the pip install -e (see docstring)
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "generator.demo", str(target), "--no-install"], cwd=REPO_DIR,
+    proc = subprocess.Popen([sys.executable, "-m", "torchstrap.generator.demo", str(target), "--no-install"], cwd=REPO_DIR,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     phases: dict[str, float] = {}
     output: list[str] = []
@@ -74,7 +74,7 @@ def run_demo(workdir: Path, index: int) -> dict:
     wall = time.perf_counter() - t0
     reader.join()
     if proc.returncode != 0:
-        raise RuntimeError(f"generator.demo failed (exit {proc.returncode}):\n{''.join(output)[-4000:]}")
+        raise RuntimeError(f"torchstrap.generator.demo failed (exit {proc.returncode}):\n{''.join(output)[-4000:]}")
     epochs = read_epochs(target)
     if reached is None and any(float(r["val_top1"]) >= TARGET for r in epochs):
         reached = wall

@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from generator.template_repo import build_template_repo, commit, tag  # noqa: E402
+from torchstrap.generator.template_repo import build_template_repo, commit, tag  # noqa: E402
 
 TORCHSTRAP = Path(sys.executable).with_name("torchstrap")
 TARGETS = {"torchstrap new": 2.0, "torchstrap update": 5.0}

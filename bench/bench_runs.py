@@ -100,7 +100,7 @@ def command(folder: Path) -> float:
     env = dict(os.environ, PYTHONPATH=str(REPO_DIR))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    out = subprocess.run([PYTHON, "-m", "generator.cli", "runs", str(folder)], env=env, capture_output=True,
+    out = subprocess.run([PYTHON, "-m", "torchstrap.generator.cli", "runs", str(folder)], env=env, capture_output=True,
                          text=True, check=True)
     elapsed = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import yaml
 
-from generator.cli import new_experiment
-from generator.template_repo import build_template_repo, tag
-from generator.template_source import CHECKOUT
+from torchstrap.generator.cli import new_experiment
+from torchstrap.generator.template_repo import build_template_repo, tag
+from torchstrap.generator.template_source import CHECKOUT
 from torchstrap_runtime.data import write_digits
 
 

@@ -19,7 +19,7 @@ CHECKOUT = Path(__file__).resolve().parents[1]
 def test_demo_path_trains_digits_and_writes_the_run_folder(tmp_path):
     folder = tmp_path / "demo-experiment"
     env = {**os.environ, "NUMBA_CACHE_DIR": str(CHECKOUT / ".numba_cache"), "PYTHONPATH": str(CHECKOUT)}  # this runtime
-    result = subprocess.run([sys.executable, "-m", "generator.demo", str(folder), "--no-install", "--",
+    result = subprocess.run([sys.executable, "-m", "torchstrap.generator.demo", str(folder), "--no-install", "--",
                              "--training.epochs", "6", "--logging.progress", "false"],
                             cwd=CHECKOUT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -18,8 +18,8 @@ import yaml
 
 from dataset_files import make_cifar10, make_image_folder
 from experiments import resolved_config, template_repo
-from generator.cli import main, new_experiment
-from generator.template_source import CHECKOUT
+from torchstrap.generator.cli import main, new_experiment
+from torchstrap.generator.template_source import CHECKOUT
 from torchstrap_runtime.runs import load_runs
 
 # Sizes the runs through make's ARGS variable (read from the environment), so the commands stay as written.

@@ -249,7 +249,7 @@ def test_lock_rules(tmp_path, monkeypatch):
 
 def test_torchstrap_cli_user_error_and_debug(tmp_path):
     nowhere = tmp_path / "nowhere"
-    cli = [sys.executable, "-m", "generator.cli", "check", str(nowhere)]
+    cli = [sys.executable, "-m", "torchstrap.generator.cli", "check", str(nowhere)]
     env = {k: v for k, v in os.environ.items() if k != "TORCHSTRAP_DEBUG"}
     result = subprocess.run(cli, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr

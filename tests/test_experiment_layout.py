@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from experiments import make_experiment, subprocess_env
-from generator.cli import main as torchstrap
-from generator.template_repo import commit, tag
-from generator.template_source import CHECKOUT, git
+from torchstrap.generator.cli import main as torchstrap
+from torchstrap.generator.template_repo import commit, tag
+from torchstrap.generator.template_source import CHECKOUT, git
 from torchstrap_runtime.data import write_digits
 
 TASKS = yaml.safe_load((CHECKOUT / "copier.yml").read_text())["task"]["choices"]

@@ -223,7 +223,7 @@ def test_yaml_key_given_twice(experiment, tmp_path):
 
 
 def test_python_keyword_as_package_name(experiment, tmp_path, capsys):
-    from generator.cli import main
+    from torchstrap.generator.cli import main
 
     code = main(["new", str(tmp_path / "exp"), "--template", str(experiment.root / "tpl"), "-d", "package_name=class"])
     err = capsys.readouterr().err
@@ -263,7 +263,7 @@ def test_empty_class_folder(tmp_path):
 
 
 def test_garbage_config_json_warns_in_runs(tmp_path, capsys):
-    from generator.cli import main
+    from torchstrap.generator.cli import main
 
     run_dir = tmp_path / "runs" / "garbage"
     run_dir.mkdir(parents=True)

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from experiments import subprocess_env, template_repo
-from generator.cli import new_experiment
-from generator.template_source import CHECKOUT, git
+from torchstrap.generator.cli import new_experiment
+from torchstrap.generator.template_source import CHECKOUT, git
 
 QUESTIONS = yaml.safe_load((CHECKOUT / "copier.yml").read_text())
 TASKS = QUESTIONS["task"]["choices"]

@@ -81,7 +81,7 @@ def string_literals(path: Path) -> list[tuple[int, str]]:
 
 
 def python_files() -> list[Path]:
-    return sorted([*PACKAGE.rglob("*.py"), *(ROOT / "generator").rglob("*.py")])
+    return sorted([*PACKAGE.rglob("*.py"), *(ROOT / "torchstrap" / "generator").rglob("*.py")])
 
 
 def test_the_import_walk_sees_every_kind_of_import():

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from generator.cli import main, new_experiment
-from generator.template_repo import commit, edit, tag
-from generator import template_source
-from generator.template_source import CHECKOUT, git
+from torchstrap.generator.cli import main, new_experiment
+from torchstrap.generator.template_repo import commit, edit, tag
+from torchstrap.generator import template_source
+from torchstrap.generator.template_source import CHECKOUT, git
 
 TINY_COPIER = """\
 _subdirectory: template
@@ -310,8 +310,8 @@ def test_default_template_is_this_checkout_at_its_committed_head(tmp_path, monke
 
 
 def test_no_template_source_is_a_sentence(tmp_path, capsys, monkeypatch):
-    """Installed without a checkout (e.g. from a wheel), and no --template or $TORCHSTRAP_TEMPLATE."""
+    """Neither a checkout nor an installed package carrying the template, and no --template or $TORCHSTRAP_TEMPLATE."""
     monkeypatch.delenv("TORCHSTRAP_TEMPLATE", raising=False)
     monkeypatch.setattr(template_source, "CHECKOUT", tmp_path / "site-packages")
     code, _, err = run(capsys, "new", str(tmp_path / "exp"))
-    assert code == 2 and "not running from a git checkout" in err and "--template" in err
+    assert code == 2 and "neither a git checkout" in err and "--template" in err

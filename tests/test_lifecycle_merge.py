@@ -1,10 +1,10 @@
-"""generator.merge: line-aligned conflicts are resolved, real ones keep copier's markers (real git merge-file)."""
+"""torchstrap.generator.merge: line-aligned conflicts are resolved, real ones keep copier's markers (real git merge-file)."""
 
 from __future__ import annotations
 
 import pytest
 
-from generator.merge import merge
+from torchstrap.generator.merge import merge
 
 BASE = b"training:\n  epochs: 20\noptimizer:\n  name: sgd\n  lr: 0.1\n  momentum: 0.9\n  nesterov: false\n"
 

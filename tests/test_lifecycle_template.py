@@ -6,7 +6,7 @@ import re
 
 import yaml
 
-from generator.template_source import CHECKOUT, git, parse_version
+from torchstrap.generator.template_source import CHECKOUT, git, parse_version
 
 COPIER = yaml.safe_load((CHECKOUT / "copier.yml").read_text())
 TEMPLATE = CHECKOUT / "template"

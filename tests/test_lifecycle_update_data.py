@@ -7,7 +7,7 @@ import shutil
 
 import copier
 
-from generator.template_source import git
+from torchstrap.generator.template_source import git
 from test_lifecycle_updates import (DATA, T_DATA, assert_clean_update, assert_python, commit,  # noqa: F401
                                     committed_and_checked, generate, sub, tag, tpl)
 

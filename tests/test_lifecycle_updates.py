@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from generator.cli import main, new_experiment
-from generator.template_repo import build_template_repo, commit, tag
-from generator.template_source import CHECKOUT, git
+from torchstrap.generator.cli import main, new_experiment
+from torchstrap.generator.template_repo import build_template_repo, commit, tag
+from torchstrap.generator.template_source import CHECKOUT, git
 
 PKG = "my_experiment"  # package_name of the default answers
 T_TRAINER = "template/src/{{package_name}}/{% if task == 'supervised' %}trainer.py{% endif %}.jinja"

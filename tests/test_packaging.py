@@ -8,7 +8,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import tomllib
 import zipfile
 from pathlib import Path
@@ -21,8 +20,12 @@ from packaging.version import Version
 import torchstrap
 import torchstrap_runtime
 from experiments import subprocess_env
-from generator.template_source import CHECKOUT, parse_version
+from installs import build_wheel, copy_sources
+from torchstrap.generator.template_repo import TEMPLATE_FILES
+from torchstrap.generator.template_source import CHECKOUT, parse_version
+from torchstrap.generator.template_store import PACKAGED
 
+PACKAGED_IN_WHEEL = PACKAGED.relative_to(CHECKOUT).as_posix()
 PYPROJECT = tomllib.loads((CHECKOUT / "pyproject.toml").read_text())
 EXTRAS = ("tensorboard", "wandb", "mlflow", "pandas", "slurm")
 CONDA_HINT = "conda install -c conda-forge opencv libjpeg-turbo"
@@ -69,7 +72,7 @@ def test_one_version_everywhere():
 
 
 def test_cli_prints_the_version():
-    out = subprocess.run([sys.executable, "-m", "generator.cli", "--version"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "torchstrap.generator.cli", "--version"], capture_output=True, text=True,
                          env=subprocess_env(CHECKOUT), cwd=CHECKOUT, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == f"torchstrap {torchstrap_runtime.__version__}", out
 
@@ -99,7 +102,7 @@ def test_extras_by_purpose_and_dev_is_their_union():
 
 
 def test_torch_floor_is_the_newest_api_the_code_uses():
-    sources = [p for folder in ("torchstrap_runtime", "torchstrap", "generator", "template")
+    sources = [p for folder in ("torchstrap_runtime", "torchstrap", "template")
                for p in (CHECKOUT / folder).rglob("*") if p.suffix in (".py", ".jinja")]
     text = "\n".join(p.read_text() for p in sources)
     used = {api: since for api, since in TORCH_API_SINCE.items() if re.search(api, text)}
@@ -148,19 +151,8 @@ def test_setup_sh_names_the_system_packages_when_not_root(tmp_path):
 
 def test_wheel_metadata(tmp_path):
     """Build the wheel from a copy of the source tree (with the native kernels) and read what pip would see."""
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=CHECKOUT,
-                           capture_output=True, text=True, check=True).stdout.splitlines()
-    source = tmp_path / "src"
-    for name in files:
-        if (CHECKOUT / name).is_file():
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(CHECKOUT / name, source / name)
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(source),
-                    "-w", str(tmp_path / "wheel")], check=True, capture_output=True, timeout=600,
-                   env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
-    print(f"wheel built in {time.perf_counter() - start:.1f} s")
-    (wheel,) = (tmp_path / "wheel").glob("torchstrap-*.whl")
+    source = copy_sources(tmp_path / "src")
+    wheel = build_wheel(source, tmp_path / "wheel")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         (metadata_file,) = (n for n in names if n.endswith(".dist-info/METADATA"))
@@ -171,6 +163,9 @@ def test_wheel_metadata(tmp_path):
     assert f"torchstrap-{version}.dist-info/licenses/LICENSE" in names
     assert {"torchstrap_runtime/py.typed", "torchstrap/py.typed"} <= names
     assert any(re.fullmatch(r"torchstrap_runtime/data/_kernels\..*\.so", n) for n in names), "native kernels"
+    template = [path.relative_to(source).as_posix() for name in TEMPLATE_FILES
+                for path in [source / name, *(source / name).rglob("*")] if path.is_file()]
+    assert {f"{PACKAGED_IN_WHEEL}/{name}" for name in template} <= names, "the template travels with the package"
     assert set(metadata.get_all("Provides-Extra")) == {*EXTRAS, "dev"}
     requires = metadata.get_all("Requires-Dist")
     assert "torch>=2.4" in requires and 'mlflow-skinny>=2.10; extra == "mlflow"' in requires

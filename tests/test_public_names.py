@@ -8,7 +8,7 @@ import sys
 import torch
 
 from experiments import subprocess_env
-from generator.template_source import CHECKOUT
+from torchstrap.generator.template_source import CHECKOUT
 
 
 def test_import_torchstrap_does_not_import_torch():

@@ -2,7 +2,7 @@
 
 Every ```bash block is run, the blocks of one document in order in one shell (a `cd` carries over, as when a
 user follows the page), in a scratch folder standing for the torchstrap checkout: `torchstrap` is this
-checkout's (`python -m generator.cli`, put on PATH by a `.venv/bin/activate` of the scratch checkout) and
+checkout's (`python -m torchstrap.generator.cli`, put on PATH by a `.venv/bin/activate` of the scratch checkout) and
 `torchstrap new` generates from this checkout's template. `make demo` and `make test` are left out (the suite
 runs them: test_demo.py, and this very suite). Blocks that need a cluster, a download or runs of your own are
 fenced ```sh, listings and diagrams ```text: they are illustrations, not run.
@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from experiments import subprocess_env, template_repo
-from generator.template_source import CHECKOUT, ENV_VAR
+from torchstrap.generator.template_source import CHECKOUT, ENV_VAR
 
 DOCUMENTS = [CHECKOUT / "README.md", *sorted((CHECKOUT / "docs").glob("*.md"))]
 LEFT_OUT = ("make demo", "make test")          # the suite is running them
@@ -48,7 +48,7 @@ def scratch_checkout(folder: Path) -> Path:
     `torchstrap` on PATH (generating from a fresh git repository of this checkout's template)."""
     checkout, bin_dir = folder / "torchstrap", folder / "torchstrap" / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
-    (bin_dir / "torchstrap").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m generator.cli "$@"\n')
+    (bin_dir / "torchstrap").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m torchstrap.generator.cli "$@"\n')
     (bin_dir / "torchstrap").chmod(0o755)
     (bin_dir / "activate").write_text(f"export PATH={shlex.quote(str(bin_dir))}:$PATH\n")
     return checkout
@@ -125,7 +125,7 @@ def seeded_runs(tmp_path_factory) -> Path:
 
 def test_runs_and_plot_examples_work_on_real_runs(seeded_runs, monkeypatch, capsys):
     """The `torchstrap runs` / `torchstrap plot` lines of every sh block, on a runs/ folder of seeded runs."""
-    from generator.cli import main
+    from torchstrap.generator.cli import main
 
     commands = [shlex.split(line, comments=True) for document in DOCUMENTS
                 for language, text in fenced_blocks(document) if language == "sh"

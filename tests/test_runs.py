@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from generator.cli import main
+from torchstrap.generator.cli import main
 from torchstrap_runtime import config as cfg
 from torchstrap_runtime import launcher
 from torchstrap_runtime import runs as R

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
-from generator.cli import main
+from torchstrap.generator.cli import main
 from torchstrap_runtime import launcher
 from torchstrap_runtime import runs as R
 from torchstrap_runtime.loggers import read_log

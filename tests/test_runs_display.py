@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from generator.cli import main
+from torchstrap.generator.cli import main
 from torchstrap_runtime import launcher
 from torchstrap_runtime import runs as R
 

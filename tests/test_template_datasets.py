@@ -14,9 +14,9 @@ import yaml
 
 from dataset_files import make_cifar10, make_cifar100, make_image_folder, make_imagenet
 from experiments import resolved_config, subprocess_env, template_repo
-from generator.cli import main, new_experiment
-from generator.template_repo import commit
-from generator.template_source import CHECKOUT
+from torchstrap.generator.cli import main, new_experiment
+from torchstrap.generator.template_repo import commit
+from torchstrap.generator.template_source import CHECKOUT
 
 TIMEOUT = 600
 

@@ -152,6 +152,22 @@ def test_log_and_log_hdf5_files(tmp_path):
     np.testing.assert_array_equal(arrays["weights"][-1], trainer.model[1].weight.detach().numpy())
 
 
+def test_deterministic_turns_on_torchs_algorithms_and_ops_without_one_name_themselves():
+    set_values({"training.deterministic": True})
+    try:
+        TinyTrainer()
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        with pytest.warns(UserWarning, match="put_ does not have a deterministic implementation"):
+            torch.zeros(4).put_(torch.tensor([0, 0]), torch.tensor([1.0, 2.0]))
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+    set_values({"training.deterministic": False})
+    TinyTrainer()
+    assert not torch.are_deterministic_algorithms_enabled(), "off by default"
+
+
 def test_run_folder_holds_config_checkpoint_and_curves(tmp_path):
     set_values({"logging.run_id": "", "training.seed": 7})
     trainer = TinyTrainer()
@@ -163,6 +179,11 @@ def test_run_folder_holds_config_checkpoint_and_curves(tmp_path):
     assert saved["seeds"]["training.seed"] == 7
     assert saved["versions"]["torch"] == torch.__version__ and "torchstrap_runtime" in saved["versions"]
     assert set(saved["git"]) == {"commit", "dirty"}
+    assert saved["versions"]["numpy"] == np.__version__
+    assert {"ffcv", "numba", "cuda", "cudnn"} <= saved["versions"].keys()
+    assert saved["gpus"] == [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    frozen = (run / "requirements.txt").read_text().splitlines()  # what `pip freeze` lists, to rebuild the environment
+    assert f"torch=={torch.__version__}" in frozen and f"numpy=={np.__version__}" in frozen
     state = load_torch(run / "checkpoints" / "last.pt")  # weights_only=True
     assert state["epoch"] == 2 and state["step"] == 8
     assert (run / "curves.png").stat().st_size > 1000

@@ -13,9 +13,9 @@ import sys
 import pytest
 import yaml
 
-from generator.cli import new_experiment
-from generator.template_repo import build_template_repo, tag
-from generator.template_source import CHECKOUT
+from torchstrap.generator.cli import new_experiment
+from torchstrap.generator.template_repo import build_template_repo, tag
+from torchstrap.generator.template_source import CHECKOUT
 
 TASKS = yaml.safe_load((CHECKOUT / "copier.yml").read_text())["task"]["choices"]
 

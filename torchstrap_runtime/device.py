@@ -1,9 +1,11 @@
 """Device and precision: which device a process trains on, the compute dtype (AMP), the float16 GradScaler,
-channels_last, the DistributedDataParallel and SyncBN wrapping, `torch.compile`, and peak memory."""
+channels_last, the DistributedDataParallel and SyncBN wrapping, `torch.compile`, deterministic algorithms,
+and peak memory."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 from typing import Any
 
@@ -52,6 +54,14 @@ def checked_device(device: str) -> torch.device:
             raise UserError(f"training.device is {device!r} but this machine has {count} GPU"
                             f"{'s' if count > 1 else ''} (cuda:0 to cuda:{count - 1})")
     return chosen
+
+
+def use_deterministic_algorithms() -> None:
+    """torch's deterministic algorithms and cuDNN's (no autotuning): an op that has none warns once, naming
+    itself, instead of stopping the run; cuBLAS gets the workspace its deterministic matmuls need."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
 
 
 def check_dtype(device: torch.device, dtype: str) -> None:

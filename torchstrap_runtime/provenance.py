@@ -1,5 +1,6 @@
 """What a run folder records about where it came from: run ids, `config.json` (every resolved value,
-the config files read, seeds, versions, the experiment's git state, the command)."""
+the config files read, seeds, versions, the GPUs, the experiment's git state, the command) and
+`requirements.txt` (the installed packages, to rebuild the environment)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import secrets
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from . import __version__
 from .config import config_as_dict, config_files
 from .distributed import slurm_job_id
 from .errors import UserError
-from .run_folder import CONFIG_FILE, last_checkpoint, write_json_atomic
+from .run_folder import CONFIG_FILE, REQUIREMENTS_FILE, last_checkpoint, write_json_atomic, write_text_atomic
 
 # keys a run may resume with changed: they do not change what the steps already taken computed
 RESUMABLE_KEYS = ("training.epochs", "training.eval_only", "training.resume_changed", "data.num_workers", "logging.*")
@@ -41,13 +43,51 @@ def run_record(trainer_class: type, train_loader: Any, world_size: int) -> dict[
         "config_files": config_files(),  # read in this order, before the command line's values
         "seeds": {**seeds, "train_loader_resolved": resolved_loader_seeds(train_loader)},
         "versions": {"python": sys.version.split()[0], "torch": torch.__version__,
-                     "torchstrap_runtime": __version__, "template": template_version(repo)},
+                     "torchstrap_runtime": __version__, "template": template_version(repo), **library_versions()},
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "git": git_state(repo),
         "world_size": world_size,
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": sys.argv,
         "slurm_job_id": slurm_job_id(),  # `torchstrap runs` asks sacct about it
     }
+
+
+def library_versions() -> dict[str, str | None]:
+    """The versions of the libraries a run's numbers depend on besides torch (None: not installed)."""
+    versions: dict[str, str | None] = {}
+    for name in ("ffcv", "numba", "numpy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    versions["cuda"] = torch.version.cuda
+    versions["cudnn"] = str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else None
+    return versions
+
+
+def installed_packages() -> list[str]:
+    """`pip freeze`'s lines, read from the installed distributions' metadata (no pip process): `name==version`,
+    or `name @ URL` for a package installed from a file, folder or VCS URL (PEP 610 direct_url.json)."""
+    lines = {}
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        if not name or name.lower() in lines:
+            continue  # a distribution earlier on sys.path wins, as for imports
+        direct = json.loads(dist.read_text("direct_url.json") or "{}")
+        if "vcs_info" in direct:
+            vcs = direct["vcs_info"]
+            lines[name.lower()] = f"{name} @ {vcs['vcs']}+{direct['url']}@{vcs['commit_id']}"
+        elif direct.get("url") and not direct.get("dir_info", {}).get("editable"):
+            lines[name.lower()] = f"{name} @ {direct['url']}"
+        else:
+            lines[name.lower()] = f"{name}=={dist.version}"
+    return sorted(lines.values(), key=str.lower)
+
+
+def write_requirements(run_dir: Path) -> None:
+    """requirements.txt of the run folder: `pip install -r` it (with the CUDA build of torch) to rebuild."""
+    write_text_atomic(run_dir / REQUIREMENTS_FILE, "\n".join(installed_packages()) + "\n")
 
 
 def resolved_loader_seeds(loader: Any) -> dict[str, Any] | None:

@@ -2,6 +2,7 @@
 
     <logging.folder>/<logging.run_id>/
         config.json          what the run was started with (provenance.run_record)
+        requirements.txt     the Python packages installed when it started, as `pip freeze` lists them
         log.jsonl            one JSON line per Trainer.log call (loggers.JSONLogger)
         arrays.h5            one row per Trainer.log_hdf5 call (loggers.HDF5Logger)
         checkpoints/         last.pt (resume), best.pt and epoch_<E>.pt (logging.monitor)
@@ -32,6 +33,7 @@ from typing import Any, Iterator
 from .errors import UserError
 
 CONFIG_FILE = "config.json"
+REQUIREMENTS_FILE = "requirements.txt"
 LOG_FILE = "log.jsonl"
 HDF5_FILE = "arrays.h5"
 CHECKPOINTS_DIR = "checkpoints"

@@ -50,10 +50,13 @@ class Trainer(TrainerBase):
     # ------------------------------------------------------------------ construction
     @param("training.eval_only")
     @param("training.seed")
-    def __init__(self, eval_only: bool, seed: int | None) -> None:
+    @param("training.deterministic")
+    def __init__(self, eval_only: bool, seed: int | None, deterministic: bool = False) -> None:
         self.eval_only, self.seed = eval_only, seed
         if seed is not None:
             ckpt.seed_everything(seed)
+        if deterministic:
+            dev.use_deterministic_algorithms()
         self.epoch = 0            # current epoch (0-based)
         self.step = 0             # global index of the current training batch
         self.batch_index = 0      # index of the current batch within its epoch

@@ -30,7 +30,7 @@ from .ema import swapped_in
 from .loggers import HDF5Logger, JSONLogger
 from .mirrors import Mirrors, open_mirrors
 from .progress import print_epoch_line, print_run_summary, progress_bar
-from .provenance import config_changes, new_run_id, record_config_changes, run_record
+from .provenance import config_changes, new_run_id, record_config_changes, run_record, write_requirements
 from .run_folder import (CONFIG_FILE, HDF5_FILE, LOG_FILE, RunLock, create_run_folder, last_checkpoint, run_path,
                          start_logs_over, write_json_atomic)
 
@@ -211,6 +211,7 @@ class TrainerBase:
         self.hdf5_logger = HDF5Logger(self.run_dir / HDF5_FILE)
         if not (self.run_dir / CONFIG_FILE).exists():
             write_json_atomic(self.run_dir / CONFIG_FILE, run_record(type(self), self.train_loader, self.world_size))
+            write_requirements(self.run_dir)
         self.mirrors = open_mirrors(self.run_dir, self.step if self.checkpoint_path.exists() else None)
         if self.config_changes and not self.eval_only:  # evaluating a run leaves its record as it trained
             record_config_changes(self.run_dir, self.config_changes, self.epoch, self.step)

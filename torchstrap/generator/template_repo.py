@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from generator.template_source import CHECKOUT, git
+from torchstrap.generator.template_source import CHECKOUT, git
 
 TEMPLATE_FILES = ("copier.yml", "template", "CHANGELOG.md")
 _IDENTITY = ("-c", "user.name=torchstrap tests", "-c", "user.email=tests@torchstrap.invalid")

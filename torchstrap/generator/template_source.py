@@ -19,7 +19,7 @@ from packaging.version import InvalidVersion, Version
 from torchstrap_runtime.errors import UserError
 
 ENV_VAR = "TORCHSTRAP_TEMPLATE"
-CHECKOUT = Path(__file__).resolve().parents[1]  # the torchstrap checkout this module runs from
+CHECKOUT = Path(__file__).resolve().parents[2]  # the torchstrap checkout this module runs from
 _DESCRIBE = re.compile(r"^(?P<tag>.+)-(?P<count>\d+)-g(?P<sha>[0-9a-f]+)$")
 
 
@@ -30,12 +30,14 @@ class TemplateError(UserError):
 @dataclass(frozen=True)
 class TemplateSource:
     url: str  # what copier is given (and what the answers file records as `_src_path`)
-    origin: str  # how it was chosen: "--template", "$TORCHSTRAP_TEMPLATE" or "checkout"
+    origin: str  # how it was chosen: "--template", "$TORCHSTRAP_TEMPLATE", "checkout" or "package"
+    ref: str | None = None  # "package": the store's ref of the installed package's template
 
 
-def git(*args: str, cwd: Path | str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """Run git, capturing text output; never prompts for credentials."""
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+def git(*args: str, cwd: Path | str | None = None, check: bool = True,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run git (`env`: extra variables), capturing text output; never prompts for credentials."""
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", **(env or {})}
     return subprocess.run(["git", *args], cwd=cwd, env=env, text=True, capture_output=True, check=check)
 
 
@@ -46,7 +48,8 @@ def is_checkout(path: Path | None = None) -> bool:
 
 
 def resolve(template: str | None = None) -> TemplateSource:
-    """Pick the template: `--template`, else $TORCHSTRAP_TEMPLATE, else the torchstrap checkout."""
+    """Pick the template: `--template`, else $TORCHSTRAP_TEMPLATE, else the torchstrap checkout
+    (torchstrap.generator.template_store.resolve_source adds the template an installed package carries)."""
     if template:
         return TemplateSource(_normalize(template, "--template"), "--template")
     if os.environ.get(ENV_VAR):
@@ -54,8 +57,8 @@ def resolve(template: str | None = None) -> TemplateSource:
     if is_checkout(CHECKOUT):
         return TemplateSource(str(CHECKOUT), "checkout")
     raise TemplateError(
-        f"No template source: torchstrap is not running from a git checkout ({CHECKOUT}); "
-        f"give one with --template URL_OR_PATH or the {ENV_VAR} environment variable."
+        f"No template source: torchstrap is neither a git checkout ({CHECKOUT}) nor an installed package "
+        f"that carries its template; give one with --template URL_OR_PATH or the {ENV_VAR} environment variable."
     )
 
 

@@ -20,8 +20,8 @@ from copier._main import Worker  # the public run_copy/run_update cannot validat
 from copier.errors import CopierError, UnsafeTemplateError
 from plumbum import ProcessExecutionError
 
-from generator.merge import merge
-from generator.template_source import (
+from torchstrap.generator.merge import merge
+from torchstrap.generator.template_source import (
     TemplateError,
     TemplateSource,
     checkout_ref,
@@ -34,9 +34,18 @@ from generator.template_source import (
     update_ref,
     versions,
 )
+from torchstrap.generator.template_store import (
+    installed_requirement,
+    is_store,
+    local_store_for,
+    packaged_template,
+    resolve_source,
+    sync_store,
+)
 
 ANSWERS_FILE = ".copier-answers.yml"
 RECORDED_PYTHON = "python"  # the answer holding the interpreter `new` ran on (the experiment's `make` uses it)
+RECORDED_REQUIREMENT = "torchstrap_requirement"  # how pip finds the torchstrap that ran `new`/`update`
 CONFLICT_MARKERS = (b"<<<<<<< ", b">>>>>>> ")  # copier writes "<<<<<<< before updating" / ">>>>>>> after updating"
 
 
@@ -228,7 +237,7 @@ def new_experiment(
     existing = next(p for p in dst.parents if p.exists())
     if not existing.is_dir():
         raise TemplateError(f"Cannot create {dst}: {existing} is a file, not a folder.")
-    source: TemplateSource = resolve(template)
+    source: TemplateSource = resolve_source(template)
     if vcs_ref is None and source.origin == "checkout":
         vcs_ref = checkout_ref()
         pending = git("status", "--porcelain", "--", "template", "copier.yml", cwd=source.url).stdout.strip()
@@ -236,7 +245,7 @@ def new_experiment(
             print(f"torchstrap: uncommitted template changes in {source.url} are not used "
                   "(commit them, or pass --vcs-ref HEAD to try them).", file=sys.stderr)
     elif vcs_ref is None:
-        vcs_ref = default_ref(source.url)
+        vcs_ref = source.ref or default_ref(source.url)
     data = dict(data or {})
     try:
         with Worker(
@@ -245,6 +254,8 @@ def new_experiment(
             _check_data(data, worker.template.questions_data)
             if RECORDED_PYTHON in worker.template.questions_data and RECORDED_PYTHON not in data:
                 worker.data[RECORDED_PYTHON] = sys.executable  # the experiment's Makefile runs this Python
+            if RECORDED_REQUIREMENT in worker.template.questions_data and RECORDED_REQUIREMENT not in data:
+                worker.data[RECORDED_REQUIREMENT] = installed_requirement()
             worker.run_copy()
     except (CopierError, ValueError, ProcessExecutionError) as err:
         raise _copier_message(err, source.url, vcs_ref) from None
@@ -274,8 +285,9 @@ def update_experiment(
             f"and undone:\n  {listing}"
         )
     url = str(answers["_src_path"])
+    installed = _sync_if_store(url)  # the installed package's template joins the store: the update's target
     remote_tags(url)  # raises "not reachable" early, with a sentence
-    vcs_ref = vcs_ref or update_ref(str(answers["_commit"]), url)
+    vcs_ref = vcs_ref or installed or update_ref(str(answers["_commit"]), url)
     data = dict(data or {})
     try:
         with Worker(
@@ -291,6 +303,8 @@ def update_experiment(
             _check_data(data, worker.template.questions_data)
             if RECORDED_PYTHON in worker.template.questions_data and RECORDED_PYTHON not in {**answers, **data}:
                 worker.data[RECORDED_PYTHON] = sys.executable  # an experiment generated before the answer existed
+            if RECORDED_REQUIREMENT in worker.template.questions_data and RECORDED_REQUIREMENT not in data:
+                worker.data[RECORDED_REQUIREMENT] = installed_requirement()  # the torchstrap updating it
             worker.run_update()
     except (CopierError, ValueError, ProcessExecutionError) as err:
         raise _copier_message(err, url, vcs_ref) from None
@@ -308,6 +322,15 @@ def update_experiment(
         rejects=find_rejects(root),
         kept=kept,
     )
+
+
+def _sync_if_store(url: str) -> str | None:
+    """When `url` is the user's template store and this package carries a template, add it to the store;
+    its ref (None otherwise)."""
+    packaged = packaged_template()
+    if packaged is None or not is_store(url):
+        return None
+    return sync_store(packaged)[1]
 
 
 def _render(answers: Mapping[str, Any], dst: Path) -> Path:
@@ -331,7 +354,7 @@ def _after_update(root: Path, before: Mapping[str, Any], after: Mapping[str, Any
     1. copier removes every file the new template (or a changed answer) no longer generates, edited or
        not: a file whose committed content differs from the old version's rendering is restored.
     2. copier's merge calls adjacent-line edits conflicts: unmerged files are merged again line by line
-       (generator.merge); the ones left without conflict are marked resolved.
+       (torchstrap.generator.merge); the ones left without conflict are marked resolved.
     """
     out = git("diff", "--name-only", "-z", "--diff-filter=D", "--", ".", cwd=root).stdout
     deleted = [name for name in out.split("\0") if name]
@@ -373,7 +396,8 @@ def check_experiment(path: str | os.PathLike = ".", template: str | None = None)
     root = project_root(Path(path))
     answers = read_answers(root)
     version = str(answers["_commit"])
-    url = resolve(template).url if template else str(answers["_src_path"])
+    url = resolve(template).url if template else local_store_for(str(answers["_src_path"]))
+    _sync_if_store(url)
     return CheckReport(
         path=root,
         version=version,

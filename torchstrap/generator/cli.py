@@ -1,4 +1,4 @@
-"""`torchstrap` command line: `new`, `update`, `check` (and `demo`, which lives in generator.demo).
+"""`torchstrap` command line: `new`, `update`, `check` (and `demo`, which lives in torchstrap.generator.demo).
 
     torchstrap --version
     torchstrap new PATH [--template SRC] [--vcs-ref REF] [--defaults] [-d key=value ...]
@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from generator.lifecycle import (
+from torchstrap.generator.lifecycle import (
     CheckReport,
     UpdateReport,
     check_experiment,
@@ -31,7 +31,7 @@ from generator.lifecycle import (
     read_answers,
     update_experiment,
 )
-from generator.template_source import ENV_VAR
+from torchstrap.generator.template_source import ENV_VAR
 from torchstrap_runtime import __version__
 from torchstrap_runtime.command_line import split_options
 from torchstrap_runtime.errors import DEBUG_FLAG, UserError, report
@@ -149,9 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="generate, train and plot the demo experiment")
     demo.add_argument("path", nargs="?", default="demo-experiment", help="folder (default: demo-experiment)")
-    from generator.runs_cli import add_parsers
+    from torchstrap.generator.runs_cli import add_parsers
 
-    add_parsers(sub)  # `runs` and `plot` (main hands them to generator.runs_cli before this parser)
+    add_parsers(sub)  # `runs` and `plot` (main hands them to torchstrap.generator.runs_cli before this parser)
     return parser
 
 
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     rest = split_options(argv, flags=[DEBUG_FLAG])[1]  # --debug: `report` re-raises errors (reads argv)
     if rest[:1] in (["runs"], ["plot"]):
-        from generator import runs_cli
+        from torchstrap.generator import runs_cli
 
         return runs_cli.main(rest)
     args = build_parser().parse_args(rest)
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return _print_check(check_experiment(args.path, args.template))
         if args.command == "demo":
-            from generator import demo
+            from torchstrap.generator import demo
 
             return int(demo.main([str(args.path)]) or 0)
     except (UserError, subprocess.CalledProcessError, OSError) as err:  # TemplateError, a git command, a file

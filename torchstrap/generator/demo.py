@@ -1,6 +1,6 @@
 """`make demo`: generate an experiment with default answers, install it, write digits, train, report.
 
-    python -m generator.demo [FOLDER] [--no-install] [-- extra training options]
+    python -m torchstrap.generator.demo [FOLDER] [--no-install] [-- extra training options]
 """
 
 from __future__ import annotations
