@@ -3,9 +3,12 @@ pre-commit that pass on the generated code, and a CI workflow whose commands pas
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 import tomllib
+from pathlib import Path
 
 import pytest
 import yaml
@@ -24,7 +27,8 @@ def template(tmp_path_factory):
 
 def tool(name: str) -> str:
     """A development tool of the experiment's dev extra (installed with `pip install -e ".[dev]"`)."""
-    found = shutil.which(name)
+    beside = Path(sys.executable).parent / name   # the test's own venv first: make test does not activate it
+    found = str(beside) if beside.exists() else shutil.which(name)
     if found is None:
         pytest.skip(f"{name} is not installed (the experiment's dev extra brings it)")
     return found
@@ -42,8 +46,9 @@ def test_lint_hooks_and_ci_commands_pass_on_a_fresh_experiment(tmp_path, templat
     assert set(CI_COMMANDS) <= set(ci_commands(exp)), ci_commands(exp)
     ruff = subprocess.run([tool("ruff"), "check", "--no-cache", "."], cwd=exp, capture_output=True, text=True)
     assert ruff.returncode == 0, ruff.stdout
+    active_venv = {**os.environ, "PATH": f"{Path(tool('ruff')).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     hooks = subprocess.run([tool("pre-commit"), "run", "--all-files"], cwd=exp, capture_output=True, text=True,
-                           timeout=300)
+                           timeout=300, env=active_venv)  # its hooks run the environment's ruff
     assert hooks.returncode == 0 and "ruff check" in hooks.stdout, hooks.stdout + hooks.stderr
     assert check_experiment(exp).ok, "torchstrap check: up to date with its template, nothing left to merge"
     # the experiment's own tests (`make test`) run for every task in tests/test_generation_matrix.py
