@@ -132,11 +132,12 @@ class Trainer(TrainerBase):
     @param("optimizer.weight_decay")
     @param("optimizer.nesterov")
     @param("optimizer.exclude_norm_bias")
+    @param("optimizer.fused")
     def initialize_optimizer(self, name: str, lr: float, momentum: float, weight_decay: float, nesterov: bool,
-                             exclude_norm_bias: bool) -> None:
+                             exclude_norm_bias: bool, fused: bool) -> None:
         """Set `self.optimizer` over the model's parameters (the criterion's, if any, join in attach_criterion)."""
         groups = parameter_groups(self.raw_model, weight_decay, exclude_norm_bias)
-        self.optimizer = build_optimizer(name, groups, lr=lr, momentum=momentum, nesterov=nesterov)
+        self.optimizer = build_optimizer(name, groups, lr=lr, momentum=momentum, nesterov=nesterov, fused=fused)
 
     @param("scheduler.name")
     @param("scheduler.warmup_epochs")

@@ -12,6 +12,7 @@ The attributes these read are set by `Trainer.__init__` and the hooks it calls.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -63,8 +64,14 @@ class TrainerBase:
 
     # ------------------------------------------------------------------ what the hooks call
     def to_device(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(inputs, targets)` of a batch on `self.device`; targets flattened to shape (N,)."""
-        return dev.inputs_and_targets(batch, self.device, self.channels_last)
+        """`(inputs, targets)` of a batch on `self.device`; targets flattened to shape (N,). Host tensors reach
+        a GPU by non-blocking copies from page-locked memory (`training.pin_memory`)."""
+        return dev.inputs_and_targets(batch, self.device, self.channels_last, self.pin_memory)
+
+    @functools.cached_property
+    def pin_memory(self) -> bool:
+        """`training.pin_memory` (False when the experiment does not declare it)."""
+        return bool(config_value("training.pin_memory"))
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """`torch.autocast` to `training.dtype` when it is bfloat16/float16, else a no-op context."""
