@@ -26,11 +26,13 @@ def add_to_sums(sums: dict, **values: torch.Tensor) -> None:
     float64 tensor on the values' device (float32 on MPS, which has no float64) that is added to in place."""
     for key, value in values.items():
         total = sums[key]
+        if value.requires_grad:
+            value = value.detach()
         if isinstance(total, torch.Tensor):
-            total.add_(value.detach().reshape(total.shape))
+            total.add_(value.view(()) if value.dim() else value)
         else:
             wide = torch.float32 if value.device.type == "mps" else torch.float64
-            sums[key] = value.detach().reshape(()).to(wide) + total
+            sums[key] = value.reshape(()).to(wide) + total
     sums["count"] += 1
 
 
