@@ -5,7 +5,7 @@ bench/results/README_table.md). `--quick` runs short rounds and writes only READ
 `--table-only` skips the runs and rebuilds the table from the JSON already there. How the figures are
 taken, and what the code does to be fast, is written by hand in docs/performance.md.
 
-    python bench/run_all.py [--quick] [--table-only] [--only loader startup trainer logging generator demo]
+    python bench/run_all.py [--quick] [--table-only] [--only loader startup trainer logging generator demo gpu ...]
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from common import BENCH_DIR, REPO_DIR, RESULTS_DIR, fmt, numba_env
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 SCRIPTS = {"loader": "bench_loader.py", "startup": "bench_startup.py", "trainer": "bench_trainer.py",
            "logging": "bench_logging.py", "generator": "bench_generator.py", "demo": "bench_demo.py",
-           "runs": "bench_runs.py", "mirrors": "bench_mirrors.py", "coke_pipeline": "bench_coke_pipeline.py"}
+           "runs": "bench_runs.py", "mirrors": "bench_mirrors.py", "coke_pipeline": "bench_coke_pipeline.py",
+           "gpu": "bench_gpu.py"}
 
 
 def run_benchmarks(names: list[str], quick: bool) -> dict[str, str]:
@@ -261,6 +262,29 @@ def coke_rows(results: Results) -> list[list[str]]:
              rtext(ratio(ours, pil)), "reported", "—"]]
 
 
+GPU_ROWS = ("ResNet-50, 176 px", "ResNet-18, 160 px")   # bench_gpu.py's models, each plain and compiled
+
+
+def gpu_rows(results: Results) -> list[list[str]]:
+    """bench_gpu.py: Trainer vs raw loop on a GPU, bf16 + channels_last (+ compile); 'not measured' without one."""
+    res = results.get("gpu") or {}
+    if not res.get("rows"):
+        why = res.get("not_measured", "bench_gpu.py has not run on a machine with a CUDA GPU")
+        return [[f"GPU: {label}, batch 256, bf16 + channels_last{extra}: Trainer vs raw loop, images/s",
+                 f"not measured ({why})", "—", "—", "≥ 0.97×", "—"]
+                for label in GPU_ROWS for extra in ("", " + compile")]
+    rows = []
+    for row in res["rows"]:
+        raw, ours = (contender(row, name) for name in ("raw loop", "Trainer"))
+        share = row.get("share_of_peak")
+        details = (f"data wait {100 * row['data_wait_share']:.1f}%, peak memory {fmt(row['peak_memory_mb'])} MiB, "
+                   + (f"{100 * share:.1f}% of the {row['device']}'s bf16 peak ({row['peak_bf16_tflops']:g} TFLOP/s)"
+                      if share is not None else f"{row['device']}: peak bf16 throughput unknown"))
+        rows.append([f"GPU ({row['device']}): {row['label']}, batch {row['batch']}: Trainer vs raw loop; {details}",
+                     cell(ours), f"raw loop {cell(raw)}", rtext(row["ratio"], 3), "≥ 0.97×", verdict(row["ratio"], 0.97)])
+    return rows
+
+
 def describe_machine(results: Results) -> str:
     for name in ("loader_256px", "trainer", "startup", "logging"):
         res = results.get(name)
@@ -275,7 +299,8 @@ def describe_machine(results: Results) -> str:
 def table(results: Results) -> str:
     """The markdown performance table, with a link to docs/performance.md (how the figures are taken)."""
     rows = (loader_rows(results) + startup_rows(results) + trainer_rows(results) + logging_rows(results)
-            + generator_rows(results) + demo_rows(results) + runs_rows(results) + coke_rows(results))
+            + generator_rows(results) + demo_rows(results) + runs_rows(results) + coke_rows(results)
+            + gpu_rows(results))
     head = ["what", "torchstrap", "compared with", "ratio", "target", "met"]
     lines = [
         "### Performance (CPU figures)",

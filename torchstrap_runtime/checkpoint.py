@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .distributed import host_values
 from .ema import ema_copy
 from .errors import BadFileError, MissingFileError
 from .loggers import HDF5Logger
@@ -131,7 +132,7 @@ def trainer_state(trainer: Any, batch: int) -> dict[str, Any]:
         "epoch": trainer.epoch,
         "step": trainer.step,
         "batch": batch,
-        "train_sums": dict(trainer.train_sums) if hasattr(trainer, "train_sums") else {},
+        "train_sums": host_values(trainer.train_sums) if hasattr(trainer, "train_sums") else {},
         "best": list(trainer.best.entries) if trainer.best is not None else [],
         "rng": rng_state(),
         "loader_seeds": trainer.train_loader.seed_state() if hasattr(trainer.train_loader, "seed_state") else None,

@@ -17,6 +17,7 @@ from .distributed import convert_sync_batchnorm, has_batchnorm
 from .errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # training.dtype
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # training.compile_mode
 
 
 def choose_device(device: str, local_rank: int) -> torch.device:
@@ -87,14 +88,19 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
 @param("training.dtype")
 @param("training.channels_last")
 @param("training.compile")
+@param("training.compile_mode")
+@param("training.cudnn_benchmark")
 @param("model.sync_bn")
 def prepare_model(model: nn.Module, local_rank: int, world_size: int, device: str, dtype: str, channels_last: bool,
-                  compile: bool, sync_bn: bool) -> tuple[nn.Module, torch.device, torch.dtype, bool]:
+                  compile: bool, compile_mode: str, cudnn_benchmark: bool,
+                  sync_bn: bool) -> tuple[nn.Module, torch.device, torch.dtype, bool]:
     """`(model, device, dtype, channels_last)`: the model on its device (`choose_device`), in the channels_last
     memory format if asked; with several processes its BatchNorms synchronised (`sync_bn`: torch's SyncBatchNorm
-    on CUDA, GlobalBatchNorm on CPU) and wrapped in DDP; compiled with `training.compile`."""
+    on CUDA, GlobalBatchNorm on CPU) and wrapped in DDP; compiled with `training.compile` in
+    `training.compile_mode`. `training.cudnn_benchmark` lets cuDNN time its convolution algorithms per shape."""
     chosen = choose_device(device, local_rank)
     check_dtype(chosen, dtype)
+    torch.backends.cudnn.benchmark = cudnn_benchmark
     model = model.to(chosen)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -104,7 +110,7 @@ def prepare_model(model: nn.Module, local_rank: int, world_size: int, device: st
         device_ids = [chosen.index] if chosen.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     if compile:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=compile_mode)
     return model, chosen, DTYPES[dtype], channels_last
 
 
@@ -122,13 +128,24 @@ def no_sync(model: nn.Module, inner: bool) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def inputs_and_targets(batch: Any, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(inputs, targets)` of a batch on `device`; targets flattened to shape (N,) as int64."""
+def inputs_and_targets(batch: Any, device: torch.device, channels_last: bool,
+                       pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(inputs, targets)` of a batch on `device`; targets flattened to shape (N,) as int64. With `pin`, host
+    tensors bound for CUDA are copied from page-locked memory, so the copies do not block the host."""
     inputs, targets = batch[0], batch[1]
-    inputs = inputs.to(device, non_blocking=True)
+    inputs = to_device_async(inputs, device, pin)
     if channels_last and inputs.dim() == 4:
         inputs = inputs.contiguous(memory_format=torch.channels_last)
-    return inputs, targets.to(device, non_blocking=True).view(-1).long()
+    return inputs, to_device_async(targets, device, pin).view(-1).long()
+
+
+def to_device_async(tensor: torch.Tensor, device: torch.device, pin: bool = False) -> torch.Tensor:
+    """`tensor` on `device` without waiting for the copy: a CPU tensor bound for CUDA is first page-locked
+    (`pin`, when it is not already, e.g. from a DataLoader with pin_memory=True), which a non-blocking copy needs
+    to be asynchronous; torch's pinned-memory cache keeps the page-locked copy until the transfer is done."""
+    if pin and device.type == "cuda" and tensor.device.type == "cpu" and not tensor.is_pinned():
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 def reset_peak_memory(device: torch.device) -> None:

@@ -190,10 +190,15 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def host_values(sums: dict) -> dict:
+    """A copy of a dict of numbers with its one-element tensors read back as Python numbers."""
+    return {key: value.item() if isinstance(value, torch.Tensor) else value for key, value in sums.items()}
+
+
 def all_reduce_sums(sums: dict[str, float], device: torch.device | str = "cpu") -> dict[str, float]:
-    """A dict of numbers summed over ranks (a copy of it on one process)."""
+    """A dict of numbers (or one-element tensors, read back here) summed over ranks (a copy on one process)."""
     if not is_distributed():
-        return dict(sums)
+        return host_values(sums)
     keys = sorted(sums)
     values = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(values)

@@ -4,8 +4,9 @@
     self.val_sums.add(outputs, labels, loss)          # eval_step: on the device, no host sync per batch
     self.epoch_record.update(self.val_sums.metrics()) # after_eval_epoch: val_loss, val_top1, val_top5 over all ranks
 
-A running sum is a plain dict of floats with a `count` (e.g. {"loss": 0.0, "top1": 0.0, "count": 0}): the step
-hooks add to it, the epoch hooks reduce it over ranks (`distributed.all_reduce_sums`) and divide by `count`.
+A running sum is a plain dict of numbers with a `count` (e.g. {"loss": 0.0, "top1": 0.0, "count": 0}): the step
+hooks add to it (`add_to_sums` keeps the values tensors on their device, so a step reads nothing back), the
+epoch hooks reduce it over ranks (`distributed.all_reduce_sums`, which reads tensors back) and divide by `count`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,21 @@ from .distributed import all_reduce_sum, all_reduce_sums
 def new_sums(*keys: str) -> dict[str, float]:
     """A running sum of `keys`, all 0, with its `count`."""
     return {**{key: 0.0 for key in keys}, "count": 0}
+
+
+def add_to_sums(sums: dict, **values: torch.Tensor) -> None:
+    """Add one step's values to a running sum and count the step, without a host sync: each sum becomes a
+    float64 tensor on the values' device (float32 on MPS, which has no float64) that is added to in place."""
+    for key, value in values.items():
+        total = sums[key]
+        if value.requires_grad:
+            value = value.detach()
+        if isinstance(total, torch.Tensor):
+            total.add_(value.view(()) if value.dim() else value)
+        else:
+            wide = torch.float32 if value.device.type == "mps" else torch.float64
+            sums[key] = value.reshape(()).to(wide) + total
+    sums["count"] += 1
 
 
 def means(sums: dict[str, float]) -> dict[str, float]:

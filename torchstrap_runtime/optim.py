@@ -29,6 +29,8 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from .errors import UserError
+
 PER_EPOCH_SCHEDULERS = (torch.optim.lr_scheduler.StepLR, torch.optim.lr_scheduler.MultiStepLR)
 OPTIMIZERS = ("sgd", "adamw", "adam", "lars")                     # the choices of optimizer.name
 SCHEDULERS = ("none", "cosine", "step", "multistep", "onecycle")  # the choices of scheduler.name
@@ -111,16 +113,24 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
+FUSED_OPTIMIZERS = ("sgd", "adam", "adamw")   # those torch has a fused kernel for (optimizer.fused)
+
+
 def build_optimizer(name: str, groups: Iterable[dict], lr: float, momentum: float = 0.9,
-                    nesterov: bool = False) -> torch.optim.Optimizer:
-    """`sgd`, `adam`, `adamw` or `lars` (see `LARS`) over `groups` (weight decay is set per group)."""
+                    nesterov: bool = False, fused: bool = False) -> torch.optim.Optimizer:
+    """`sgd`, `adam`, `adamw` or `lars` (see `LARS`) over `groups` (weight decay is set per group); `fused`:
+    torch's fused kernel (sgd, adam, adamw), which also takes the float16 loss scale without a host sync."""
     groups = list(groups)
+    if fused and name not in FUSED_OPTIMIZERS:
+        raise UserError(f"optimizer.fused is true but torch has no fused kernel for optimizer.name {name!r}; "
+                        f"use one of {', '.join(FUSED_OPTIMIZERS)} or set optimizer.fused false")
+    kernel = {"fused": True} if fused else {}
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, **kernel)
     if name == "adam":
-        return torch.optim.Adam(groups, lr=lr)
+        return torch.optim.Adam(groups, lr=lr, **kernel)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.AdamW(groups, lr=lr, **kernel)
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum, nesterov=nesterov)
     raise ValueError(f"optimizer.name: unknown optimizer {name!r}, expected one of {', '.join(OPTIMIZERS)}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .best import MONITOR_MODES
 from .config import Bool, Dict, Float, Int, ListOf, ListOfInt, OneOf, OptionalInt, Param, Section, Str
-from .device import DTYPES
+from .device import COMPILE_MODES, DTYPES
 from .mirrors import BACKENDS
 from .optim import OPTIMIZERS, SCHEDULERS
 from .run_folder import CONFIG_FILE, LOG_FILE
@@ -28,6 +28,11 @@ def declare_standard_sections() -> None:
         accumulate=Param(Int(min=1), "gradient accumulation: batches per optimizer step", default=1),
         ema_decay=Param(Float(min=0, max=1, max_exclusive=True), "EMA of the weights with this decay, evaluated instead of them (0 = off)", default=0.0),
         compile=Param(Bool(), "torch.compile the model", default=False),
+        compile_mode=Param(OneOf(COMPILE_MODES), "torch.compile's mode: default | reduce-overhead (CUDA graphs) | "
+                           "max-autotune | max-autotune-no-cudagraphs", default="default"),
+        cudnn_benchmark=Param(Bool(), "let cuDNN time its convolution algorithms for each input shape (CUDA; "
+                              "faster steps, not bitwise reproducible)", default=False),
+        pin_memory=Param(Bool(), "copy host batches to the GPU from page-locked memory, without blocking", default=True),
         limit_train_batches=Param(Int(min=0), "train on at most this many batches per epoch (0 = all)", default=0),
         limit_val_batches=Param(Int(min=0), "evaluate on at most this many batches (0 = all)", default=0),
         fast_dev_run=Param(Bool(), "one train and one val batch, no logs or checkpoints written", default=False),
@@ -53,6 +58,8 @@ def declare_standard_sections() -> None:
         weight_decay=Param(Float(min=0), "weight decay", default=5e-4),
         nesterov=Param(Bool(), "SGD Nesterov momentum", default=False),
         exclude_norm_bias=Param(Bool(), "no weight decay (and no LARS adaptation) on norm-layer parameters and biases", default=False),
+        fused=Param(Bool(), "torch's fused kernel for sgd, adam and adamw (one kernel for all parameters; lars has "
+                    "none)", default=False),
     )
     Section("scheduler", "the learning-rate schedule").params(
         name=Param(OneOf(SCHEDULERS),

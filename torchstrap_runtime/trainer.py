@@ -35,7 +35,7 @@ from .distributed import all_reduce_sums, drop_padding, setup_distributed
 from .ema import ema_copy, update_ema
 from .errors import UserError
 from .faults import stop_on_faults
-from .metrics import ClassificationSums, means, new_sums
+from .metrics import ClassificationSums, add_to_sums, means, new_sums
 from .optim import PER_EPOCH_SCHEDULERS, build_optimizer, build_scheduler, parameter_groups
 from .signals import stop_on_signals
 from .trainer_base import NonFiniteLoss, TrainerBase  # noqa: F401  (NonFiniteLoss: raised by the loop)
@@ -137,11 +137,12 @@ class Trainer(TrainerBase):
     @param("optimizer.weight_decay")
     @param("optimizer.nesterov")
     @param("optimizer.exclude_norm_bias")
+    @param("optimizer.fused")
     def initialize_optimizer(self, name: str, lr: float, momentum: float, weight_decay: float, nesterov: bool,
-                             exclude_norm_bias: bool) -> None:
+                             exclude_norm_bias: bool, fused: bool) -> None:
         """Set `self.optimizer` over the model's parameters (the criterion's, if any, join in attach_criterion)."""
         groups = parameter_groups(self.raw_model, weight_decay, exclude_norm_bias)
-        self.optimizer = build_optimizer(name, groups, lr=lr, momentum=momentum, nesterov=nesterov)
+        self.optimizer = build_optimizer(name, groups, lr=lr, momentum=momentum, nesterov=nesterov, fused=fused)
 
     @param("scheduler.name")
     @param("scheduler.warmup_epochs")
@@ -229,16 +230,16 @@ class Trainer(TrainerBase):
         return loss
 
     def after_train_step(self) -> None:
-        """Accumulate the epoch's training loss (`self.loss`); log it every `logging.log_every` steps."""
-        loss = float(self.loss)
-        self.train_sums["loss"] += loss
-        self.train_sums["count"] += 1
+        """Add `self.loss` to the epoch's training loss (summed on the device); every `logging.log_every` steps
+        read it back (the only host sync), log it and show it on the progress bar."""
+        add_to_sums(self.train_sums, loss=self.loss)
         if self.log_every and self.step % self.log_every == 0:
+            loss = float(self.loss)
             if self.world_size > 1:  # log the global batch's loss (every rank takes this branch together)
                 loss = all_reduce_sums({"loss": loss}, self.device)["loss"] / self.world_size
             self.log({"kind": "train_step", "train_loss": loss, "lr": self.optimizer.param_groups[0]["lr"]})
-        if self.progress_bar is not None:
-            self.progress_bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            if self.progress_bar is not None:
+                self.progress_bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
     def after_train_epoch(self) -> None:
         """Store the epoch's mean training loss (over all ranks) in `self.epoch_record` (logged after evaluation)."""
@@ -354,10 +355,12 @@ class Trainer(TrainerBase):
             boundary = done % self.accumulate == 0 or done == limit
             with dev.no_sync(self.model, not boundary):
                 loss = self.train_step()
-                self.loss = self.checked_loss(loss)  # detached; a NaN stops here (training.stop_on_nan)
+                self.loss = self.checked_loss(loss)  # detached, left on the device
                 self.backward(loss)
             if boundary:
                 self.optimizer_step()
+            if self.log_every and self.step % self.log_every == 0:
+                self.check_losses()  # a NaN/inf loss since the last check stops here (training.stop_on_nan)
             self.after_train_step()
             samples += batch_size(self.data)
             self.step += 1
@@ -370,6 +373,7 @@ class Trainer(TrainerBase):
                     close_iterator(batches)  # FFCV's loading thread would otherwise stay blocked
                     self.close_progress_bar()
                     return False
+        self.check_losses()
         self.close_progress_bar()
         if self.batch_index == 0:  # an iterable without a length that yields nothing: no step, never "finished"
             raise UserError(f"the training loader gave no batch in epoch {self.epoch + 1}: nothing was trained "

@@ -12,7 +12,7 @@ The attributes these read are set by `Trainer.__init__` and the hooks it calls.
 from __future__ import annotations
 
 import contextlib
-import math
+import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from .progress import print_epoch_line, print_run_summary, progress_bar
 from .provenance import config_changes, new_run_id, record_config_changes, run_record, write_requirements
 from .run_folder import (CONFIG_FILE, HDF5_FILE, LOG_FILE, RunLock, create_run_folder, last_checkpoint, run_path,
                          start_logs_over, write_json_atomic)
+from .step_losses import StepLosses
 
 
 def config_value(key: str):
@@ -59,11 +60,18 @@ class TrainerBase:
     run_lock: RunLock | None = None
     config_changes: dict[str, list] = {}    # values a resumed run changed from its config.json (make_run_dir)
     completed = False                       # run() returned without a stop request (the mirrors' end state)
+    step_losses: StepLosses | None = None   # the losses of the steps since the last check_losses, on the device
 
     # ------------------------------------------------------------------ what the hooks call
     def to_device(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(inputs, targets)` of a batch on `self.device`; targets flattened to shape (N,)."""
-        return dev.inputs_and_targets(batch, self.device, self.channels_last)
+        """`(inputs, targets)` of a batch on `self.device`; targets flattened to shape (N,). Host tensors reach
+        a GPU by non-blocking copies from page-locked memory (`training.pin_memory`)."""
+        return dev.inputs_and_targets(batch, self.device, self.channels_last, self.pin_memory)
+
+    @functools.cached_property
+    def pin_memory(self) -> bool:
+        """`training.pin_memory` (False when the experiment does not declare it)."""
+        return bool(config_value("training.pin_memory"))
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """`torch.autocast` to `training.dtype` when it is bfloat16/float16, else a no-op context."""
@@ -113,26 +121,33 @@ class TrainerBase:
 
     # ------------------------------------------------------------------ the loop's checks
     def checked_loss(self, loss: Any) -> torch.Tensor:
-        """What `train_step` returned, detached, once it is known to be a tensor and (with `training.stop_on_nan`)
-        finite on every rank: a NaN/inf loss stops the run before it reaches the weights."""
+        """What `train_step` returned, detached, once it is known to be a tensor. With `training.stop_on_nan` it
+        is kept on its device (`step_losses`) until `check_losses` reads it: no host sync per step."""
         if not isinstance(loss, torch.Tensor):
             raise TypeError(f"{type(self).__name__}.train_step returned {type(loss).__name__}, not the loss: it must "
                             f"end with `return loss` or `return super().train_step()` (the loop does backward and "
                             f"the optimizer step)")
         loss = loss.detach()
-        if not self.stop_on_nan:
-            return loss
-        bad = not math.isfinite(float(loss))
-        if self.world_size > 1:
-            bad = any_rank(bad, self.device)
-        if bad:
+        if self.stop_on_nan:
+            if self.step_losses is None:
+                self.step_losses = StepLosses()
+            self.step_losses.add(self.step, loss)
+        return loss
+
+    def check_losses(self) -> None:
+        """Read the losses kept since the last check back from the device (one host sync; the loop calls it at log
+        points, checkpoints and epoch ends, on every rank) and stop the run at the first NaN/inf one, naming its
+        epoch and step (`training.stop_on_nan`)."""
+        if self.step_losses is None or not self.stop_on_nan:
+            return
+        bad = self.step_losses.first_non_finite(self.device)
+        if bad is not None:
             self.close_progress_bar()
             kept = f"{self.checkpoint_path} holds the last good checkpoint" if self.checkpoint_path.exists() \
                 else "no checkpoint was written yet"
-            raise NonFiniteLoss(f"the training loss is {float(loss)} at epoch {self.epoch}, step {self.step}: "
+            raise NonFiniteLoss(f"the training loss is {bad[1]} at epoch {self.epoch}, step {bad[0]}: "
                                 f"the run stopped and {kept} (lower optimizer.lr, set training.grad_clip, or "
                                 f"set training.stop_on_nan false to go on)")
-        return loss
 
     def should_stop(self) -> bool:
         """Whether a stop was requested; with several ranks, on any of them (so all stop after the same step)."""
@@ -171,6 +186,7 @@ class TrainerBase:
         Nothing with `training.fast_dev_run`.
 
         Called on every rank: with several, the epoch's running sums are summed over ranks into the checkpoint."""
+        self.check_losses()  # a checkpoint never holds weights that a non-finite loss reached
         if self.fast_dev_run:
             return
         sums = getattr(self, "train_sums", {})

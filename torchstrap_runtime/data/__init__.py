@@ -15,6 +15,9 @@ if not _os.environ.get("NUMBA_CACHE_DIR"):  # before any cached kernel is define
     import numba.core.config as _numba_config
 
     _numba_config.CACHE_DIR = _os.environ["NUMBA_CACHE_DIR"]  # numba read the environment when imported
+from ..ffcv_required import require_ffcv as _require_ffcv
+
+_require_ffcv("torchstrap_runtime.data (the seeded ops, the Loader and .beton files)")
 from . import _ffcv_import  # noqa: F401  (first: imports FFCV without its typed-dict compile)
 from ffcv.loader import OrderOption
 

@@ -1,12 +1,14 @@
-"""NormalizeOnDevice: uint8 NCHW torch images -> (x - mean) / std in the training dtype, on their own device."""
+"""NormalizeOnDevice: uint8 NCHW torch images -> (x - mean) / std in the training dtype, on their own device
+(the FFCV pipeline op over `torchstrap_runtime.normalize.ImageNormalizer`, which runs without FFCV)."""
 from dataclasses import replace
 from typing import Callable, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.operation import Operation
 from ffcv.pipeline.state import State
+
+from ..normalize import ImageNormalizer
 
 
 class NormalizeOnDevice(Operation):
@@ -21,22 +23,14 @@ class NormalizeOnDevice(Operation):
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype = torch.float32):
         super().__init__()
-        mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
-        if mean.shape != (3,) or std.shape != (3,) or np.any(std <= 0):
-            raise ValueError(f"NormalizeOnDevice: mean and std must be 3 numbers (std > 0), got {mean} and {std}")
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.scale = torch.tensor(1.0 / std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.normalizer = ImageNormalizer(mean, std, dtype)
         self.dtype = dtype
-        self.on: dict = {}  # device -> (mean, scale) there, copied once
 
     def generate_code(self) -> Callable:
-        on, mean, scale, dtype = self.on, self.mean, self.scale, self.dtype
+        normalizer = self.normalizer
 
         def normalize(images: torch.Tensor, _) -> torch.Tensor:
-            if images.device not in on:
-                on[images.device] = (mean.to(images.device), scale.to(images.device))
-            m, s = on[images.device]
-            return ((images.float() - m) * s).to(dtype)
+            return normalizer(images)
 
         return normalize
 

@@ -22,6 +22,10 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
+
+from ...ffcv_required import require_ffcv
+
+require_ffcv("CoKe's views (seeded FFCV pipelines)")
 from ffcv.fields.decoders import IntDecoder
 from ffcv.transforms import Convert, NormalizeImage, ToTensor, ToTorchImage
 
