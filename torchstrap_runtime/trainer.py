@@ -36,6 +36,7 @@ from .ema import ema_copy, update_ema
 from .errors import UserError
 from .metrics import ClassificationSums, means, new_sums
 from .optim import PER_EPOCH_SCHEDULERS, build_optimizer, build_scheduler, parameter_groups
+from .steps_record import open_steps_record
 from .trainer_base import NonFiniteLoss, TrainerBase  # noqa: F401  (NonFiniteLoss: raised by the loop)
 
 # epoch-record values measured with a clock: they differ between two runs of the same seeds
@@ -205,6 +206,7 @@ class Trainer(TrainerBase):
         self.log_every, self.show_progress = log_every, progress
         if self.is_main and not self.fast_dev_run:
             self.open_logs()
+        self.steps_record = open_steps_record(self)  # steps.jsonl: batch hashes, losses, weights (torchstrap verify)
 
     # ------------------------------------------------------------------ hooks: training
     def before_train_epoch(self) -> None:
@@ -314,6 +316,7 @@ class Trainer(TrainerBase):
             self.log(self.epoch_record)
             self.print_epoch(epochs)
             self.epoch += 1
+            self.steps_record.epoch_end(self)
             kept = self.track_best()
             self.save_checkpoint()
             if kept and self.is_main:  # rank 0 wrote last.pt
@@ -352,6 +355,7 @@ class Trainer(TrainerBase):
             if boundary:
                 self.optimizer_step()
             self.after_train_step()
+            self.steps_record.step(self)
             samples += batch_size(self.data)
             self.step += 1
             self.batch_index += 1

@@ -33,6 +33,7 @@ from .progress import print_epoch_line, print_run_summary, progress_bar
 from .provenance import config_changes, new_run_id, record_config_changes, run_record
 from .run_folder import (CONFIG_FILE, HDF5_FILE, LOG_FILE, RunLock, create_run_folder, last_checkpoint, run_path,
                          write_json_atomic)
+from .steps_record import NO_RECORD, StepsRecord
 
 
 def config_value(key: str):
@@ -57,6 +58,7 @@ class TrainerBase:
     mirrors: Mirrors | None = None
     progress_bar = None
     run_lock: RunLock | None = None
+    steps_record: StepsRecord = NO_RECORD   # steps.jsonl (steps_record.py): opened by initialize_logger
     config_changes: dict[str, list] = {}    # values a resumed run changed from its config.json (make_run_dir)
     completed = False                       # run() returned without a stop request (the mirrors' end state)
 
@@ -290,6 +292,7 @@ class TrainerBase:
             if logger is not None:
                 logger.close()
         self.json_logger = self.hdf5_logger = None
+        self.steps_record.close()
         if self.mirrors is not None:
             self.mirrors.close(finished=self.completed)
             self.mirrors = None
