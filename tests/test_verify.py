@@ -149,12 +149,12 @@ class TinyTrainer(Trainer):
         self.val_loader = [(torch.zeros(4, 3, 2, 2), torch.zeros(4, dtype=torch.long))]
 
 
-def tiny_run(folder, run_id: str, **values) -> dict:
+def tiny_run(folder, run_id: str, trainer: type = TinyTrainer, **values) -> dict:
     reset_config(keep_sections=True)
     set_values({"logging.folder": str(folder), "logging.progress": False, "model.num_classes": 2,
                 "training.epochs": 2, "logging.run_id": run_id, "scheduler.name": "none", **values})
     try:
-        return TinyTrainer().run()
+        return trainer().run()
     finally:
         reset_config(keep_sections=True)
 
@@ -191,3 +191,38 @@ def test_sample_difference_names_the_first_order_or_pixel_difference():
         "w", False, "differs at step 1: sample 2's augmented pixels", 1, 2)
     assert sample_difference(reference, [(5, "a", 0), (2, "c", 0), (9, "b", 1)], "w") == Finding(
         "w", False, "differs at step 0: order, sample 2 where the same-settings re-run has sample 9", 0, 9)
+
+
+# ---------------------------------------------------------------------- training.deterministic
+class NondeterministicOpTrainer(TinyTrainer):
+    """Its step raises what torch raises under use_deterministic_algorithms for an op with no deterministic
+    kernel (those are CUDA kernels: none raises on this CPU, so the step raises torch's sentence itself)."""
+
+    def train_step(self) -> torch.Tensor:
+        assert torch.are_deterministic_algorithms_enabled()
+        raise RuntimeError("scatter_add_cuda_kernel does not have a deterministic implementation, but you set "
+                           "'torch.use_deterministic_algorithms(True)'. You can turn off determinism just for this "
+                           "operation, or you can use the 'warn_only=True' option, if that's acceptable for your "
+                           "application.")
+
+
+def test_deterministic_turns_on_torchs_flags_and_a_refusing_op_is_named_in_one_sentence(tmp_path, capsys):
+    from torchstrap_runtime.errors import exit_on_user_error
+
+    def main(argv: list[str]) -> None:
+        tiny_run(tmp_path, "deterministic", NondeterministicOpTrainer, **{"training.deterministic": True})
+
+    try:
+        tiny_run(tmp_path, "flags", **{"training.deterministic": True, "training.epochs": 1})
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert not torch.backends.cudnn.benchmark
+        with pytest.raises(SystemExit) as stopped:
+            exit_on_user_error(main, [])
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: training.deterministic is true but scatter_add_cuda_kernel has no deterministic implementation on "
+        "this device: set training.deterministic false (steps are then not bitwise reproducible) or replace the op "
+        "that calls it"]

@@ -4,6 +4,7 @@ channels_last, the DistributedDataParallel and SyncBN wrapping, `torch.compile`,
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 from typing import Any
 
@@ -78,13 +79,16 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
 @param("training.channels_last")
 @param("training.compile")
 @param("model.sync_bn")
+@param("training.deterministic")
 def prepare_model(model: nn.Module, local_rank: int, world_size: int, device: str, dtype: str, channels_last: bool,
-                  compile: bool, sync_bn: bool) -> tuple[nn.Module, torch.device, torch.dtype, bool]:
+                  compile: bool, sync_bn: bool, deterministic: bool) -> tuple[nn.Module, torch.device, torch.dtype, bool]:
     """`(model, device, dtype, channels_last)`: the model on its device (`choose_device`), in the channels_last
     memory format if asked; with several processes its BatchNorms synchronised (`sync_bn`: torch's SyncBatchNorm
     on CUDA, GlobalBatchNorm on CPU) and wrapped in DDP; compiled with `training.compile`."""
     chosen = choose_device(device, local_rank)
     check_dtype(chosen, dtype)
+    if deterministic:
+        use_deterministic_kernels()
     model = model.to(chosen)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -96,6 +100,15 @@ def prepare_model(model: nn.Module, local_rank: int, world_size: int, device: st
     if compile:
         model = torch.compile(model)
     return model, chosen, DTYPES[dtype], channels_last
+
+
+def use_deterministic_kernels() -> None:
+    """training.deterministic: only deterministic kernels from now on in this process (an op without one raises,
+    see errors.NONDETERMINISTIC_OP), cuDNN's deterministic algorithms without autotuning, cuBLAS's fixed workspace."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: before the first matmul
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -26,6 +26,9 @@ def declare_standard_sections() -> None:
         accumulate=Param(Int(min=1), "gradient accumulation: batches per optimizer step", default=1),
         ema_decay=Param(Float(min=0, max=1, max_exclusive=True), "EMA of the weights with this decay, evaluated instead of them (0 = off)", default=0.0),
         compile=Param(Bool(), "torch.compile the model", default=False),
+        deterministic=Param(Bool(), "deterministic kernels only (torch.use_deterministic_algorithms, cuDNN without "
+                            "autotuning): bitwise-reproducible GPU steps, often slower; an op without one stops the "
+                            "run naming it", default=False),
         limit_train_batches=Param(Int(min=0), "train on at most this many batches per epoch (0 = all)", default=0),
         limit_val_batches=Param(Int(min=0), "evaluate on at most this many batches (0 = all)", default=0),
         fast_dev_run=Param(Bool(), "one train and one val batch, no logs or checkpoints written", default=False),
