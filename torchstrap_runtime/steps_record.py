@@ -55,21 +55,18 @@ def leaf_tensors(value: Any) -> Iterator[torch.Tensor | np.ndarray]:
 
 
 def host_bytes(tensor: torch.Tensor | np.ndarray) -> np.ndarray:
-    """The contiguous bytes of a tensor on the CPU (a copy only when it is on a device or not contiguous)."""
+    """A tensor as a contiguous array on the CPU (a copy only when it is on a device or not contiguous)."""
     if isinstance(tensor, torch.Tensor):
-        tensor = tensor.detach()
-        if tensor.device.type != "cpu":
-            tensor = tensor.cpu()
-        tensor = tensor.contiguous().view(torch.uint8) if tensor.dim() else tensor.reshape(1).view(torch.uint8)
-        return tensor.numpy()
-    return np.ascontiguousarray(tensor).view(np.uint8)
+        if tensor.device.type != "cpu" or not tensor.is_contiguous() or tensor.dtype == torch.bfloat16:
+            tensor = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)  # numpy has no bfloat16
+        return tensor.detach().numpy()
+    return np.ascontiguousarray(tensor)
 
 
 def data_hash(batch: Any) -> str:
-    """Hash of every tensor of a batch: their bytes, shapes and dtypes."""
+    """Hash of the bytes of every tensor of a batch."""
     digest = xxhash.xxh3_64()
     for tensor in leaf_tensors(batch):
-        digest.update(f"{tuple(tensor.shape)}{tensor.dtype}".encode())
         digest.update(host_bytes(tensor))
     return digest.hexdigest()
 
@@ -80,7 +77,7 @@ def sample_hashes(batch: Any) -> list[str]:
     if not tensors or not tensors[0].shape:
         return []
     rows = tensors[0].shape[0]
-    per_sample = [host_bytes(t).reshape(rows, -1) for t in tensors if t.shape and t.shape[0] == rows]
+    per_sample = [host_bytes(t).reshape(rows, -1).view(np.uint8) for t in tensors if t.shape and t.shape[0] == rows]
     return [xxhash.xxh3_64_hexdigest(b"".join(part[i].tobytes() for part in per_sample)) for i in range(rows)]
 
 
@@ -107,21 +104,28 @@ class StepsRecord:
 
     def __init__(self, path: Path | None, resume_step: int = 0, resume_epoch: int = 0):
         self.file = None
+        self.data = ""  # the current batch's hash
         if path is None:
             return
         if resume_step or resume_epoch:
             keep_until(path, resume_step, resume_epoch)
-        self.file = open(path, "a", buffering=1, encoding="utf-8")  # line-buffered: a crash loses no step
+        # a verify re-run may be killed on purpose: line-buffered; a run writes at checkpoints and at the end
+        self.file = open(path, "a", buffering=1 if replay is not None else -1, encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
         self.file.write(json.dumps(record) + "\n")
+
+    def batch(self, trainer: Any) -> None:
+        """When a training batch arrived: its hash."""
+        if self.file is not None:
+            self.data = data_hash(trainer.data)
 
     def step(self, trainer: Any) -> None:
         """After a training step's hooks (`trainer.step` not yet advanced)."""
         if self.file is None or (replay is not None and trainer.step >= replay.steps):
             return
-        record = {"step": trainer.step, "epoch": trainer.epoch, "batch": trainer.batch_index,
-                  "data": data_hash(trainer.data), "loss": float(trainer.loss.float())}
+        record = {"step": trainer.step, "epoch": trainer.epoch, "batch": trainer.batch_index, "data": self.data,
+                  "loss": float(trainer.loss.float())}
         done = trainer.step + 1
         if replay is not None:
             record["samples"] = sample_hashes(trainer.data)
@@ -139,6 +143,11 @@ class StepsRecord:
         """After an epoch (`trainer.epoch` already advanced): the weights' hash."""
         if self.file is not None:
             self.write({"epoch_end": trainer.epoch - 1, "step": trainer.step, "weights": weights_hash(trainer.raw_model)})
+
+    def flush(self) -> None:
+        """Before a checkpoint: every step it holds is on disk."""
+        if self.file is not None:
+            self.file.flush()
 
     def close(self) -> None:
         if self.file is not None:

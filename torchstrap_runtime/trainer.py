@@ -345,6 +345,7 @@ class Trainer(TrainerBase):
             if self.data is None:
                 break
             waited += time.perf_counter() - tick
+            self.steps_record.batch(self)  # hashed while the batch is in the cache (the step reads it next)
             self.before_train_step()
             done = self.batch_index + 1   # the optimizer steps after every `accumulate` batches and the last one
             boundary = done % self.accumulate == 0 or done == limit

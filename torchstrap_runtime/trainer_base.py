@@ -178,6 +178,7 @@ class TrainerBase:
         sums = getattr(self, "train_sums", {})
         if sums:
             sums = all_reduce_sums(sums, self.device)
+        self.steps_record.flush()
         if self.is_main:
             state = self.state_dict(batch=batch_done)
             state["train_sums"] = dict(sums)
