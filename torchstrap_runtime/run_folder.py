@@ -5,7 +5,7 @@
         log.jsonl            one JSON line per Trainer.log call (loggers.JSONLogger)
         arrays.h5            one row per Trainer.log_hdf5 call (loggers.HDF5Logger)
         steps.jsonl          per step the batch's hash and the loss, per epoch the weights' hash (steps_record.py)
-        verify.json          what `torchstrap verify` found (verify.py)
+        verify.json, verify/ what `torchstrap verify` found (verify.py), the run folders of its re-runs
         checkpoints/         last.pt (resume), best.pt and epoch_<E>.pt (logging.monitor)
         curves.png           loss and accuracy per epoch (plots.plot_curves)
         run.lock             the process training into this folder (RunLock)
@@ -35,6 +35,7 @@ LOG_FILE = "log.jsonl"
 HDF5_FILE = "arrays.h5"
 STEPS_FILE = "steps.jsonl"
 VERIFY_FILE = "verify.json"
+VERIFY_DIR = "verify"   # the run folders of `torchstrap verify`'s re-runs
 CHECKPOINTS_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"

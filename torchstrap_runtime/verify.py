@@ -32,9 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadFileError, MissingFileError, UserError
-from .run_folder import CONFIG_FILE, VERIFY_FILE, steps_file, write_json_atomic
-
-VERIFY_DIR = "verify"  # the re-runs' run folders, inside the verified run's folder
+from .run_folder import CONFIG_FILE, VERIFY_DIR, VERIFY_FILE, steps_file, write_json_atomic
 
 
 @dataclass
@@ -74,7 +72,7 @@ def read_record(run_dir: Path) -> dict[str, Any]:
         record = json.loads(path.read_text())
         record["config"]["data"], record["config"]["training"]
     except (ValueError, KeyError, TypeError):
-        raise BadFileError(f"{path} is not a run's config.json (it needs its 'config' with the data and training "
+        raise BadFileError(f"{path} is not a run's {CONFIG_FILE} (it needs its 'config' with the data and training "
                            f"sections)") from None
     if not (record.get("trainer") or {}).get("class"):
         raise BadFileError(f"{path} does not name the run's Trainer class ('trainer'): runs recorded before "
