@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadFileError, MissingFileError, UserError
-from .run_folder import CONFIG_FILE, VERIFY_DIR, VERIFY_FILE, steps_file, write_json_atomic
+from .run_folder import CONFIG_FILE, VERIFY_DIR, VERIFY_FILE, last_checkpoint, steps_file, write_json_atomic
 
 
 @dataclass
@@ -77,6 +77,10 @@ def read_record(run_dir: Path) -> dict[str, Any]:
     if not (record.get("trainer") or {}).get("class"):
         raise BadFileError(f"{path} does not name the run's Trainer class ('trainer'): runs recorded before "
                            f"`torchstrap verify` existed cannot be re-run by it")
+    if int(record.get("world_size") or 1) > 1:
+        raise UserError(f"{run_dir} trained with {record['world_size']} processes: torchstrap verify re-runs "
+                        f"single-process runs (verify a 1-process run of the same config; --nproc compares it "
+                        f"with {record['world_size']} processes)")
     if not steps_file(run_dir).is_file():
         raise MissingFileError(f"{run_dir} has no {steps_file(run_dir).name}: the run recorded no steps (a "
                                f"training.fast_dev_run, or a run from before the steps record)")
@@ -330,6 +334,8 @@ def verify(run_dir: Path, steps: int = 20, workers: list[int] | None = None, bat
         run_rerun(record, rerun, root, rerun_steps, label)
         print(f"{label}: {rerun.seconds:.1f} s" + (" (failed)" if rerun.error else ""), file=sys.stderr)
     findings = compare(original, reruns, steps, steps * batch)
+    for rerun in reruns:  # their steps records stay, their checkpoints (the model's size each) go
+        shutil.rmtree(last_checkpoint(rerun.folder).parent, ignore_errors=True)
     result = {"run": str(run_dir), "steps": steps, "seed": seed, "holds": all(f.holds for f in findings),
               "properties": [asdict(f) for f in findings],
               "reruns": [{"name": r.name, "changes": r.changes, "nproc": r.nproc, "kill_after": r.kill_after,
