@@ -156,9 +156,9 @@ def test_deterministic_turns_on_torchs_algorithms_and_ops_without_one_name_thems
     set_values({"training.deterministic": True})
     try:
         TinyTrainer()
-        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
         assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
-        with pytest.warns(UserWarning, match="put_ does not have a deterministic implementation"):
+        with pytest.raises(RuntimeError, match="put_ does not have a deterministic implementation"):
             torch.zeros(4).put_(torch.tensor([0, 0]), torch.tensor([1.0, 2.0]))
     finally:
         torch.use_deterministic_algorithms(False)

@@ -58,10 +58,11 @@ def checked_device(device: str) -> torch.device:
 
 
 def use_deterministic_algorithms() -> None:
-    """torch's deterministic algorithms and cuDNN's (no autotuning): an op that has none warns once, naming
-    itself, instead of stopping the run; cuBLAS gets the workspace its deterministic matmuls need."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    """training.deterministic: only deterministic kernels from now on in this process (an op without one raises;
+    the entry point names it in one sentence, see errors.NONDETERMINISTIC_OP), cuDNN's deterministic algorithms
+    without autotuning, and the fixed workspace cuBLAS's deterministic matmuls need."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: before the first matmul
+    torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
 
 
@@ -100,7 +101,7 @@ def prepare_model(model: nn.Module, local_rank: int, world_size: int, device: st
     `training.compile_mode`. `training.cudnn_benchmark` lets cuDNN time its convolution algorithms per shape."""
     chosen = choose_device(device, local_rank)
     check_dtype(chosen, dtype)
-    torch.backends.cudnn.benchmark = cudnn_benchmark
+    torch.backends.cudnn.benchmark = cudnn_benchmark and not torch.are_deterministic_algorithms_enabled()
     model = model.to(chosen)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -21,6 +21,7 @@ from .command_line import split_options
 USER_ERROR_EXIT = 2
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "TORCHSTRAP_DEBUG"
+NONDETERMINISTIC_OP = " does not have a deterministic implementation"  # torch's words, with training.deterministic
 
 
 class UserError(Exception):
@@ -78,3 +79,10 @@ def exit_on_user_error(main: Callable[[list[str]], Any], argv: Sequence[str] | N
             raise
         where = f" writing {error.filename}" if error.filename else ""
         fail(UserError(f"{error.strerror}{where}: free space or make the folder writable, then rerun"), argv=argv)
+    except RuntimeError as error:
+        if NONDETERMINISTIC_OP not in str(error):
+            raise
+        op = str(error).split(NONDETERMINISTIC_OP)[0].strip().split()[-1]
+        fail(UserError(f"training.deterministic is true but {op} has no deterministic implementation on this "
+                       f"device: set training.deterministic false (steps are then not bitwise reproducible) or "
+                       f"replace the op that calls it"), argv=argv)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import fnmatch
 import json
+import os
 import secrets
 import subprocess
 import sys
@@ -49,6 +50,8 @@ def run_record(trainer_class: type, train_loader: Any, world_size: int) -> dict[
         "world_size": world_size,
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": sys.argv,
+        "cwd": os.getcwd(),
+        "trainer": trainer_location(trainer_class),  # what `torchstrap verify` imports to re-run
         "slurm_job_id": slurm_job_id(),  # `torchstrap runs` asks sacct about it
     }
 
@@ -88,6 +91,17 @@ def installed_packages() -> list[str]:
 def write_requirements(run_dir: Path) -> None:
     """requirements.txt of the run folder: `pip install -r` it (with the CUDA build of torch) to rebuild."""
     write_text_atomic(run_dir / REQUIREMENTS_FILE, "\n".join(installed_packages()) + "\n")
+
+
+def trainer_location(cls: type) -> dict[str, str | None]:
+    """`{"class": "package.module.Name", "path": folder to put on sys.path to import it}`."""
+    import inspect
+
+    try:
+        path = str(Path(inspect.getfile(cls)).resolve().parents[cls.__module__.count(".")])
+    except (TypeError, OSError, IndexError):
+        path = None
+    return {"class": f"{cls.__module__}.{cls.__qualname__}", "path": path}
 
 
 def resolved_loader_seeds(loader: Any) -> dict[str, Any] | None:

@@ -5,6 +5,8 @@
         requirements.txt     the Python packages installed when it started, as `pip freeze` lists them
         log.jsonl            one JSON line per Trainer.log call (loggers.JSONLogger)
         arrays.h5            one row per Trainer.log_hdf5 call (loggers.HDF5Logger)
+        steps.jsonl          per step the batch's hash and the loss, per epoch the weights' hash (steps_record.py)
+        verify.json, verify/ what `torchstrap verify` found (verify.py), the run folders of its re-runs
         checkpoints/         last.pt (resume), best.pt and epoch_<E>.pt (logging.monitor)
         curves.png           loss and accuracy per epoch (plots.plot_curves)
         run.lock             the process training into this folder (RunLock)
@@ -36,6 +38,9 @@ CONFIG_FILE = "config.json"
 REQUIREMENTS_FILE = "requirements.txt"
 LOG_FILE = "log.jsonl"
 HDF5_FILE = "arrays.h5"
+STEPS_FILE = "steps.jsonl"
+VERIFY_FILE = "verify.json"
+VERIFY_DIR = "verify"   # the run folders of `torchstrap verify`'s re-runs
 CHECKPOINTS_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
@@ -67,6 +72,11 @@ def run_path(folder: str | os.PathLike, run_id: str) -> Path:
 def last_checkpoint(run_dir: Path) -> Path:
     """`checkpoints/last.pt`: where a run resumes from."""
     return Path(run_dir) / CHECKPOINTS_DIR / LAST_CHECKPOINT
+
+
+def steps_file(run_dir: Path, rank: int = 0) -> Path:
+    """`steps.jsonl` (rank 0), `steps.rank<R>.jsonl` (the other ranks of a `torchstrap verify` re-run)."""
+    return Path(run_dir) / (STEPS_FILE if rank == 0 else f"steps.rank{rank}.jsonl")
 
 
 def best_checkpoint(run_dir: Path) -> Path:

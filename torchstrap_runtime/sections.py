@@ -19,8 +19,9 @@ def declare_standard_sections() -> None:
         epochs=Param(Int(min=1), "number of epochs", default=10),
         eval_only=Param(Bool(), "only evaluate (no train loader, optimizer or scheduler)", default=False),
         seed=Param(OptionalInt(min=0), "seed of python/numpy/torch RNGs (model init, dropout); null = fresh", default=0),
-        deterministic=Param(Bool(), "torch's deterministic algorithms (cuDNN's too); an op that has none warns, "
-                            "naming itself", default=False),
+        deterministic=Param(Bool(), "deterministic kernels only (torch.use_deterministic_algorithms, cuDNN without "
+                            "autotuning): bitwise-reproducible GPU steps, often slower; an op without one stops the "
+                            "run naming it", default=False),
         device=Param(Str(), "'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...", default="auto"),
         dtype=Param(OneOf(DTYPES), "compute dtype; bfloat16/float16 use AMP", default="float32"),
         channels_last=Param(Bool(), "channels_last memory format for conv models", default=False),

@@ -38,6 +38,7 @@ from .faults import stop_on_faults
 from .metrics import ClassificationSums, add_to_sums, means, new_sums
 from .optim import PER_EPOCH_SCHEDULERS, build_optimizer, build_scheduler, parameter_groups
 from .signals import stop_on_signals
+from .steps_record import open_steps_record
 from .trainer_base import NonFiniteLoss, TrainerBase  # noqa: F401  (NonFiniteLoss: raised by the loop)
 
 # epoch-record values measured with a clock: they differ between two runs of the same seeds
@@ -211,6 +212,7 @@ class Trainer(TrainerBase):
         self.log_every, self.show_progress = log_every, progress
         if self.is_main and not self.fast_dev_run:
             self.open_logs()
+        self.steps_record = open_steps_record(self)  # steps.jsonl: batch hashes, losses, weights (torchstrap verify)
 
     # ------------------------------------------------------------------ hooks: training
     def before_train_epoch(self) -> None:
@@ -322,6 +324,7 @@ class Trainer(TrainerBase):
             self.log(self.epoch_record)
             self.print_epoch(epochs)
             self.epoch += 1
+            self.steps_record.epoch_end(self)
             kept = self.track_best()
             self.save_checkpoint()
             if kept and self.is_main:  # rank 0 wrote last.pt
@@ -350,6 +353,7 @@ class Trainer(TrainerBase):
             if self.data is None:
                 break
             waited += time.perf_counter() - tick
+            self.steps_record.batch(self)  # hashed while the batch is in the cache (the step reads it next)
             self.before_train_step()
             done = self.batch_index + 1   # the optimizer steps after every `accumulate` batches and the last one
             boundary = done % self.accumulate == 0 or done == limit
@@ -362,6 +366,7 @@ class Trainer(TrainerBase):
             if self.log_every and self.step % self.log_every == 0:
                 self.check_losses()  # a NaN/inf loss since the last check stops here (training.stop_on_nan)
             self.after_train_step()
+            self.steps_record.step(self)
             samples += batch_size(self.data)
             self.step += 1
             self.batch_index += 1

@@ -34,6 +34,7 @@ from .provenance import config_changes, new_run_id, record_config_changes, run_r
 from .run_folder import (CONFIG_FILE, HDF5_FILE, LOG_FILE, RunLock, create_run_folder, last_checkpoint, run_path,
                          start_logs_over, write_json_atomic)
 from .step_losses import StepLosses
+from .steps_record import NO_RECORD, StepsRecord
 
 
 def config_value(key: str):
@@ -58,6 +59,7 @@ class TrainerBase:
     mirrors: Mirrors | None = None
     progress_bar = None
     run_lock: RunLock | None = None
+    steps_record: StepsRecord = NO_RECORD   # steps.jsonl (steps_record.py): opened by initialize_logger
     config_changes: dict[str, list] = {}    # values a resumed run changed from its config.json (make_run_dir)
     completed = False                       # run() returned without a stop request (the mirrors' end state)
     step_losses: StepLosses | None = None   # the losses of the steps since the last check_losses, on the device
@@ -192,6 +194,7 @@ class TrainerBase:
         sums = getattr(self, "train_sums", {})
         if sums:
             sums = all_reduce_sums(sums, self.device)
+        self.steps_record.flush()
         if self.is_main:
             state = self.state_dict(batch=batch_done)
             state["train_sums"] = dict(sums)
@@ -310,6 +313,7 @@ class TrainerBase:
             if logger is not None:
                 logger.close()
         self.json_logger = self.hdf5_logger = None
+        self.steps_record.close()
         if self.mirrors is not None:
             self.mirrors.close(finished=self.completed)
             self.mirrors = None

@@ -6,6 +6,7 @@
     torchstrap check [PATH] [--template SRC]
     torchstrap runs [FOLDER|RUN_DIR ...] [--group-by KEY] [--sort KEY] [--filter key=value] [--format table|csv|markdown|json]
     torchstrap plot RUNS... --metric val_top1 [--x epoch|step|time] [--out runs.png]
+    torchstrap verify RUN_DIR [--steps 20] [--workers 1,4] [--batch-sizes B] [--kill] [--nproc 2]
 
 Exit codes: 0 ok; 1 the experiment needs attention (conflicts left, behind its template); 2 usage or
 environment error (message printed, no traceback; `--debug` or TORCHSTRAP_DEBUG=1 shows it).
@@ -149,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="generate, train and plot the demo experiment")
     demo.add_argument("path", nargs="?", default="demo-experiment", help="folder (default: demo-experiment)")
+    from torchstrap_runtime import verify
+
+    verify.add_arguments(sub.add_parser("verify", help="re-run a run's first steps: is it reproducible?"))
     from torchstrap.generator.runs_cli import add_parsers
 
     add_parsers(sub)  # `runs` and `plot` (main hands them to torchstrap.generator.runs_cli before this parser)
@@ -177,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
             return _print_update(update_experiment(args.path, parse_data(args.data), args.vcs_ref, args.trust))
         if args.command == "check":
             return _print_check(check_experiment(args.path, args.template))
+        if args.command == "verify":
+            from torchstrap_runtime import verify
+
+            return verify.main(args)
         if args.command == "demo":
             from torchstrap.generator import demo
 
