@@ -6,6 +6,7 @@
         arrays.h5            one row per Trainer.log_hdf5 call (loggers.HDF5Logger)
         checkpoints/         last.pt (resume), best.pt and epoch_<E>.pt (logging.monitor)
         curves.png           loss and accuracy per epoch (plots.plot_curves)
+        doctor.json          where the time goes: loader, step, ops, decode ceiling, advice (doctor.py)
         run.lock             the process training into this folder (RunLock)
         tensorboard/, csv/   mirrors of log.jsonl (logging.backends); MLflow's file store is <logging.folder>/mlruns
 
@@ -35,6 +36,7 @@ CHECKPOINTS_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 CURVES_FILE = "curves.png"
+DOCTOR_FILE = "doctor.json"
 LOCK_FILE = "run.lock"
 TENSORBOARD_DIR = "tensorboard"
 CSV_DIR = "csv"
