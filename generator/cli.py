@@ -6,6 +6,7 @@
     torchstrap check [PATH] [--template SRC]
     torchstrap runs [FOLDER|RUN_DIR ...] [--group-by KEY] [--sort KEY] [--filter key=value] [--format table|csv|markdown|json]
     torchstrap plot RUNS... --metric val_top1 [--x epoch|step|time] [--out runs.png]
+    torchstrap doctor RUN_DIR       where the time goes: rebuild the run from its config.json, measure, doctor.json
 
 Exit codes: 0 ok; 1 the experiment needs attention (conflicts left, behind its template); 2 usage or
 environment error (message printed, no traceback; `--debug` or TORCHSTRAP_DEBUG=1 shows it).
@@ -149,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="generate, train and plot the demo experiment")
     demo.add_argument("path", nargs="?", default="demo-experiment", help="folder (default: demo-experiment)")
+    doctor = sub.add_parser("doctor", help="where the time goes: loader, training step, each data op, advice")
+    doctor.add_argument("run_dir", type=Path, help="a run folder (its config.json is rebuilt in a fresh process)")
     from generator.runs_cli import add_parsers
 
     add_parsers(sub)  # `runs` and `plot` (main hands them to generator.runs_cli before this parser)
@@ -177,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
             return _print_update(update_experiment(args.path, parse_data(args.data), args.vcs_ref, args.trust))
         if args.command == "check":
             return _print_check(check_experiment(args.path, args.template))
+        if args.command == "doctor":
+            from torchstrap_runtime.doctor import format_report, remeasure
+
+            print(format_report(remeasure(args.run_dir)))
+            return 0
         if args.command == "demo":
             from generator import demo
 

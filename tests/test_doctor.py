@@ -157,3 +157,32 @@ def test_report_after_the_first_epoch_leaves_the_run_unchanged(tmp_path, capsys)
                                                   "ToTensor"]
     assert any("data.num_workers is 1" in text for text in report["advice"]) or report["bottleneck"] != "data"
     assert "where the time goes" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_report_of_a_generated_experiment_on_demand(tmp_path, capsys):
+    """After the first epoch of a generated experiment's run, with `--doctor` instead of training, and
+    `torchstrap doctor RUN_DIR` rebuilding a run from its config.json."""
+    from experiments import make_experiment
+
+    from generator.cli import main
+
+    exp = make_experiment(tmp_path, {"project_name": "doctored"})
+    trained = exp.run_train("--training.epochs", "1", "--logging.run_id", "trained", timeout=900)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "where the time goes" in trained.stdout
+    run_dir = tmp_path / "runs" / "trained"
+    after_epoch = json.loads((run_dir / DOCTOR_FILE).read_text())
+    assert after_epoch["epoch"] == 1 and after_epoch["decode_ceiling"]["storage"] == "raw"
+
+    only = exp.run_train("--doctor", "--logging.run_id", "only-doctor", timeout=900)
+    assert only.returncode == 0, only.stderr[-3000:]
+    measured = json.loads((tmp_path / "runs" / "only-doctor" / DOCTOR_FILE).read_text())
+    assert measured["together_images_per_s"] > 0 and 0 <= measured["data_wait_share"] <= 1
+    assert not (tmp_path / "runs" / "only-doctor" / "checkpoints").exists()  # nothing was trained
+
+    assert main(["doctor", str(run_dir)]) == 0
+    remeasured = json.loads((run_dir / DOCTOR_FILE).read_text())
+    assert remeasured["remeasured_from"] == str(run_dir / "config.json") and remeasured["step_images_per_s"] > 0
+    assert "where the time goes" in capsys.readouterr().out
+    assert main(["doctor", str(tmp_path)]) == 2  # not a run folder: one sentence, exit 2

@@ -32,7 +32,9 @@ import torch
 from . import checkpoint as ckpt
 from .batches import batch_size
 from .config import param
-from .run_folder import DOCTOR_FILE, write_json_atomic
+from .command_line import split_options
+from .errors import UserError
+from .run_folder import CONFIG_FILE, DOCTOR_FILE, write_json_atomic
 
 COST_SHARE = 0.02        # the report's time budget, as a share of the epoch it follows
 SAMPLED_BATCHES = (2, 8)  # fewest and most batches each measurement times (after one warm-up batch)
@@ -239,6 +241,37 @@ def measure_step(trainer: Any, batch: Any, steps: int) -> float:
     return steps * batch_size(batch) / max(elapsed, 1e-9)
 
 
+def measure_together(trainer: Any, loader: Any, batches: int) -> tuple[float, float]:
+    """(images/s, data-wait share) of the loader feeding the training step over `batches` batches after a
+    warm-up one, as the loop does (the loading thread runs beside the step); the trainer's state is restored."""
+    state = training_state(trainer)
+    iterator = epoch_iterator(loader, batches)
+    try:
+        trainer.modules.train()
+        waited, images, started = 0.0, 0, None
+        while True:
+            tick = time.perf_counter()
+            batch = next(iterator, None)
+            if batch is None:
+                break
+            if started is None:  # the warm-up batch: its wait and step are not counted
+                started = time.perf_counter()
+            else:
+                waited += time.perf_counter() - tick
+                images += batch_size(batch)
+            trainer.data = batch
+            loss = trainer.train_step()
+            trainer.backward(loss)
+            trainer.optimizer_step()
+        synchronize(trainer.device)
+        elapsed = max(time.perf_counter() - (started or 0.0), 1e-9)
+    finally:
+        iterator.close()
+        iterator.join(timeout=60)
+        restore_training_state(trainer, state)
+    return images / elapsed, waited / elapsed
+
+
 # ---------------------------------------------------------------------- the decode ceiling
 _decode_kernel = None
 
@@ -401,6 +434,8 @@ def diagnose(trainer: Any, epoch_record: dict[str, Any] | None = None, batches: 
                            "(FFCV) loaders only")
     if cached is not None and trainer.optimizer is not None:
         report["step_images_per_s"] = measure_step(trainer, cached, batches)
+        if epoch_record is None and is_seeded_loader(loader):  # on demand: no epoch was just run
+            report["together_images_per_s"], report["data_wait_share"] = measure_together(trainer, loader, batches)
     report["bottleneck"] = bottleneck(report)
     report["advice"] = advise(report)
     report["cost_s"] = time.perf_counter() - started
@@ -464,4 +499,79 @@ def after_first_epoch(trainer: Any, doctor: bool) -> dict[str, Any] | None:
     if trainer.is_main:
         write_report(trainer.run_dir, report)
         print(format_report(report), flush=True)
+    return report
+
+
+# ---------------------------------------------------------------------- on demand
+DOCTOR_FLAG = "--doctor"
+
+
+def split_doctor_flag(argv: list[str]) -> tuple[list[str], bool]:
+    """(argv without `--doctor`, whether it was given): a training command's `--doctor`."""
+    found, rest = split_options(argv, flags=[DOCTOR_FLAG])
+    return rest, bool(found[DOCTOR_FLAG])
+
+
+def report_instead_of_training(trainer: Any) -> dict[str, Any]:
+    """`--doctor` on a training command: measure (no epoch is trained), write doctor.json into the run folder,
+    print the table; the trainer is closed."""
+    try:
+        report = diagnose(trainer, batches=SAMPLED_BATCHES[1])
+        if trainer.is_main:
+            write_report(trainer.run_dir, report)
+            print(format_report(report), flush=True)
+        return report
+    finally:
+        trainer.close()
+
+
+def experiment_of(run_dir: Path, record: dict[str, Any]) -> tuple[Path, str]:
+    """(experiment root, package) of a run folder: the generated experiment (`.copier-answers.yml`) above the
+    run folder, or above the training command config.json recorded."""
+    command = record.get("command") or [""]
+    starts = [run_dir.resolve(), Path(str(command[0])).resolve(), Path.cwd()]
+    for start in starts:
+        for folder in (start, *start.parents):
+            trains = sorted(folder.glob("src/*/train.py"))
+            if (folder / ".copier-answers.yml").exists() and trains:
+                return folder, trains[0].parent.name
+    raise UserError(f"cannot find the experiment of run folder {run_dir}: no generated experiment (a folder with "
+                    f".copier-answers.yml and src/<package>/train.py) above it or above its recorded command "
+                    f"{command[0]!r}; run `torchstrap doctor` from the experiment's folder")
+
+
+def remeasure(run_dir: str | os.PathLike, timeout: float = 3600) -> dict[str, Any]:
+    """`torchstrap doctor RUN_DIR`: rebuild the run from its config.json in a fresh process (its experiment's
+    `train --doctor`, in a scratch run folder) and write the report into RUN_DIR/doctor.json."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    run_dir = Path(run_dir)
+    try:
+        record = json.loads((run_dir / CONFIG_FILE).read_text())
+        config = record["config"]
+    except FileNotFoundError:
+        raise UserError(f"{run_dir} is not a run folder: it has no {CONFIG_FILE}") from None
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{run_dir / CONFIG_FILE} is not a run record (JSON with a 'config' mapping)") from None
+    root, package = experiment_of(run_dir, record)
+    with tempfile.TemporaryDirectory(prefix="torchstrap-doctor-") as scratch:
+        recorded = Path(scratch) / "recorded.json"
+        recorded.write_text(json.dumps(config, default=str))
+        command = [sys.executable, "-m", f"{package}.train", DOCTOR_FLAG, "-C", str(recorded),
+                   "--logging.folder", scratch, "--logging.run_id", "doctor", "--logging.backends", "[]",
+                   "--logging.progress", "false"]
+        runtime = str(Path(__file__).resolve().parents[1])  # this torchstrap_runtime, not another install
+        paths = [str(root / "src"), runtime, *filter(None, [os.environ.get("PYTHONPATH")])]
+        done = subprocess.run(command, cwd=root, env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)},
+                              capture_output=True, text=True, timeout=timeout)
+        measured = Path(scratch) / "doctor" / DOCTOR_FILE
+        if done.returncode != 0 or not measured.exists():
+            last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+            raise UserError(f"rebuilding run {run_dir} from its {CONFIG_FILE} failed: {last}")
+        report = json.loads(measured.read_text())
+    report["remeasured_from"] = str(run_dir / CONFIG_FILE)
+    write_report(run_dir, report)
     return report
