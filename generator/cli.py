@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="generate, train and plot the demo experiment")
     demo.add_argument("path", nargs="?", default="demo-experiment", help="folder (default: demo-experiment)")
     doctor = sub.add_parser("doctor", help="where the time goes: loader, training step, each data op, advice")
-    doctor.add_argument("run_dir", type=Path, help="a run folder (its config.json is rebuilt in a fresh process)")
+    doctor.add_argument("run_dir", type=Path, help="a run folder (the run is rebuilt from its record in a fresh process)")
     from generator.runs_cli import add_parsers
 
     add_parsers(sub)  # `runs` and `plot` (main hands them to generator.runs_cli before this parser)

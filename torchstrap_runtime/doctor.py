@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import sys
 import time
 import types
 from collections import defaultdict
@@ -80,9 +81,9 @@ def synchronize(device: Any = None) -> None:
 
 
 def is_seeded_loader(loader: Any) -> bool:
-    from .data.loader import Loader
-
-    return isinstance(loader, Loader)
+    """Whether `loader` is torchstrap's FFCV Loader (not imported here when nothing imported it)."""
+    module = sys.modules.get("torchstrap_runtime.data.loader")
+    return module is not None and isinstance(loader, module.Loader)
 
 
 # ---------------------------------------------------------------------- the loader alone
@@ -490,9 +491,11 @@ def write_report(run_dir: Path, report: dict[str, Any]) -> Path:
 
 @param("logging.doctor")
 def after_first_epoch(trainer: Any, doctor: bool) -> dict[str, Any] | None:
-    """The report after a run's first epoch (`logging.doctor`; not with `training.fast_dev_run`): every rank
-    measures (a distributed step needs them all), rank 0 writes doctor.json and prints the table."""
-    if not doctor or trainer.fast_dev_run or trainer.epoch != 0:
+    """The report after a run's first epoch (`logging.doctor`) on torchstrap's FFCV loaders (not with
+    `training.fast_dev_run`): every rank measures (a distributed step needs them all), rank 0 writes
+    doctor.json and prints the table. Its step measurement calls `train_step`, `backward` and `optimizer_step`
+    a few more times on a copy of a batch, outside the loop's hook order; what they change is restored."""
+    if not doctor or trainer.fast_dev_run or trainer.epoch != 0 or not is_seeded_loader(trainer.train_loader):
         return None
     report = diagnose(trainer, trainer.epoch_record)
     report["epoch"] = trainer.epoch + 1
