@@ -43,6 +43,7 @@ DATA_BOUND_WAIT = 0.10   # an epoch that waited this share of its time or more o
 SLOW_OP_SHARE = 0.25     # an op taking this share of the loader's time or more is named as the one to fix
 DECODERS = ("RandomResizedCrop", "SimpleRGBImageDecoder", "CenterCropRGBImageDecoder",
             "RandomResizedCropRGBImageDecoder", "ResizedCropRGBImageDecoder")
+HAND_OVER = ("loader", "between batches")  # the row of the loading thread's time outside the ops
 NEAR_CEILING = 0.70      # a loader at this share of the decode ceiling or more is limited by JPEG decoding
 
 
@@ -99,10 +100,18 @@ def epoch_iterator(loader: Any, batches: int, code: tuple | None = None, timing:
     from .data.loader import SeededEpochIterator
 
     class TimedEpochIterator(SeededEpochIterator):
+        """Records when the loading thread starts and ends each batch (`spans`)."""
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.spans: list[tuple[float, float]] = []  # before the thread starts
+            super().__init__(*args, **kwargs)
+
         def run_pipeline(self, b_ix: int, *args: Any) -> Any:
             if timing is not None:
                 timing[0] = b_ix > 0
-            return super().run_pipeline(b_ix, *args)
+            started = time.perf_counter()
+            result = super().run_pipeline(b_ix, *args)
+            self.spans.append((started, time.perf_counter()))
+            return result
 
     if loader.code is None:
         loader.generate_code()
@@ -112,18 +121,22 @@ def epoch_iterator(loader: Any, batches: int, code: tuple | None = None, timing:
 
 
 def measure_loader(loader: Any, batches: int) -> tuple[float, Any]:
-    """(images/s of the loader alone over `batches` batches after a warm-up one, a copy of the first batch)."""
+    """(images/s of the loader alone over `batches` batches after a warm-up one, a copy of the last batch).
+
+    Timed in the loading thread, from the start of its second batch to the end of its last: the consumer's
+    clock would count batches made ahead while it waited for the GIL (small batches take less than Python's
+    5 ms switch interval) as free."""
     iterator = epoch_iterator(loader, batches)
+    images, batch = 0, None
     try:
-        first = clone_batch(next(iterator))
-        images, started = 0, time.perf_counter()
+        next(iterator)
         for batch in iterator:
             images += batch_size(batch)
-        elapsed = time.perf_counter() - started
     finally:
         iterator.close()
         iterator.join(timeout=60)
-    return images / max(elapsed, 1e-9), first
+    elapsed = iterator.spans[-1][1] - iterator.spans[1][0] if len(iterator.spans) > 1 else 0.0
+    return images / max(elapsed, 1e-9), clone_batch(batch)  # copied once the thread is done (no contention)
 
 
 # ---------------------------------------------------------------------- each op
@@ -190,9 +203,13 @@ def time_ops(loader: Any, batches: int) -> list[dict[str, Any]]:
         iterator.close()
         iterator.join(timeout=60)
     names = op_names(loader)
-    return [{"pipeline": names[node_id][0], "op": names[node_id][1],
-             "us_per_image": 1e6 * seconds.get(node_id, 0.0) / max(images, 1)}
-            for node_id in sorted(names)]
+    timings = [{"pipeline": names[node_id][0], "op": names[node_id][1],
+                "us_per_image": 1e6 * seconds.get(node_id, 0.0) / max(images, 1)} for node_id in sorted(names)]
+    # the loading thread between two batches: handing the batch over to the loop (the GIL), the next indices
+    spans = iterator.spans
+    between = sum(spans[i][0] - spans[i - 1][1] for i in range(1, len(spans)))
+    timings.append({"pipeline": HAND_OVER[0], "op": HAND_OVER[1], "us_per_image": 1e6 * between / max(images, 1)})
+    return timings
 
 
 # ---------------------------------------------------------------------- the training step alone
@@ -274,31 +291,6 @@ def measure_together(trainer: Any, loader: Any, batches: int) -> tuple[float, fl
 
 
 # ---------------------------------------------------------------------- the decode ceiling
-_decode_kernel = None
-
-
-def decode_kernel() -> Any:
-    """A numba function decoding JPEGs whole with the decoders' libjpeg-turbo kernel, one core (cached)."""
-    global _decode_kernel
-    if _decode_kernel is None:
-        from numba import njit
-
-        from .data.native import jpeg_crop_resize
-
-        @njit(cache=True, nogil=True)
-        def decode_jpegs(blob, offsets, sizes, heights, widths, scratch, out):
-            failures = 0
-            for i in range(len(offsets)):
-                source = blob[offsets[i]:offsets[i] + sizes[i]]
-                failures += jpeg_crop_resize(source.ctypes.data, source.size, 0, 0, heights[i], widths[i],
-                                             scratch.ctypes.data, scratch.size, out.ctypes.data,
-                                             heights[i], widths[i]) != 0
-            return failures
-
-        _decode_kernel = decode_jpegs
-    return _decode_kernel
-
-
 def image_fields(loader: Any) -> dict[str, np.ndarray]:
     """{stored image field: its metadata column (mode, height, width, data_ptr per sample)}."""
     from ffcv.fields.rgb_image import RGBImageField
@@ -335,7 +327,8 @@ def decode_ceiling(loader: Any, images: int) -> dict[str, Any] | None:
     heights, widths = column["height"][chosen].astype(np.int64), column["width"][chosen].astype(np.int64)
     largest = int((heights * widths).max()) * 3
     scratch, out = np.empty(largest, np.uint8), np.empty(largest, np.uint8)
-    kernel = decode_kernel()
+    from .data.jpeg_decode import decode_jpegs as kernel
+
     kernel(blob, offsets[:1], sizes[:1], heights[:1], widths[:1], scratch, out)  # loads (or compiles) it
     started = time.perf_counter()
     failures = kernel(blob, offsets, sizes, heights, widths, scratch, out)
@@ -359,7 +352,8 @@ def advise(report: dict[str, Any]) -> list[str]:
         return advice
     total = sum(op["us_per_image"] for op in ops)
     for op in sorted(ops, key=lambda op: -op["us_per_image"]):  # decoders: see the decode ceiling below
-        if total and op["us_per_image"] >= SLOW_OP_SHARE * total and op["op"] not in DECODERS:
+        if total and op["us_per_image"] >= SLOW_OP_SHARE * total and op["op"] not in DECODERS \
+                and (op["pipeline"], op["op"]) != HAND_OVER:
             advice.append(f"{op['op']} ({op['pipeline']} pipeline) takes {op['us_per_image']:,.0f} µs per image, "
                           f"{op['us_per_image'] / total:.0%} of the loader's time: make it cheaper, move it to the "
                           f"device, or drop it")
@@ -416,18 +410,20 @@ def diagnose(trainer: Any, epoch_record: dict[str, Any] | None = None, batches: 
                               "together_images_per_s": record.get("images_per_s"),
                               "data_wait_share": record.get("data_wait_share")}
     cached = clone_batch(trainer.data) if trainer.data is not None else None
+    phases: dict[str, float] = {}
     if is_seeded_loader(loader):
         report.update(batch_size=loader.batch_size, num_workers=loader.num_workers,
                       os_cache=type(loader.memory_manager).__name__ == "OSCacheManager",
                       dataset_bytes=Path(loader.fname).stat().st_size)
         report["loader_images_per_s"], first = measure_loader(loader, batches)
+        phases["loader"] = time.perf_counter() - started
         cached = cached if cached is not None else first
         report["ops"] = time_ops(loader, batches)
-        report["ops_us_per_image"] = sum(op["us_per_image"] for op in report["ops"])
+        phases["ops"] = time.perf_counter() - started - sum(phases.values())
+        report["ops_us_per_image"] = sum(op["us_per_image"] for op in report["ops"])  # with between batches
         report["loader_us_per_image"] = 1e6 / report["loader_images_per_s"]
-        # what the loader spends outside its ops: the loading thread, the hand-over, buffers
-        report["overhead_us_per_image"] = report["loader_us_per_image"] - report["ops_us_per_image"]
         report["decode_ceiling"] = decode_ceiling(loader, images=loader.batch_size)
+        phases["decode_ceiling"] = time.perf_counter() - started - sum(phases.values())
     else:
         report.update(batch_size=batch_size(cached) if cached is not None else None, loader_images_per_s=None,
                       ops=None, decode_ceiling=None,
@@ -435,11 +431,13 @@ def diagnose(trainer: Any, epoch_record: dict[str, Any] | None = None, batches: 
                            "(FFCV) loaders only")
     if cached is not None and trainer.optimizer is not None:
         report["step_images_per_s"] = measure_step(trainer, cached, batches)
+        phases["step"] = time.perf_counter() - started - sum(phases.values())
         if epoch_record is None and is_seeded_loader(loader):  # on demand: no epoch was just run
             report["together_images_per_s"], report["data_wait_share"] = measure_together(trainer, loader, batches)
     report["bottleneck"] = bottleneck(report)
     report["advice"] = advise(report)
     report["cost_s"] = time.perf_counter() - started
+    report["cost_s_by_measurement"] = phases
     together = report["together_images_per_s"]
     if together and epoch_batches and report["batch_size"]:
         report["epoch_s"] = epoch_batches * report["batch_size"] / together
@@ -479,7 +477,8 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(f"  bottleneck: {report['bottleneck']}")
     lines += [f"  - {text}" for text in report["advice"]]
     if report.get("cost_share") is not None:
-        lines.append(f"  (this report took {report['cost_s']:.2f} s, {report['cost_share']:.1%} of the epoch)")
+        lines.append(f"  (this report took {report['cost_s']:.2f} s, {report['cost_share']:.1%} of the epoch; "
+                     f"logging.doctor false turns it off)")
     return "\n".join(lines)
 
 
