@@ -67,10 +67,10 @@ def test_ops_add_up_to_the_loader_time_on_the_256px_pipeline(jpeg256):
     loader = bench_loader(jpeg256)
     doctor.measure_loader(loader, batches=6)  # the file mapped and read once, as by the epoch before a report
     loader_us, ops_us, rounds = [], [], []
-    for _ in range(5):  # alternated, medians: the machine's load moves both
-        rate, _ = doctor.measure_loader(loader, batches=6)
+    for _ in range(7):  # alternated, medians: the machine's load moves both
+        rate, _ = doctor.measure_loader(loader, batches=8)
         loader_us.append(1e6 / rate)
-        ops = doctor.time_ops(loader, batches=6)
+        ops = doctor.time_ops(loader, batches=8)
         ops_us.append(sum(op["us_per_image"] for op in ops))
         rounds.append(ops)
     assert [(op["pipeline"], op["op"]) for op in ops] == [

@@ -205,9 +205,10 @@ def time_ops(loader: Any, batches: int) -> list[dict[str, Any]]:
     names = op_names(loader)
     timings = [{"pipeline": names[node_id][0], "op": names[node_id][1],
                 "us_per_image": 1e6 * seconds.get(node_id, 0.0) / max(images, 1)} for node_id in sorted(names)]
-    # the loading thread between two batches: handing the batch over to the loop (the GIL), the next indices
+    # the loading thread between two timed batches (as `measure_loader` counts it): handing the batch over to
+    # the loop (the GIL), the next indices
     spans = iterator.spans
-    between = sum(spans[i][0] - spans[i - 1][1] for i in range(1, len(spans)))
+    between = sum(spans[i][0] - spans[i - 1][1] for i in range(2, len(spans)))
     timings.append({"pipeline": HAND_OVER[0], "op": HAND_OVER[1], "us_per_image": 1e6 * between / max(images, 1)})
     return timings
 
