@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
-from .batches import batch_size
+from .batches import batch_size, limited_len
 from .config import param
 from .command_line import split_options
 from .errors import UserError
@@ -404,7 +404,7 @@ def diagnose(trainer: Any, epoch_record: dict[str, Any] | None = None, batches: 
     data_wait_share). `batches`: batches per measurement (default: fit `COST_SHARE` of an epoch)."""
     started = time.perf_counter()
     loader = trainer.train_loader
-    epoch_batches = len(loader) if hasattr(loader, "__len__") else None
+    epoch_batches = limited_len(loader, getattr(trainer, "limit_train_batches", 0))  # the epoch's batches
     batches = batches or sampled_batches(epoch_batches)
     record = epoch_record or {}
     report: dict[str, Any] = {"sampled_batches": batches, "cores": cores(),
