@@ -9,6 +9,7 @@
         verify.json, verify/ what `torchstrap verify` found (verify.py), the run folders of its re-runs
         checkpoints/         last.pt (resume), best.pt and epoch_<E>.pt (logging.monitor)
         curves.png           loss and accuracy per epoch (plots.plot_curves)
+        doctor.json          where the time goes: loader, step, ops, decode ceiling, advice (doctor.py)
         run.lock             the process training into this folder (RunLock)
         tensorboard/, csv/   mirrors of log.jsonl (logging.backends); MLflow's file store is <logging.folder>/mlruns
 
@@ -45,6 +46,7 @@ CHECKPOINTS_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 CURVES_FILE = "curves.png"
+DOCTOR_FILE = "doctor.json"
 LOCK_FILE = "run.lock"
 TENSORBOARD_DIR = "tensorboard"
 CSV_DIR = "csv"

@@ -91,6 +91,8 @@ def declare_standard_sections() -> None:
         backends=Param(ListOf(OneOf(BACKENDS)),
                        f"mirror every log() scalar to these: tensorboard, csv, wandb, mlflow ({LOG_FILE} stays the record)",
                        default=[]),
+        doctor=Param(Bool(), "after the first epoch on FFCV loaders, measure where the time goes (loader, step, "
+                     "each op) into doctor.json, with advice", default=True),
         tags=Param(ListOf(Str()), "labels of this run, e.g. [baseline, ablation] (shown by `torchstrap runs`)", default=[]),
     )
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from . import device as dev
+from . import doctor
 from . import sections as _sections  # noqa: F401  (declares the standard config sections)
 from .batches import batch_size, close_iterator, epoch_batches, limited_len, safe_len
 from .best import best_checkpoints
@@ -319,6 +320,7 @@ class Trainer(TrainerBase):
             if isinstance(self.scheduler, PER_EPOCH_SCHEDULERS):
                 self.scheduler.step()
             self.after_train_epoch()
+            doctor.after_first_epoch(self)  # where the time goes: doctor.json (logging.doctor)
             if eval_each_epoch and ((self.epoch + 1) % eval_every == 0 or self.epoch + 1 == epochs):
                 self.evaluate()
             self.log(self.epoch_record)

@@ -7,6 +7,7 @@
     torchstrap runs [FOLDER|RUN_DIR ...] [--group-by KEY] [--sort KEY] [--filter key=value] [--format table|csv|markdown|json]
     torchstrap plot RUNS... --metric val_top1 [--x epoch|step|time] [--out runs.png]
     torchstrap verify RUN_DIR [--steps 20] [--workers 1,4] [--batch-sizes B] [--kill] [--nproc 2]
+    torchstrap doctor RUN_DIR       where the time goes: rebuild the run from its config.json, measure, doctor.json
 
 Exit codes: 0 ok; 1 the experiment needs attention (conflicts left, behind its template); 2 usage or
 environment error (message printed, no traceback; `--debug` or TORCHSTRAP_DEBUG=1 shows it).
@@ -150,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="generate, train and plot the demo experiment")
     demo.add_argument("path", nargs="?", default="demo-experiment", help="folder (default: demo-experiment)")
+    doctor = sub.add_parser("doctor", help="where the time goes: loader, training step, each data op, advice")
+    doctor.add_argument("run_dir", type=Path, help="a run folder (the run is rebuilt from its record in a fresh process)")
     from torchstrap_runtime import verify
 
     verify.add_arguments(sub.add_parser("verify", help="re-run a run's first steps: is it reproducible?"))
@@ -185,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
             from torchstrap_runtime import verify
 
             return verify.main(args)
+        if args.command == "doctor":
+            from torchstrap_runtime.doctor import format_report, remeasure
+
+            print(format_report(remeasure(args.run_dir)))
+            return 0
         if args.command == "demo":
             from torchstrap.generator import demo
 

@@ -288,8 +288,9 @@ class SeededEpochIterator(EpochIterator):
     """FFCV's epoch iterator that also hands the seeded ops their epoch keys."""
 
     def __init__(self, loader: Loader, order: np.ndarray, rng_keys: Dict[int, np.uint64],
-                 op_params: Dict[int, np.ndarray], start_batch: int = 0):
+                 op_params: Dict[int, np.ndarray], start_batch: int = 0, code: Optional[tuple] = None):
         self.rng_keys, self.op_params = rng_keys, op_params  # before super().__init__ starts the thread
+        self.code = code or loader.code  # (stages, output node ids) this iterator runs
         self.first_slot = loader.next_slot
         self.batch: Optional[int] = None  # epoch batch number of the batch __next__ returned last
         self.next_batch = start_batch
@@ -332,7 +333,7 @@ class SeededEpochIterator(EpochIterator):
         memory_slot = (self.first_slot + b_ix) % slots  # FFCV's batch_slot still picks the CUDA stream
         self.loader.next_slot = (memory_slot + 1) % slots
         stream = torch.cuda.stream(self.cuda_streams[batch_slot]) if IS_CUDA else nullcontext()
-        stages, outputs = self.loader.code
+        stages, outputs = self.code
         with stream:
             if IS_CUDA and cuda_event:
                 cuda_event.wait()
