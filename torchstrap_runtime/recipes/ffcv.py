@@ -10,7 +10,9 @@ example (`examples/cifar/train_cifar.py`), the pieces our Trainer does not have 
 - BlurPool (`apply_blurpool`): every Conv2d with a stride above 1 and at least 16 input channels is preceded by
   a fixed depthwise 3x3 binomial blur ([1, 2, 1] x [1, 2, 1] / 16, stride 1, padding 1);
 - `flip_tta`: test-time augmentation `lr_tta`, the logits of the images plus those of their left-right mirror
-  (a sum, as both scripts compute it; the loss is taken on that sum).
+  (a sum, as both scripts compute it; the loss is taken on that sum);
+- `RecipeTrainer` (test_time_flips), `ImageNetRecipeTrainer` (the resizing and the optimizer groups): the bases
+  of a recipe experiment's Trainer.
 
 Importing this module declares the keys under their FFCV names: `resolution.{min_res, max_res, end_ramp,
 start_ramp}`, `validation.{resolution, lr_tta}`, `model.use_blurpool`, `optimizer.bn_wd`.
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Bool, Int, Param, Section, param
+from ..trainer import Trainer
 
 RESOLUTION_MULTIPLE = 32   # ffcv-imagenet rounds ramp resolutions to multiples of 32
 BLUR_MIN_CHANNELS = 16     # BlurPool goes before strided convolutions with at least this many input channels
@@ -144,3 +147,26 @@ def apply_blurpool(model: nn.Module) -> nn.Module:
 def flip_tta(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """The logits of `images` plus those of the images flipped left-right (NCHW: the last dimension)."""
     return model(images) + model(torch.flip(images, dims=[3]))
+
+
+# ---------------------------------------------------------------------- trainers
+class RecipeTrainer(Trainer):
+    """The Trainer with FFCV's test-time augmentation: `test_time_flips` (validation.lr_tta)."""
+
+    @param("validation.lr_tta")
+    def test_time_flips(self, inputs: torch.Tensor, lr_tta: bool) -> torch.Tensor:
+        """`flip_tta` of the model with validation.lr_tta, else the model's logits."""
+        return flip_tta(self.model, inputs) if lr_tta else self.model(inputs)
+
+
+class ImageNetRecipeTrainer(RecipeTrainer):
+    """ffcv-imagenet's recipe: `initialize_optimizer` then `bn_without_weight_decay`; `before_train_epoch` sets the
+    training decoder to the epoch's resolution (`follow_resolution`), recorded as `resolution` in the epoch's line."""
+
+    def initialize_optimizer(self) -> None:
+        super().initialize_optimizer()
+        bn_without_weight_decay(self.optimizer, self.raw_model)
+
+    def before_train_epoch(self) -> None:
+        super().before_train_epoch()
+        self.epoch_record["resolution"] = follow_resolution(self.train_loader, self.epoch)
