@@ -46,7 +46,7 @@ def test_image_ops_criteria_and_pipelines():
                                                   coke_imagenet_single_view)
     from torchstrap_runtime import data
 
-    assert len(image.__all__) == 10 and all(getattr(image, name) is getattr(data, name) for name in image.__all__)
+    assert len(image.__all__) == 11 and all(getattr(image, name) is getattr(data, name) for name in image.__all__)
     crop = image.RandomResizedCrop((16, 16), seed=3)
     assert crop.seed == 3
     criterion = coke_single_view(embedding_size=8, num_samples=16, num_clusters=[4])

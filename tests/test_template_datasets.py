@@ -106,4 +106,4 @@ def test_computed_values_are_not_answers(tpl, tmp_path, capsys):
     code = main(["new", str(tmp_path / "exp"), "--template", str(tpl), "-d", "num_classes=5"])
     err = capsys.readouterr().err
     assert code == 2 and "Unknown answer key 'num_classes'; the template asks: " in err
-    assert "dataset, model, use_slurm." in err and "mean_std" not in err
+    assert "dataset, recipe, model, use_slurm." in err and "mean_std" not in err

@@ -79,10 +79,57 @@ class ResNetSmall(nn.Module):
         return self.head(self.pool(self.stages(self.stem(x))))
 
 
+def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+                 padding: int = 1) -> nn.Sequential:
+    """Conv2d (no bias), BatchNorm2d, ReLU."""
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False),
+                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+
+
+class Residual(nn.Module):
+    """x + body(x)."""
+
+    def __init__(self, body: nn.Module):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ResNet9(nn.Module):
+    """The ResNet-9 of FFCV's CIFAR-10 example (after KakaoBrain's torchskeleton): conv 64, conv 5x5/2 128,
+    a residual pair of 128-convs, conv 256 and 2x2 max-pool, a residual pair of 256-convs, conv 128 without
+    padding, global max-pool, a bias-free linear head whose logits are scaled by 0.2 (`LOGIT_SCALE`).
+    `num_classes=0` drops the head: the output is the 128 pooled features."""
+
+    LOGIT_SCALE = 0.2
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        self.features = nn.Sequential(
+            conv_bn_relu(in_channels, 64),
+            conv_bn_relu(64, 128, kernel_size=5, stride=2, padding=2),
+            Residual(nn.Sequential(conv_bn_relu(128, 128), conv_bn_relu(128, 128))),
+            conv_bn_relu(128, 256),
+            nn.MaxPool2d(2),
+            Residual(nn.Sequential(conv_bn_relu(256, 256), conv_bn_relu(256, 256))),
+            conv_bn_relu(256, 128, padding=0),
+            nn.AdaptiveMaxPool2d(1),
+            nn.Flatten(),
+        )
+        self.out_features = 128
+        self.head = nn.Linear(128, num_classes, bias=False) if num_classes > 0 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.features(x)
+        return features if self.head is None else self.head(features) * self.LOGIT_SCALE
+
+
 def build_model(name: str, num_classes: int, image_size: int = 32, in_channels: int = 3, stem: str | None = None,
                 zero_init_residual: bool = False) -> nn.Module:
-    """`mlp`, `resnet-small` (also accepted: `resnet_small`), `resnet18` / `resnet34` / `resnet50` or
-    `vit_tiny` / `vit_small` / `vit_base`; `num_classes=0` gives the features (`.out_features` numbers) without a
+    """`mlp`, `resnet-small` (also accepted: `resnet_small`), `resnet9` (FFCV's CIFAR example), `resnet18` /
+    `resnet34` / `resnet50` or `vit_tiny` / `vit_small` / `vit_base`; `num_classes=0` gives the features (`.out_features` numbers) without a
     head. ResNets: `stem` 'cifar' or 'imagenet' (None: by image size), `zero_init_residual` starts each residual
     branch's last BatchNorm at 0. ViTs: 4 px patches for images up to 64 px, else 16 px (see vit.py)."""
     key = name.replace("_", "-").lower()
@@ -93,6 +140,8 @@ def build_model(name: str, num_classes: int, image_size: int = 32, in_channels: 
         return MLP(in_channels * image_size * image_size, num_classes=num_classes)
     if key == "resnet-small":
         return ResNetSmall(num_classes=num_classes, in_channels=in_channels)
+    if key == "resnet9":
+        return ResNet9(num_classes=num_classes, in_channels=in_channels)
     if key in RESNETS:
         return RESNETS[key](num_classes=num_classes, stem=stem, image_size=image_size, in_channels=in_channels,
                             zero_init_residual=zero_init_residual)
@@ -241,7 +290,7 @@ def resnet50(num_classes: int = 1000, stem: str | None = None, image_size: int =
 
 
 RESNETS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
-MODELS = ("mlp", "resnet-small", *RESNETS, *VITS)   # the names build_model knows
+MODELS = ("mlp", "resnet-small", "resnet9", *RESNETS, *VITS)   # the names build_model knows
 
 
 def same_size_runs(views: list[torch.Tensor]) -> list[tuple[int, int]]:

@@ -16,6 +16,7 @@ Schedules (`warmup_epochs` W, `min_lr` m, base lr of a parameter group b):
   milestones count epochs from the start of training (warm-up included), as in Goyal et al. (2017).
   With W = 0 and m = 0 they are torch's StepLR / MultiStepLR, stepped per epoch; otherwise a per-step
   LambdaLR (so the warm-up is per step) that gives every epoch after the warm-up the same lr;
+- `ffcv_cyclic`, `ffcv_step`, `ffcv_cifar_cyclic`: FFCV's recipes, per iteration (recipes/ffcv_lr.py);
 - `onecycle`: torch's OneCycleLR (its own warm-up, from b/25 up to b, and momentum cycling); W sets the
   length of that warm-up (else torch's 30% of the run) and m > 0 its final lr (else b/25/1e4).
 """
@@ -30,10 +31,11 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .recipes.ffcv_lr import FFCV_SCHEDULES, build_ffcv_scheduler
 
 PER_EPOCH_SCHEDULERS = (torch.optim.lr_scheduler.StepLR, torch.optim.lr_scheduler.MultiStepLR)
 OPTIMIZERS = ("sgd", "adamw", "adam", "lars")                     # the choices of optimizer.name
-SCHEDULERS = ("none", "cosine", "step", "multistep", "onecycle")  # the choices of scheduler.name
+SCHEDULERS = ("none", "cosine", "step", "multistep", "onecycle", *FFCV_SCHEDULES)  # the choices of scheduler.name
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm, nn.RMSNorm)
 ONECYCLE_DIV_FACTOR = 25.0   # torch's default: OneCycleLR starts at max_lr / 25
 
@@ -143,7 +145,8 @@ def base_lr(group: dict) -> float:
 
 def build_scheduler(name: str, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int,
                     warmup_epochs: float = 0.0, step_size: int = 30, milestones: Iterable[int] = (30, 60),
-                    gamma: float = 0.1, min_lr: float = 0.0) -> torch.optim.lr_scheduler.LRScheduler | None:
+                    gamma: float = 0.1, min_lr: float = 0.0,
+                    lr_peak_epoch: int = 2) -> torch.optim.lr_scheduler.LRScheduler | None:
     """The schedule `name` (None for `none` without warm-up); see the module docstring for each curve.
     StepLR/MultiStepLR step per epoch; every other schedule returned here steps per batch."""
     sched = torch.optim.lr_scheduler
@@ -153,6 +156,8 @@ def build_scheduler(name: str, optimizer: torch.optim.Optimizer, steps_per_epoch
     steps = max(1, epochs * steps_per_epoch)
     warmup = int(warmup_epochs * steps_per_epoch)
     bases = [base_lr(group) for group in optimizer.param_groups]
+    if name in FFCV_SCHEDULES:   # their own warm-up (lr_peak_epoch); gamma, step_size: ffcv_step's ratio, length
+        return build_ffcv_scheduler(name, optimizer, steps_per_epoch, epochs, lr_peak_epoch, gamma, step_size)
     if name == "onecycle":
         return _one_cycle(optimizer, bases, steps, warmup, min_lr)
     if min_lr > min(bases):

@@ -64,12 +64,14 @@ def declare_standard_sections() -> None:
     )
     Section("scheduler", "the learning-rate schedule").params(
         name=Param(OneOf(SCHEDULERS),
-                   "none | cosine | step, multistep (the lr changes at epoch ends) | onecycle", default="cosine"),
+                   "none | cosine | step, multistep (the lr changes at epoch ends) | onecycle | ffcv_cyclic, ffcv_step, "
+                   "ffcv_cifar_cyclic (FFCV's recipes: the lr changes every step)", default="cosine"),
         warmup_epochs=Param(Float(min=0), "linear warm-up epochs (every schedule)", default=0.0),
         min_lr=Param(Float(min=0), "lowest lr: end of cosine, floor of step/multistep, end of onecycle", default=0.0),
         step_size=Param(Int(min=1), "StepLR: epochs between decays", default=30),
         milestones=Param(ListOfInt(min=1), "MultiStepLR: epochs where the lr decays, e.g. [30, 60] or 30,60", default=[30, 60]),
         gamma=Param(Float(min=0, max=1, min_exclusive=True), "StepLR/MultiStepLR decay factor", default=0.1),
+        lr_peak_epoch=Param(Int(min=0), "ffcv_cyclic, ffcv_cifar_cyclic: epoch at which the lr peaks", default=2),
     )
     Section("criterion", "the loss (any torch.nn or pytorch-metric-learning loss, or CoKe)").params(
         name=Param(Str(), "loss name, e.g. CrossEntropyLoss, TripletMarginLoss, coke_multi_view", default="CrossEntropyLoss"),

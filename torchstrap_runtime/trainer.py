@@ -152,13 +152,14 @@ class Trainer(TrainerBase):
     @param("scheduler.milestones")
     @param("scheduler.gamma")
     @param("scheduler.min_lr")
+    @param("scheduler.lr_peak_epoch")
     @param("training.epochs")
     def initialize_scheduler(self, name: str, warmup_epochs: float, step_size: int, milestones: list[int],
-                             gamma: float, min_lr: float, epochs: int) -> None:
+                             gamma: float, min_lr: float, lr_peak_epoch: int, epochs: int) -> None:
         """Set `self.scheduler` (or None). The loop steps StepLR/MultiStepLR per epoch, others per optimizer step."""
         self.scheduler = build_scheduler(name, self.optimizer, steps_per_epoch=self.steps_per_epoch, epochs=epochs,
                                          warmup_epochs=warmup_epochs, step_size=step_size, milestones=milestones,
-                                         gamma=gamma, min_lr=min_lr)
+                                         gamma=gamma, min_lr=min_lr, lr_peak_epoch=lr_peak_epoch)
 
     @param("model.load_from")
     @param("model.load_optimizer")

@@ -26,6 +26,7 @@ from . import ffcv_fixes
 ffcv_fixes.apply()
 
 from .color_jitter import RandomColorJitter
+from .cutout import Cutout
 from .decoders import SimpleRGBImageDecoder
 from .erasing import RandomErasing
 from .gaussian_blur import RandomGaussianBlur
@@ -46,5 +47,5 @@ __all__ = [
     "check_beton", "beton_info", "prepare", "read_classes", "SOURCES", "SourceError", "NormalizeOnDevice", "batch_device",
     "SimpleRGBImageDecoder", "RandomResizedCrop", "RandomColorJitter", "RandomErasing", "RandomTranslation",
     "RandomSolarization", "RandomGrayscale", "RandomHorizontalFlip", "RandomVerticalFlip", "RandomInvert",
-    "RandomGaussianBlur", "SampleIndexDecoder",
+    "RandomGaussianBlur", "SampleIndexDecoder", "Cutout",
 ]

@@ -125,15 +125,17 @@ class Loader(FFCVLoader):
         self.graph.allocate_memory = self.allocate_memory  # called by each new epoch iterator
 
     def allocate_memory(self, batch_size: int, batch_slots: int) -> dict:
-        """The graph's batch buffers, allocated again only when no finished epoch left reusable ones."""
+        """The graph's batch buffers, allocated again only when no finished epoch left reusable ones (same batch
+        size, slots and buffer shapes: a decoder's `output_size` may change between epochs)."""
         previous = self.last_iterator
-        if (self.buffers is not None and self.buffers[0] == (batch_size, batch_slots)
+        layout = (batch_size, batch_slots, repr(self.graph.collect_requirements()[0]))
+        if (self.buffers is not None and self.buffers[0] == layout
                 and (previous is None or not previous.is_alive())):
             if IS_CUDA:
                 torch.cuda.synchronize()  # copies of the previous epoch's last batches are done
             return self.buffers[1]
         allocations = Graph.allocate_memory(self.graph, batch_size, batch_slots)
-        self.buffers = ((batch_size, batch_slots), allocations)
+        self.buffers = (layout, allocations)
         return allocations
 
     # ------------------------------------------------------------------ order, length, epochs

@@ -1,8 +1,8 @@
 """The seeded image ops, one per file in torchstrap_runtime.data."""
 
-from torchstrap_runtime.data import (RandomColorJitter, RandomErasing, RandomGaussianBlur, RandomGrayscale,
+from torchstrap_runtime.data import (Cutout, RandomColorJitter, RandomErasing, RandomGaussianBlur, RandomGrayscale,
                                      RandomHorizontalFlip, RandomInvert, RandomResizedCrop, RandomSolarization,
                                      RandomTranslation, RandomVerticalFlip)
 
-__all__ = ["RandomColorJitter", "RandomErasing", "RandomGaussianBlur", "RandomGrayscale", "RandomHorizontalFlip",
+__all__ = ["Cutout", "RandomColorJitter", "RandomErasing", "RandomGaussianBlur", "RandomGrayscale", "RandomHorizontalFlip",
            "RandomInvert", "RandomResizedCrop", "RandomSolarization", "RandomTranslation", "RandomVerticalFlip"]
