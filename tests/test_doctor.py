@@ -168,7 +168,7 @@ def test_report_of_a_generated_experiment_on_demand(tmp_path, capsys):
     `torchstrap doctor RUN_DIR` rebuilding a run from its config.json."""
     from experiments import make_experiment
 
-    from generator.cli import main
+    from torchstrap.generator.cli import main
 
     exp = make_experiment(tmp_path, {"project_name": "doctored"})
     trained = exp.run_train("--training.epochs", "1", "--logging.run_id", "trained", timeout=900)

@@ -15,8 +15,8 @@ import yaml
 
 from dataset_files import make_cifar10, make_imagenet
 from experiments import resolved_config, subprocess_env, template_repo
-from generator.cli import main
-from generator.template_source import CHECKOUT
+from torchstrap.generator.cli import main
+from torchstrap.generator.template_source import CHECKOUT
 from torchstrap_runtime.recipes import ffcv
 from torchstrap_runtime.recipes.ffcv_lr import schedule_lr
 

@@ -67,8 +67,8 @@ def experiment(tmp_path_factory) -> Experiment:
 
 
 def run_verify(experiment: Experiment, run_id: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return experiment.run("-m", "generator.cli", "verify", str(experiment.root / "runs" / run_id), *args, env=env,
-                          timeout=1200)
+    return experiment.run("-m", "torchstrap.generator.cli", "verify", str(experiment.root / "runs" / run_id), *args,
+                          env=env, timeout=1200)
 
 
 def train(experiment: Experiment, run_id: str, *args: str, env: dict | None = None) -> None:
@@ -141,7 +141,7 @@ def test_an_order_that_depends_on_the_worker_count_fails_workers(experiment):
 def test_a_run_without_steps_record_is_refused_in_one_sentence(experiment, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"config": {"data": {}, "training": {}},
                                                       "trainer": {"class": "x.Trainer"}}))
-    done = experiment.run("-m", "generator.cli", "verify", str(tmp_path))
+    done = experiment.run("-m", "torchstrap.generator.cli", "verify", str(tmp_path))
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [
         f"torchstrap verify: {tmp_path} has no steps.jsonl: the run recorded no steps (a training.fast_dev_run, or a run from "
