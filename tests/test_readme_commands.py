@@ -158,8 +158,12 @@ def fresh_venv(checkout: Path) -> None:
 
 def checkout_copy(folder: Path) -> Path:
     """The checkout's files as a user gets them: no virtual environment, no build outputs, caches or runs."""
-    ignore = shutil.ignore_patterns(".git", ".venv", "*.so", "*.egg-info", "build", "__pycache__", ".numba_cache",
-                                    ".pytest_cache", "runs", "data", "demo-experiment", "results", "*.beton")
+    anywhere = shutil.ignore_patterns("__pycache__", "*.so", "*.egg-info", "*.beton", ".numba_cache", ".pytest_cache")
+    top = {".git", ".venv", "build", "data", "runs", "demo-experiment"}
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        return set(anywhere(folder, names)) | (top & set(names) if Path(folder) == CHECKOUT else set())
+
     return Path(shutil.copytree(CHECKOUT, folder / "torchstrap", ignore=ignore, symlinks=True))
 
 
