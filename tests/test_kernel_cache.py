@@ -27,7 +27,8 @@ def child_env(cache: Path, *paths: Path) -> dict[str, str]:
 
 
 def cached_kernels(cache: Path) -> set[str]:
-    return {p.name for p in cache.rglob("*.nbi")}
+    """numba's index and compiled-code files: a kernel compiled again (or under a new key) adds an .nbc file."""
+    return {p.name for p in cache.rglob("*.nb[ic]")}
 
 
 def test_ffcv_imported_before_the_data_package_builds_a_plain_dict(tmp_path):
