@@ -182,7 +182,7 @@ def test_readme_from_a_fresh_venv(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     venv_python = str(checkout / ".venv" / "bin" / "python")
     where = subprocess.run([venv_python, "-c", "import torchstrap_runtime; print(torchstrap_runtime.__file__)"],
-                           env=env, capture_output=True, text=True, check=True).stdout.strip()
+                           cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout.strip()
     assert Path(where).is_relative_to(checkout), where  # the copy's torchstrap, installed by make setup
     lines = [line for language, text in fenced_blocks(CHECKOUT / "README.md") if language == "bash"
              for line in runnable_lines(text)]
