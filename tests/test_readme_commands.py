@@ -72,6 +72,7 @@ def test_only_bash_blocks_are_meant_to_run():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2700)  # README.md: three experiments generated and trained (supervised, ssl, metric)
 @pytest.mark.parametrize("document", [d for d in DOCUMENTS if any(lang == "bash" for lang, _ in fenced_blocks(d))],
                          ids=lambda d: d.name)
 def test_bash_blocks_run_as_written(document, tmp_path):
@@ -168,6 +169,7 @@ def checkout_copy(folder: Path) -> Path:
 
 
 @pytest.mark.slow  # installs torchstrap (its C++ kernels compile) and runs every README command: many minutes
+@pytest.mark.timeout(5400)
 def test_readme_from_a_fresh_venv(tmp_path):
     """README.md followed in a copy of the checkout with a new .venv: `make setup` (what `make demo` and `make test`
     run first) installs torchstrap into it, then every bash block runs with that environment only: no PYTHONPATH,
