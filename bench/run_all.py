@@ -145,7 +145,27 @@ def startup_rows(results: Results) -> list[list[str]]:
         rows.append([f"python start → first batch, {size[:-2]} px, first launch (empty numba cache)",
                      cell(first) + split("torchstrap, first launch"), others, rtext(ratio(first, ffcv)),
                      "reported", "—"])
-    return rows
+    return rows + experiment_startup_rows((res or {}).get("results", {}).get("experiment"))
+
+
+def experiment_startup_rows(part: dict | None) -> list[list[str]]:
+    """The default experiment (digits, MLP) from `python -m <package>.train` to its first training step."""
+    second, first = contender(part, "second experiment"), contender(part, "first experiment")
+    compile_at_new = contender(part, "compile at torchstrap new")
+    phases = (part or {}).get("phases_median", {})
+
+    def split(name: str) -> str:
+        p = phases.get(name)
+        if not p:
+            return ""
+        return (f" (imports {p['imported']:.1f} s, trainer and loaders built +{p['built'] - p['imported']:.1f} s, "
+                f"first batch and step +{p['first'] - p['built']:.1f} s)")
+
+    return [["default experiment: python start → first training step, a second experiment (kernels compiled once "
+             "per installation)", cell(second) + split("second experiment"), f"first experiment {cell(first)}",
+             "—", "≤ 5 s", verdict(second["median"] if second else None, 5.0, higher_is_better=False)],
+            ["the first experiment after installation: `torchstrap new` compiles the kernels (empty cache)",
+             cell(compile_at_new), "once per installation", "—", "reported", "—"]]
 
 
 def trainer_rows(results: Results) -> list[list[str]]:

@@ -13,6 +13,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from torch import nn
 
 from torchstrap_runtime.config import config_as_dict, load_config, reset_config
+from torchstrap_runtime.criteria import registry
 from torchstrap_runtime.criteria import (build_criterion, describe, knn_accuracy, knn_predict, linear_probe_accuracy,
                                          list_criteria, nmi, precision_at_1)
 from torchstrap_runtime.sections import declare_standard_sections
@@ -222,3 +223,17 @@ def test_nmi_and_linear_probe(digits):
     noisy = np.where(np.arange(len(y_test)) % 3 == 0, 0, y_test)
     assert nmi(torch.tensor(y_test), noisy) == pytest.approx(normalized_mutual_info_score(y_test, noisy))
     assert linear_probe_accuracy(x_train, y_train, x_test, y_test) > 0.9
+
+
+def test_a_torch_loss_resolves_without_importing_pytorch_metric_learning():
+    """A bare torch.nn name (the default CrossEntropyLoss) is resolved without pml's seconds-long import, and the
+    names both libraries define are exactly NAMES_IN_NN_AND_PML (which resolve to pml's class)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from torchstrap_runtime.criteria.registry import resolve; "
+            "print(resolve('CrossEntropyLoss')[0], 'pytorch_metric_learning' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["nn", "False"], done.stdout + done.stderr
+    assert set(registry.torch_losses()) & set(registry.pml_losses()) == registry.NAMES_IN_NN_AND_PML
+    assert all(registry.resolve(name)[0] == "pml" for name in registry.NAMES_IN_NN_AND_PML)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import shlex
 import subprocess
 import sys
@@ -71,6 +72,7 @@ def test_only_bash_blocks_are_meant_to_run():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2700)  # README.md: three experiments generated and trained (supervised, ssl, metric)
 @pytest.mark.parametrize("document", [d for d in DOCUMENTS if any(lang == "bash" for lang, _ in fenced_blocks(d))],
                          ids=lambda d: d.name)
 def test_bash_blocks_run_as_written(document, tmp_path):
@@ -79,7 +81,7 @@ def test_bash_blocks_run_as_written(document, tmp_path):
     lines = [line for language, text in fenced_blocks(document) if language == "bash" for line in runnable_lines(text)]
     script = "set -euo pipefail\n" + "\n".join(lines) + "\n"
     done = subprocess.run(["bash", "-c", script], cwd=checkout, env=user_env(template), capture_output=True,
-                          text=True, timeout=900)
+                          text=True, timeout=2400)
     assert done.returncode == 0, f"{document.name}:\n{script}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
 
 
@@ -136,3 +138,58 @@ def test_runs_and_plot_examples_work_on_real_runs(seeded_runs, monkeypatch, caps
         code = main(argv[1:])
         captured = capsys.readouterr()
         assert code == 0, f"{shlex.join(argv)}: {captured.err}"
+
+
+def fresh_venv(checkout: Path) -> None:
+    """checkout/.venv: a new virtual environment that sees this interpreter's installed packages (torch, FFCV, ...,
+    through links, so no install is repeated) except torchstrap itself and the experiments installed there, which
+    the README's own command (`make setup`) then installs."""
+    subprocess.run([sys._base_executable, "-m", "venv", str(checkout / ".venv")], check=True)
+    shared = next(Path(p) for p in sys.path if p.endswith("site-packages") and Path(p).is_dir())
+    links = checkout.parent / "shared-site-packages"
+    links.mkdir()
+    for entry in shared.iterdir():
+        name = entry.name.lower()
+        if "torchstrap" in name or "experiment" in name or name.endswith(".pth") or name == "__pycache__":
+            continue
+        (links / entry.name).symlink_to(entry)
+    site = next((checkout / ".venv" / "lib").glob("python*/site-packages"))
+    (site / "shared-packages.pth").write_text(f"{links}\n")
+
+
+def checkout_copy(folder: Path) -> Path:
+    """The checkout's files as a user gets them: no virtual environment, no build outputs, caches or runs."""
+    anywhere = shutil.ignore_patterns("__pycache__", "*.so", "*.egg-info", "*.beton", ".numba_cache", ".pytest_cache")
+    top = {".git", ".venv", "build", "data", "runs", "demo-experiment"}
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        return set(anywhere(folder, names)) | (top & set(names) if Path(folder) == CHECKOUT else set())
+
+    return Path(shutil.copytree(CHECKOUT, folder / "torchstrap", ignore=ignore, symlinks=True))
+
+
+@pytest.mark.slow  # installs torchstrap (its C++ kernels compile) and runs every README command: many minutes
+@pytest.mark.timeout(5400)
+def test_readme_from_a_fresh_venv(tmp_path):
+    """README.md followed in a copy of the checkout with a new .venv: `make setup` (what `make demo` and `make test`
+    run first) installs torchstrap into it, then every bash block runs with that environment only: no PYTHONPATH,
+    numba's cache in the user's cache folder (a new one)."""
+    checkout = checkout_copy(tmp_path)
+    fresh_venv(checkout)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "NUMBA_CACHE_DIR", "VIRTUAL_ENV", "MAKEFLAGS", "MAKELEVEL", "PY", "ARGS",
+                        "DATA_PATH", "TORCHSTRAP_DEBUG")}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), **{ENV_VAR: str(template_repo(tmp_path / "template"))})
+    done = subprocess.run(["make", "setup"], cwd=checkout, env=env, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    venv_python = str(checkout / ".venv" / "bin" / "python")
+    where = subprocess.run([venv_python, "-c", "import torchstrap_runtime; print(torchstrap_runtime.__file__)"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(where).is_relative_to(checkout), where  # the copy's torchstrap, installed by make setup
+    lines = [line for language, text in fenced_blocks(CHECKOUT / "README.md") if language == "bash"
+             for line in runnable_lines(text)]
+    script = "set -euo pipefail\n" + "\n".join(lines) + "\n"
+    done = subprocess.run(["bash", "-c", script], cwd=checkout, env=env, capture_output=True, text=True,
+                          timeout=3600)
+    assert done.returncode == 0, f"{script}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert list((tmp_path / "cache" / "torchstrap" / "numba").rglob("*.nbi")), "kernels cached per installation"

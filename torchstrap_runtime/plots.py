@@ -9,6 +9,11 @@ from .loggers import read_log
 from .run_folder import CURVES_FILE
 
 
+def epoch_points(epochs: list[dict], key: str, scale: float = 1.0) -> list[tuple[int, float]]:
+    """(epoch number, value) of each epoch record holding `key`: numbered from 1, the log's 0-based index + 1."""
+    return [(r["epoch"] + 1, scale * r[key]) for r in epochs if isinstance(r.get(key), (int, float))]
+
+
 def plot_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write `<run_dir>/curves.png` (or `out`): train/val loss and val top-1/top-5 per epoch."""
     import matplotlib
@@ -22,11 +27,11 @@ def plot_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
     epochs = [r for r in read_log(run_dir) if r.get("kind") == "epoch"]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for key, label in (("train_loss", "train loss"), ("val_loss", "val loss")):
-        points = [(r["epoch"] + 1, r[key]) for r in epochs if isinstance(r.get(key), (int, float))]
+        points = epoch_points(epochs, key)
         if points:
             ax_loss.plot(*zip(*points), marker="o", label=label)
     for key, label in (("val_top1", "val top-1"), ("val_top5", "val top-5"), ("train_top1", "train top-1")):
-        points = [(r["epoch"] + 1, 100 * r[key]) for r in epochs if isinstance(r.get(key), (int, float))]
+        points = epoch_points(epochs, key, scale=100)
         if points:
             ax_acc.plot(*zip(*points), marker="o", label=label)
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")

@@ -23,12 +23,13 @@ def print_epoch_line(record: dict[str, Any], epoch: int, epochs: int) -> None:
 
 
 def print_run_summary(record: dict[str, Any], epoch: int, run_dir: Path, best: tuple | None = None) -> None:
-    """The final metrics, the best epoch (`best`: monitored key, value, epoch, checkpoint) and the run folder."""
+    """The final metrics, the best epoch (`best`: monitored key, value, epoch index, checkpoint) and the run folder.
+    `epoch` is the number of epochs run: epochs are shown numbered from 1, the log's 0-based `epoch` plus one."""
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float))
     print(f"epoch {epoch}: {metrics}")
     if "val_top1" in record:
         print(f"final validation top-1 accuracy: {100 * record['val_top1']:.2f}%")
     if best is not None:
         monitor, value, best_epoch, path = best
-        print(f"best {monitor}: {value:.4f} at epoch {int(best_epoch)} ({path})")
+        print(f"best {monitor}: {value:.4f} at epoch {int(best_epoch) + 1} ({path})")
     print(f"run folder: {run_dir}")

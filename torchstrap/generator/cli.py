@@ -53,6 +53,23 @@ def _print_new(path: Path) -> None:
     print(f"  {'torchstrap check':<19s}# later: is the template ahead of you? then `torchstrap update`")
 
 
+def warm_kernels(path: Path) -> None:
+    """Compile the experiment's data kernels into this installation's shared cache, unless they are there
+    (torchstrap_runtime.kernel_cache); a failure only warns: the first `make train` then compiles them."""
+    from torchstrap_runtime import kernel_cache
+
+    if kernel_cache.experiment_package(path) is None or kernel_cache.is_warm(path):
+        return
+    print(f"Compiling the data pipeline's kernels into {kernel_cache.cache_dir()}, once for this installation "
+          "(a minute or so; every later experiment reuses them) ...", flush=True)
+    done = subprocess.run([sys.executable, "-m", "torchstrap_runtime.kernel_cache", str(path.resolve())], cwd=path,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        print(f"warning: compiling the data kernels failed ({last}); the first `make train` compiles them",
+              file=sys.stderr)
+
+
 def _make_targets(makefile: Path) -> list[tuple[str, str]]:
     """(target, help) of every `target: ... ## help` line of a Makefile."""
     if not makefile.is_file():
@@ -178,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             defaults = args.defaults or not sys.stdin.isatty()
             path = new_experiment(args.path, parse_data(args.data), defaults=defaults,
                                   template=args.template, vcs_ref=args.vcs_ref, quiet=defaults)
+            warm_kernels(path)
             _print_new(path)
             return 0
         if args.command == "update":

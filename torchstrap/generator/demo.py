@@ -51,7 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     step("training (configs/default.yaml)")
     path = [str(folder / "src"), os.environ.get("PYTHONPATH", "")]  # a runtime checkout on PYTHONPATH stays
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
-    env.setdefault("NUMBA_CACHE_DIR", str(folder / ".numba_cache"))
     command = [sys.executable, "-m", f"{package}.train", "-C", "configs/default.yaml", "--logging.run_id", "demo", *extra]
     print(" ".join(command[1:]), flush=True)
     subprocess.run(command, cwd=folder, env=env, check=True)

@@ -63,6 +63,8 @@ PML_BASE_CLASSES = {
 PML_VIEWS_LOSSES = {"SelfSupervisedLoss", "VICRegLoss"}
 # pml losses that cannot take an external miner's indices_tuple; the miner goes into the constructor.
 PML_MINER_IN_CONSTRUCTOR = {"CrossBatchMemory"}
+# bare names of both a torch.nn and a pml loss: they resolve to pml's (tests check the list is complete)
+NAMES_IN_NN_AND_PML = frozenset({"TripletMarginLoss"})
 # torch.nn layers that compute a loss but are no _Loss: built through a wrapper that returns the loss.
 TORCH_LOSS_LAYERS: dict[str, type[nn.Module]] = {"AdaptiveLogSoftmaxWithLoss": AdaptiveSoftmaxLoss}
 
@@ -134,10 +136,13 @@ def resolve(name: str) -> tuple[str, type[nn.Module]]:
         from ..graphs.training import GraphLaplacianLoss
 
         return "graphs", GraphLaplacianLoss
-    nn_table, pml_table = torch_losses(), pml_losses()
+    nn_table = torch_losses()
     prefix, _, bare = name.rpartition(".")
     if prefix == "nn" and bare in nn_table:
         return "nn", nn_table[bare]
+    if not prefix and name in nn_table and name not in NAMES_IN_NN_AND_PML:  # no pml import (seconds)
+        return "nn", nn_table[name]
+    pml_table = pml_losses()
     if prefix == "pml" and bare in pml_table:
         return "pml", pml_table[bare]
     if not prefix and name in pml_table:

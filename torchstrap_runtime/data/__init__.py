@@ -1,17 +1,11 @@
 """Seeded, reproducible FFCV data: ops, Loader, dataset writers (see docs/data.md)."""
 import os as _os
-from pathlib import Path as _Path
 
-
-def default_numba_cache_dir() -> str:
-    """Where the ops' compiled kernels are cached when NUMBA_CACHE_DIR is not set: the user's cache folder
-    ($XDG_CACHE_HOME or ~/.cache, then torchstrap/numba), never the installed package's folder."""
-    base = _os.environ.get("XDG_CACHE_HOME") or _os.path.join(_os.path.expanduser("~"), ".cache")
-    return str(_Path(base) / "torchstrap" / "numba")
+from ..kernel_cache import cache_dir as _cache_dir
 
 
 if not _os.environ.get("NUMBA_CACHE_DIR"):  # before any cached kernel is defined; children inherit it
-    _os.environ["NUMBA_CACHE_DIR"] = default_numba_cache_dir()
+    _os.environ["NUMBA_CACHE_DIR"] = str(_cache_dir())  # one per user, shared by every experiment
     import numba.core.config as _numba_config
 
     _numba_config.CACHE_DIR = _os.environ["NUMBA_CACHE_DIR"]  # numba read the environment when imported

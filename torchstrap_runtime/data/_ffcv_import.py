@@ -1,34 +1,23 @@
 """Import FFCV without the numba compile it runs at import, and build Loaders without a reader compile.
 
-1. `ffcv/fields/rgb_image.py` runs `IMAGE_MODES = numba.typed.Dict()` at module level, which makes numba
-   compile its typed-dict machinery in every fresh process (most of the time `import ffcv` takes), and
-   numba's disk cache does not cover it. FFCV (and this package) only read IMAGE_MODES
-   from Python (`IMAGE_MODES['jpg']`), so a plain dict behaves the same: `import_ffcv()` imports FFCV once
-   with `numba.typed.Dict` standing for `dict` during that import only (no-op when FFCV is already imported).
+1. `import_ffcv()` imports FFCV through `torchstrap_runtime.ffcv_import_hook` (installed when the package is
+   imported): its IMAGE_MODES is a plain dict, so the import compiles nothing.
 2. FFCV's OS-cache memory manager compiles its sample reader eagerly and uncached each time a Loader is
    built. `cache_os_reader()` makes it return `os_cache_read`, the same two lines compiled
    lazily with `cache=True` (no explicit signature: typed from the read-only memory map, and no interned
    numba type is mutated; see ffcv_fixes.py), so a second launch loads it from NUMBA_CACHE_DIR.
 Same batches either way. Measured by bench/bench_startup.py.
 """
-import sys
-
 import numpy as np
 from numba import njit
 
 
 def import_ffcv() -> None:
     """Import the ffcv package, its IMAGE_MODES built as a plain dict."""
-    if "ffcv.fields.rgb_image" in sys.modules:
-        return
-    import numba.typed
+    from .. import ffcv_import_hook
 
-    typed_dict = numba.typed.Dict  # resolve numba's lazy attribute first (imports its typed-dict modules)
-    numba.typed.Dict = dict
-    try:
-        import ffcv.fields.rgb_image  # noqa: F401  (imports the whole ffcv package)
-    finally:
-        numba.typed.Dict = typed_dict
+    ffcv_import_hook.install()
+    import ffcv.fields.rgb_image  # noqa: F401  (imports the whole ffcv package)
 
 
 @njit(cache=True, fastmath=True, nogil=True, error_model="numpy")

@@ -22,6 +22,7 @@ What differs from FFCV's loader:
 """
 import itertools
 import linecache
+import types
 from contextlib import nullcontext
 from pathlib import Path
 from queue import Full
@@ -450,11 +451,12 @@ COMPILED_MAX = 256  # oldest entries are dropped beyond this (closures over per-
 
 
 def compile_op(fn: Callable) -> Callable:
-    """numba-compile one op's function like FFCV does.
+    """numba-compile one op's function like FFCV does, into NUMBA_CACHE_DIR when it can be cached.
 
     Already-compiled kernels (our ops') are used as they are. Others are compiled once per process for
     each (code, closure values): FFCV builds a fresh closure for every loader, and numba would compile
-    each again (seconds apiece).
+    each again (seconds apiece). Those whose closure holds only plain values (`cacheable_closure`: FFCV's
+    IntDecoder, NormalizeImage, ...) are compiled with `cache=True`, so a later process loads them.
     """
     from numba import njit
     from numba.core.dispatcher import Dispatcher
@@ -469,12 +471,40 @@ def compile_op(fn: Callable) -> Callable:
         key = None
     if key is not None and key in COMPILED:
         return COMPILED[key]
-    compiled = njit(fastmath=True, nogil=True, error_model="numpy", parallel=parallel)(fn)
+    cache = cacheable_closure(fn)
+    if cache and parallel:  # numba's cache index ignores the options: the parallel build gets its own name
+        fn = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+        fn.__qualname__ += "_parallel"
+    compiled = njit(fastmath=True, nogil=True, error_model="numpy", parallel=parallel, cache=cache)(fn)
     if key is not None:
         COMPILED[key] = compiled
         while len(COMPILED) > COMPILED_MAX:
             del COMPILED[next(iter(COMPILED))]
     return compiled
+
+
+CACHEABLE_ARRAY_BYTES = 1 << 16  # arrays up to this size are baked into the machine code (numba's constants)
+
+
+def cacheable_closure(fn: Callable) -> bool:
+    """Whether numba can cache `fn` under a key that is the same in every process: its closure holds only
+    numbers, strings, small numeric arrays, tuples of these, and numba's `prange` or `range` (FFCV's loops).
+    Compiled functions or objects in the closure pickle differently per process: those compile uncached."""
+    import numba
+
+    def plain(value) -> bool:
+        if isinstance(value, (bool, int, float, str, bytes, np.generic, type(None))):
+            return True
+        if isinstance(value, np.ndarray):
+            return value.dtype.kind in "biuf" and value.nbytes <= CACHEABLE_ARRAY_BYTES
+        if isinstance(value, tuple):
+            return all(plain(v) for v in value)
+        return value is numba.prange or value is range
+
+    try:
+        return all(plain(cell.cell_contents) for cell in fn.__closure__ or ())
+    except ValueError:  # an empty cell
+        return False
 
 
 def node_call(node, code: dict, shared_owner: dict) -> Tuple[List[str], str]:
