@@ -152,7 +152,7 @@ train.main(["--training.fast_dev_run", "true", "--logging.progress", "false"])
 def new_experiment(folder: Path, data_from: Path | None = None) -> Path:
     """A freshly generated default experiment with its digits .beton files (copied from `data_from`)."""
     sys.path.insert(0, str(REPO_DIR))
-    from generator.cli import new_experiment as generate
+    from torchstrap.generator.cli import new_experiment as generate
 
     exp = generate(folder, {"use_slurm": False})
     if data_from is not None:

@@ -14,8 +14,8 @@ import pytest
 from numba import njit, prange
 
 from experiments import template_repo
-from generator.cli import main, new_experiment
-from generator.template_source import CHECKOUT
+from torchstrap.generator.cli import main, new_experiment
+from torchstrap.generator.template_source import CHECKOUT
 from torchstrap_runtime import kernel_cache
 from torchstrap_runtime.data.loader import cacheable_closure
 

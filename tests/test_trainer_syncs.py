@@ -30,8 +30,8 @@ class HostReads:
             monkeypatch.setattr(torch.Tensor, name, self.counting(name, getattr(torch.Tensor, name)))
 
     def host_side(self, tensor) -> bool:
-        """Tensors torch keeps on the CPU whatever the parameters' device (reading them is no sync on CUDA):
-        the step counts of Adam/AdamW (unless fused)."""
+        """Tensors on the CPU whatever the parameters' device (reading them is no sync on CUDA): the step counts
+        of Adam/AdamW (unless fused)."""
         states = self.optimizer.state.values() if self.optimizer is not None else ()
         return any(state.get("step") is tensor for state in states)
 
@@ -48,6 +48,20 @@ class Watched(TinyTrainer):
     (`check_losses`: a log point, a checkpoint or the epoch's end), and during evaluation's batches."""
 
     reads: HostReads
+
+    def initialize_logger(self) -> None:
+        """The steps record hashes each batch while the loader's batch is on the host (no device read; a batch
+        already on a device is not hashed, see steps_record.StepsRecord.batch): its reads are not counted."""
+        super().initialize_logger()
+        hash_batch = self.steps_record.batch
+
+        def uncounted(trainer) -> None:
+            assert all(t.device.type == "cpu" for t in trainer.data)
+            on, self.reads.on = self.reads.on, False
+            hash_batch(trainer)
+            self.reads.on = on
+
+        self.steps_record.batch = uncounted
 
     def before_train_step(self) -> None:
         self.reads.optimizer = self.optimizer

@@ -104,7 +104,8 @@ class StepsRecord:
 
     def __init__(self, path: Path | None, resume_step: int = 0, resume_epoch: int = 0):
         self.file = None
-        self.data = ""  # the current batch's hash
+        self.data: str | None = ""  # the current batch's hash
+        self.pending: list[dict[str, Any]] = []  # steps whose loss is still a device tensor (read at flush)
         if path is None:
             return
         if resume_step or resume_epoch:
@@ -113,29 +114,41 @@ class StepsRecord:
         self.file = open(path, "a", buffering=1 if replay is not None else -1, encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
+        self.write_pending()
         self.file.write(json.dumps(record) + "\n")
 
+    def write_pending(self) -> None:
+        """The steps kept since the last write, their losses read back now (one host read, not one per step)."""
+        for pending in self.pending:
+            self.file.write(json.dumps({**pending, "loss": float(pending["loss"].float())}) + "\n")
+        self.pending.clear()
+
     def batch(self, trainer: Any) -> None:
-        """When a training batch arrived: its hash."""
+        """When a training batch arrived: its hash. A batch already on a device is hashed only in verify's re-runs
+        (reading it back would stall every step); a run's own record then holds `data: null`."""
         if self.file is not None:
-            self.data = data_hash(trainer.data)
+            on_host = all(not isinstance(t, torch.Tensor) or t.device.type == "cpu" for t in leaf_tensors(trainer.data))
+            self.data = data_hash(trainer.data) if on_host or replay is not None else None
 
     def step(self, trainer: Any) -> None:
         """After a training step's hooks (`trainer.step` not yet advanced)."""
         if self.file is None or (replay is not None and trainer.step >= replay.steps):
             return
         record = {"step": trainer.step, "epoch": trainer.epoch, "batch": trainer.batch_index, "data": self.data,
-                  "loss": float(trainer.loss.float())}
+                  "loss": trainer.loss.detach()}
         done = trainer.step + 1
-        if replay is not None:
-            record["samples"] = sample_hashes(trainer.data)
-            record["indices"] = batch_indices(trainer.train_loader, trainer.epoch, trainer.batch_index,
-                                              len(record["samples"]))
-            if done == replay.steps:
-                record["weights"] = weights_hash(trainer.raw_model)
-                trainer.request_stop("verified steps done")
+        if replay is None:   # written at the next checkpoint, epoch end or close
+            self.pending.append(record)
+            return
+        record["loss"] = float(record["loss"].float())
+        record["samples"] = sample_hashes(trainer.data)
+        record["indices"] = batch_indices(trainer.train_loader, trainer.epoch, trainer.batch_index,
+                                          len(record["samples"]))
+        if done == replay.steps:
+            record["weights"] = weights_hash(trainer.raw_model)
+            trainer.request_stop("verified steps done")
         self.write(record)
-        if replay is not None and replay.kill_after == done:
+        if replay.kill_after == done:
             self.file.close()
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -147,10 +160,12 @@ class StepsRecord:
     def flush(self) -> None:
         """Before a checkpoint: every step it holds is on disk."""
         if self.file is not None:
+            self.write_pending()
             self.file.flush()
 
     def close(self) -> None:
         if self.file is not None:
+            self.flush()
             self.file.close()
             self.file = None
 
