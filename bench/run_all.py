@@ -132,11 +132,7 @@ def startup_rows(results: Results) -> list[list[str]]:
         phases = (part or {}).get("phases_median", {})
 
         def split(name: str) -> str:
-            p = phases.get(name)
-            if not p:
-                return ""
-            return (f" (imports {p['imported']:.1f} s, loader built +{p['built'] - p['imported']:.1f} s, "
-                    f"first batch +{p['first'] - p['built']:.1f} s)")
+            return phase_split(phases.get(name), "loader built", "first batch")
 
         others = f"upstream FFCV {cell(ffcv)}{split('upstream FFCV')}; PIL DataLoader {cell(pil)}"
         rows.append([f"python start → first batch, {size[:-2]} px, second launch (warm numba cache)",
@@ -148,6 +144,14 @@ def startup_rows(results: Results) -> list[list[str]]:
     return rows + experiment_startup_rows((res or {}).get("results", {}).get("experiment"))
 
 
+def phase_split(p: dict | None, built: str, first: str) -> str:
+    """" (imports X s, <built> +Y s, <first> +Z s)" from a start-up measurement's median phase times."""
+    if not p:
+        return ""
+    return (f" (imports {p['imported']:.1f} s, {built} +{p['built'] - p['imported']:.1f} s, "
+            f"{first} +{p['first'] - p['built']:.1f} s)")
+
+
 def experiment_startup_rows(part: dict | None) -> list[list[str]]:
     """The default experiment (digits, MLP) from `python -m <package>.train` to its first training step."""
     second, first = contender(part, "second experiment"), contender(part, "first experiment")
@@ -155,11 +159,7 @@ def experiment_startup_rows(part: dict | None) -> list[list[str]]:
     phases = (part or {}).get("phases_median", {})
 
     def split(name: str) -> str:
-        p = phases.get(name)
-        if not p:
-            return ""
-        return (f" (imports {p['imported']:.1f} s, trainer and loaders built +{p['built'] - p['imported']:.1f} s, "
-                f"first batch and step +{p['first'] - p['built']:.1f} s)")
+        return phase_split(phases.get(name), "trainer and loaders built", "first batch and step")
 
     return [["default experiment: python start → first training step, a second experiment (kernels compiled once "
              "per installation)", cell(second) + split("second experiment"), f"first experiment {cell(first)}",

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from torchstrap_runtime.config import set_values
 from torchstrap_runtime.evaluation import OnlineLinearProbe, rankme
 from torchstrap_runtime.methods.teacher import MomentumTeacher, teacher_momentum
 
-from test_trainer import TinyTrainer, config  # noqa: F401  (config: autouse fixture)
+from test_trainer import TinyTrainer, config, run_straight_then_stopped  # noqa: F401  (config: autouse fixture)
 
 
 # --------------------------------------------------------------------------- transcriptions of the references
@@ -146,18 +145,7 @@ class WithTeacherAndProbe(TinyTrainer):
 
 
 def test_teacher_and_probe_resume_bitwise(tmp_path):
-    set_values({"logging.run_id": "straight", "training.epochs": 3})
-    straight = WithTeacherAndProbe()
-    straight.run()
-
-    class StopsAtStep5(WithTeacherAndProbe):
-        def after_train_step(self):
-            super().after_train_step()
-            if self.step == 5:
-                self.request_stop()
-
-    set_values({"logging.run_id": "interrupted"})
-    StopsAtStep5().run()
+    straight = run_straight_then_stopped(WithTeacherAndProbe)
     resumed = WithTeacherAndProbe()
     assert int(resumed.teacher.updates) == 6
     resumed.run()

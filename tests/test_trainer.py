@@ -209,19 +209,26 @@ def test_load_from_restores_the_model_and_optionally_epoch(tmp_path):
     assert [r["epoch"] for r in read_log(second.run_dir) if r.get("kind") == "epoch"] == [2]
 
 
-def test_interrupted_run_resumes_exactly(tmp_path):
+def run_straight_then_stopped(trainer_class: type, stop_after_step: int = 5) -> Trainer:
+    """Run `trainer_class` for 3 epochs as run "straight", then as run "interrupted" stopped (checkpointed) after
+    step `stop_after_step`; the straight trainer."""
     set_values({"logging.run_id": "straight", "training.epochs": 3})
-    straight = TinyTrainer()
+    straight = trainer_class()
     straight.run()
 
-    class StopsAtStep5(TinyTrainer):
+    class Stops(trainer_class):
         def after_train_step(self):
             super().after_train_step()
-            if self.step == 5:
+            if self.step == stop_after_step:
                 self.request_stop()
 
     set_values({"logging.run_id": "interrupted"})
-    StopsAtStep5().run()
+    Stops().run()
+    return straight
+
+
+def test_interrupted_run_resumes_exactly(tmp_path):
+    straight = run_straight_then_stopped(TinyTrainer)
     assert load_torch(tmp_path / "interrupted" / "checkpoints" / "last.pt")["batch"] == 2
     resumed = TinyTrainer()  # same run id: resumes from last.pt
     assert (resumed.epoch, resumed.start_batch, resumed.step) == (1, 2, 6)
