@@ -138,8 +138,25 @@ class DigitsTrainer(Trainer):
         self.val_loader = []
 
 
-def test_report_after_the_first_epoch_leaves_the_run_unchanged(tmp_path, capsys):
+def test_a_first_epoch_too_short_for_the_budget_is_not_measured(tmp_path, capsys):
     DigitsTrainer.paths = write_digits(tmp_path / "digits")
+    reset_config(keep_sections=True)
+    set_values({"logging.folder": str(tmp_path), "logging.progress": False, "training.epochs": 1,
+                "logging.run_id": "short", "logging.doctor": True, "logging.eval_each_epoch": False})
+    try:
+        trainer = DigitsTrainer()
+        assert not doctor.fits_the_budget(len(trainer.train_loader))
+        trainer.run()
+    finally:
+        reset_config(keep_sections=True)
+    assert not (tmp_path / "short" / DOCTOR_FILE).exists()
+    assert "doctor: not run after this short first epoch" in capsys.readouterr().out
+    assert doctor.fits_the_budget(600) and not doctor.fits_the_budget(599)   # 4 x 3 batches <= 2 % of the epoch
+
+
+def test_report_after_the_first_epoch_leaves_the_run_unchanged(tmp_path, capsys, monkeypatch):
+    DigitsTrainer.paths = write_digits(tmp_path / "digits")
+    monkeypatch.setattr(doctor, "fits_the_budget", lambda epoch_batches: True)  # a short epoch measured anyway
     weights = {}
     for run_id, on in (("with", True), ("without", False)):
         reset_config(keep_sections=True)

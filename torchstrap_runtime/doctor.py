@@ -56,6 +56,12 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+def fits_the_budget(epoch_batches: int) -> bool:
+    """Whether the smallest report (`SAMPLED_BATCHES[0]` batches per measurement, each timed three times after
+    a warm-up) costs at most `COST_SHARE` of an epoch of `epoch_batches` batches."""
+    return 4 * (SAMPLED_BATCHES[0] + 1) <= COST_SHARE * epoch_batches
+
+
 def sampled_batches(epoch_batches: int | None) -> int:
     """Batches per measurement that keep the report near `COST_SHARE` of an epoch of `epoch_batches` batches
     (three measurements of a batch each, plus warm-ups), within `SAMPLED_BATCHES`."""
@@ -492,10 +498,16 @@ def write_report(run_dir: Path, report: dict[str, Any]) -> Path:
 @param("logging.doctor")
 def after_first_epoch(trainer: Any, doctor: bool) -> dict[str, Any] | None:
     """The report after a run's first epoch (`logging.doctor`) on torchstrap's FFCV loaders (not with
-    `training.fast_dev_run`): every rank measures (a distributed step needs them all), rank 0 writes
+    `training.fast_dev_run`, nor after an epoch too short for the report to fit `COST_SHARE` of it): every rank measures (a distributed step needs them all), rank 0 writes
     doctor.json and prints the table. Its step measurement calls `train_step`, `backward` and `optimizer_step`
     a few more times on a copy of a batch, outside the loop's hook order; what they change is restored."""
     if not doctor or trainer.fast_dev_run or trainer.epoch != 0 or not is_seeded_loader(trainer.train_loader):
+        return None
+    if not fits_the_budget(len(trainer.train_loader)):
+        if trainer.is_main:
+            print(f"doctor: not run after this short first epoch ({len(trainer.train_loader)} batches: the report "
+                  f"would cost more than {COST_SHARE:.0%} of it); `torchstrap doctor {trainer.run_dir}` measures "
+                  f"on demand", flush=True)
         return None
     report = diagnose(trainer, trainer.epoch_record)
     report["epoch"] = trainer.epoch + 1
