@@ -14,7 +14,7 @@ import torch
 from torchstrap_runtime import launcher
 
 import test_cluster_toy as toy
-from test_resume import EPOCHS, ROOT, STEPS_PER_EPOCH, toy_config
+from test_resume import EPOCHS, ROOT, STEPS_PER_EPOCH, declared_as_in_a_toy_job, toy_config
 
 
 @pytest.fixture(autouse=True)
@@ -111,7 +111,8 @@ def test_local_sweep_gives_one_run_folder_per_point(tmp_path, capsys):
     argv = ["--training.epochs", "1", "--logging.folder", str(folder), "--logging.run_id", "sw",
             "--logging.progress", "false", "--slurm.folder", str(tmp_path / "submitit" / "%j"),
             "--sweep", "optimizer.lr=0.1,0.02", "--sweep", "training.seed=5", "--local"]
-    pairs = launcher.main(toy.TRAINER, argv)
+    with declared_as_in_a_toy_job():   # keys other tests' imports declared here would be unknown to the jobs
+        pairs = launcher.main(toy.TRAINER, argv)
     assert len(pairs) == 2
     assert "submitted 2 job(s) locally" in capsys.readouterr().out
     seen = set()

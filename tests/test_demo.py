@@ -60,10 +60,12 @@ def test_copier_copy_gives_the_same_experiment_as_torchstrap_new(tmp_path):
     torchstrap = Path(sys.executable).with_name("torchstrap")
     subprocess.run([str(torchstrap), "new", str(tmp_path / "b"), "--defaults", "--vcs-ref", "HEAD"],
                    check=True, capture_output=True)
-    # `torchstrap new` records the interpreter it runs on as the `python` answer: copier is given the same
-    python = yaml.safe_load((tmp_path / "b" / ".copier-answers.yml").read_text())["python"]
-    assert Path(python).is_file()
-    subprocess.run([str(copier), "copy", "--defaults", "--quiet", "--vcs-ref", "HEAD", "-d", f"python={python}",
+    # `torchstrap new` records the interpreter it runs on (`python`) and the torchstrap it came from
+    # (`torchstrap_requirement`): copier is given the same answers
+    answers = yaml.safe_load((tmp_path / "b" / ".copier-answers.yml").read_text())
+    assert Path(answers["python"]).is_file() and answers["torchstrap_requirement"].startswith("torchstrap")
+    given = [arg for key in ("python", "torchstrap_requirement") for arg in ("-d", f"{key}={answers[key]}")]
+    subprocess.run([str(copier), "copy", "--defaults", "--quiet", "--vcs-ref", "HEAD", *given,
                     str(CHECKOUT), str(tmp_path / "a")], check=True, capture_output=True)
     files = lambda root: sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() and ".git" not in p.parts)
     assert files(tmp_path / "a") == files(tmp_path / "b")

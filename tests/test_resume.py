@@ -6,6 +6,7 @@ stop); subprocess tests kill -9 runs (also during checkpoint writes) and run the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -31,10 +33,45 @@ EPOCHS = 3
 TOY_SECTIONS = ("training", "model", "optimizer", "scheduler", "criterion", "logging", "toy", "slurm")
 
 
+def declared_by_a_toy_job() -> dict[str, set[str]]:
+    """The keys of the runtime's standard sections as a fresh toy job process declares them (modules other tests
+    import add keys to them, e.g. torchstrap_runtime.recipes.ffcv's model.use_blurpool)."""
+    from fastargs.state import set_current_config
+
+    from torchstrap_runtime.sections import declare_standard_sections
+
+    previous = cfg.get_config()
+    cfg.reset_config()
+    declare_standard_sections()
+    keys = {name: set(values) for name, values in cfg.config_as_dict().items()}
+    set_current_config(previous)
+    return keys
+
+
+@contextlib.contextmanager
+def declared_as_in_a_toy_job() -> Iterator[None]:
+    """Inside: the global config declares only what a toy job process declares (see declared_by_a_toy_job), so a
+    config built from it (launcher.main) is one the job's process knows every key of."""
+    from fastargs.state import set_current_config
+
+    previous, standard = cfg.get_config(), declared_by_a_toy_job()
+    narrowed = cfg.Config()
+    narrowed.sections = dict(previous.sections)
+    narrowed.entries = {path: entry for path, entry in previous.entries.items() if path[0] in TOY_SECTIONS
+                        and (path[0] not in standard or ".".join(path[1:]) in standard[path[0]])}
+    set_current_config(narrowed)
+    try:
+        yield
+    finally:
+        set_current_config(previous)
+
+
 def toy_config(folder: Path, run_id: str, **overrides: dict) -> dict:
     """The resolved config of a small toy run (3 epochs x 21 steps, cosine schedule, dropout, noise)."""
+    standard = declared_by_a_toy_job()
     cfg.load_config([])
-    base = {name: values for name, values in cfg.config_as_dict().items() if name in TOY_SECTIONS}
+    base = {name: {key: value for key, value in values.items() if name not in standard or key in standard[name]}
+            for name, values in cfg.config_as_dict().items() if name in TOY_SECTIONS}
     base["training"].update(epochs=EPOCHS, seed=3, device="cpu")   # also on GPU machines (jobs see no GPU)
     base["scheduler"].update(name="cosine", warmup_epochs=0.5)
     base["logging"].update(folder=str(folder), run_id=run_id, progress=False, log_every=1)
@@ -129,6 +166,7 @@ def test_kill9_then_same_command_resumes_exactly(tmp_path, reference):
 _WRITER = """
 import sys, torch
 from pathlib import Path
+from typing import Iterator
 from torchstrap_runtime.checkpoint import save_torch_atomic
 path = Path(sys.argv[1])
 big = torch.randn(4_000_000, generator=torch.Generator().manual_seed(0))
