@@ -228,6 +228,7 @@ def wait_job_gone(job_id: str, timeout: float = 300) -> str:
     raise AssertionError(f"job {job_id} still {state!r} after {timeout} s")
 
 
+@pytest.mark.slow  # the submitit jobs above show the same requeue; this one checks the plain sbatch script
 def test_plain_sbatch_script_requeues_on_usr2_and_resumes_exactly(jobs, references):
     job_id, run_dir = jobs["sbatch"]
     assert wait_job_gone(job_id) == "COMPLETED"
@@ -239,6 +240,7 @@ def test_plain_sbatch_script_requeues_on_usr2_and_resumes_exactly(jobs, referenc
 
 # ---------------------------------------------------------------------- preemption (runs alone, last)
 
+@pytest.mark.slow  # minutes: a job waits to be preempted by another partition's
 def test_preemption_by_a_higher_priority_partition_resumes_exactly(jobs, references, tmp_path):
     """A `debug` job is preempted by an exclusive `high` job: USR2 at once, save, requeue, resume."""
     for name in ("basic", "usr2", "ddp"):   # the node must be free of other `high` jobs

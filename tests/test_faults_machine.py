@@ -209,6 +209,7 @@ def virtual_size_after_imports(experiment) -> int:  # noqa: F811
     return int(done.stdout.strip()) * 1024
 
 
+@pytest.mark.slow  # allocates up to ~3 GiB before the allocator refuses
 def test_out_of_memory_in_the_first_step_names_the_batch_size(experiment):  # noqa: F811
     # a real allocator refusal that uses little memory: the process may map 3 GiB more than python needs for its
     # imports, and ResNet-18's first step on 1024 images of 32 px needs about 6 GB more

@@ -145,6 +145,7 @@ ALL_OPS = [RandomHorizontalFlip, RandomVerticalFlip, RandomTranslation, RandomCo
            RandomSolarization, RandomInvert, RandomErasing]
 
 
+@pytest.mark.slow  # compiles every op inside stock FFCV
 def test_our_ops_run_inside_stock_ffcv_loader(beton):
     pipelines = {"image": [RandomResizedCrop((6, 6)), *[op() for op in ALL_OPS]], "label": [IntDecoder()]}
     images = [x.copy() for x, _ in FFCVLoader(beton, batch_size=5, num_workers=1, pipelines=pipelines)]

@@ -61,7 +61,7 @@ def run_segment(experiment: Experiment, run_ids: str, stops: list[int], extra: t
     return json.loads(done.stdout.split("RESULT ", 1)[1])
 
 
-@pytest.mark.parametrize("os_cache", ["true", "false"])  # false: the quasi-random order
+@pytest.mark.parametrize("os_cache", ["true", pytest.param("false", marks=pytest.mark.slow)])  # false: quasi-random order
 def test_generated_experiment_resumes_exactly_on_ffcv(experiment, os_cache):
     """USR2 mid-epoch 0, resume in a new process through epoch 1: bitwise weights, identical logs."""
     stops, extra, prefix = [7], ("--data.os_cache", os_cache), "" if os_cache == "true" else "quasi-"
