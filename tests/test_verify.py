@@ -111,12 +111,18 @@ def test_two_processes_hold_on_a_generated_experiment(experiment, plain_run):
     assert "2 processes" in done.stdout and "the ranks' samples together are the single process's" in done.stdout
 
 
-def test_an_unseeded_augmentation_fails_same_settings_and_workers(experiment):
-    env = {"PLANTED": "unseeded augmentation"}
-    train(experiment, "unseeded", env=env)
-    done = run_verify(experiment, "unseeded", "--steps", "2", "--workers", "1", "--batch-sizes", "", env=env)
+def verify_planted(experiment: Experiment, planted: str, run_id: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """Train with a planted nondeterminism (env PLANTED), verify 2 steps with 1 worker: it must fail (exit 1);
+    the run's properties as verify.json records them."""
+    env = {"PLANTED": planted}
+    train(experiment, run_id, env=env)
+    done = run_verify(experiment, run_id, "--steps", "2", "--workers", "1", "--batch-sizes", "", env=env)
     assert done.returncode == 1, done.stdout + done.stderr[-3000:]
-    found = properties(experiment, "unseeded")
+    return done, properties(experiment, run_id)
+
+
+def test_an_unseeded_augmentation_fails_same_settings_and_workers(experiment):
+    done, found = verify_planted(experiment, "unseeded augmentation", "unseeded")
     same, workers = found["same settings"], found["workers 1"]
     assert not same["holds"] and same["step"] == 0 and same["sample"] is not None, same
     assert same["detail"].startswith("differs at step 0: batch data (sample ")
@@ -126,11 +132,7 @@ def test_an_unseeded_augmentation_fails_same_settings_and_workers(experiment):
 
 
 def test_an_order_that_depends_on_the_worker_count_fails_workers(experiment):
-    env = {"PLANTED": "order by workers"}
-    train(experiment, "worker-order", env=env)
-    done = run_verify(experiment, "worker-order", "--steps", "2", "--workers", "1", "--batch-sizes", "", env=env)
-    assert done.returncode == 1, done.stdout + done.stderr[-3000:]
-    found = properties(experiment, "worker-order")
+    _, found = verify_planted(experiment, "order by workers", "worker-order")
     assert found["same settings"]["holds"], found  # two workers again: the same order
     workers = found["workers 1"]
     assert not workers["holds"] and workers["step"] == 0, workers
