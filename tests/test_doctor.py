@@ -171,7 +171,7 @@ def test_report_after_the_first_epoch_leaves_the_run_unchanged(tmp_path, capsys,
         assert torch.equal(value, weights["without"][name])
     assert not (tmp_path / "without" / DOCTOR_FILE).exists()
     report = json.loads((tmp_path / "with" / DOCTOR_FILE).read_text())
-    assert report["epoch"] == 1 and report["decode_ceiling"] == {"storage": "raw", "mean_side_px": 32.0}
+    assert report["epoch"] == 0 and report["decode_ceiling"] == {"storage": "raw", "mean_side_px": 32.0}
     assert report["loader_images_per_s"] > 0 and report["step_images_per_s"] > 0
     assert [op["op"] for op in report["ops"]] == ["RandomResizedCrop", "ToTensor", "ToTorchImage", "IntDecoder",
                                                   "ToTensor", doctor.HAND_OVER[1]]
@@ -193,7 +193,7 @@ def test_report_of_a_generated_experiment_on_demand(tmp_path, capsys):
     assert "where the time goes" in trained.stdout
     run_dir = tmp_path / "runs" / "trained"
     after_epoch = json.loads((run_dir / DOCTOR_FILE).read_text())
-    assert after_epoch["epoch"] == 1 and after_epoch["decode_ceiling"]["storage"] == "raw"
+    assert after_epoch["epoch"] == 0 and after_epoch["decode_ceiling"]["storage"] == "raw"
 
     only = exp.run_train("--doctor", "--logging.run_id", "only-doctor", timeout=900)
     assert only.returncode == 0, only.stderr[-3000:]

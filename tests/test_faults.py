@@ -84,7 +84,7 @@ def in_process_run(folder: Path, run_id: str, epochs: int) -> Iterator[None]:
 def test_a_run_without_any_step_is_never_finished(tmp_path):
     with in_process_run(tmp_path, "nothing", epochs=2):
         trainer = NoBatchTrainer()
-        with pytest.raises(UserError, match="the training loader gave no batch in epoch 1: nothing was trained"):
+        with pytest.raises(UserError, match="the training loader gave no batch in epoch 0: nothing was trained"):
             trainer.run()
         assert not trainer.finished
         assert all(r.get("status") != "finished" for r in read_log(tmp_path / "nothing"))

@@ -105,7 +105,7 @@ def test_a_signal_checkpoints_at_the_next_step_and_the_rerun_resumes_exactly(exp
     name = signal.Signals(signum).name
     notice, last = lines(err)
     assert notice == f"{name}: stopping after this step with a checkpoint ({name} again stops at once)"
-    assert last.startswith(f"interrupted: {name}: stopped at epoch 1, step ")
+    assert last.startswith(f"interrupted: {name}: stopped at epoch 0, step ")
     assert last.endswith(f"after saving a checkpoint; {run_dir / 'checkpoints' / 'last.pt'} is kept, rerun the same "
                          f"command to resume from it")
     assert_nothing_left(run_dir)
@@ -218,7 +218,7 @@ def test_out_of_memory_in_the_first_step_names_the_batch_size(experiment):  # no
                                                                   "resnet18", "--data.batch_size", "1024")],
                           cwd=experiment.path, env=experiment.env, capture_output=True, text=True, timeout=300,
                           preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
-    assert_one_sentence(done, "error: out of memory in the first training step (epoch 1) on cpu with batches of 1024 "
+    assert_one_sentence(done, "error: out of memory in the first training step (epoch 0) on cpu with batches of 1024 "
                               "samples (data.batch_size 1024) (the allocator refused ",
                         "lower data.batch_size (training.accumulate keeps the batch each optimizer step sees)")
     run_dir = experiment.root / "runs" / "oom"

@@ -77,6 +77,7 @@ def test_table_matches_the_logs_value_by_value(runs_folder):
         row = rows[run_id]
         assert (row["status"], row["epochs"]) == ("finished", f"{EPOCHS}/{EPOCHS}")
         assert row["best_val_top1"] == max(values) and row["final_val_top1"] == values[-1]
+        assert row["best_epoch"] == values.index(max(values))   # numbered from 0, as log.jsonl's "epoch"
         assert row["wall_s"] > 0
     assert rows["lr0.1-s1"]["optimizer.lr"] == 0.1 and rows["lr0.1-s1"]["training.seed"] == 1
     assert rows["lr0.02-s0"]["optimizer.lr"] == 0.02 and rows["lr0.02-s0"]["training.seed"] == 0
@@ -144,7 +145,8 @@ def test_cli_formats_filter_sort(runs_folder, capsys):
     assert code == 0 and lines[0].startswith("run,status,epochs,wall_s,") and len(lines) == 6
     code, out, _ = cli(capsys, "runs", str(runs_folder / "lr0.1-s0"), str(runs_folder / "lr0.02-s0"),
                        "--format", "markdown")
-    assert code == 0 and out.splitlines()[0] == "| run | status | epochs | wall_s | optimizer.lr | best_val_top1 | final_val_top1 |"
+    assert code == 0 and out.splitlines()[0] == ("| run | status | epochs | wall_s | optimizer.lr | best_val_top1 | "
+                                                 "best_epoch | final_val_top1 |")
     code, out, _ = cli(capsys, "runs", str(runs_folder), "--group-by", "training.seed", "--filter", "toy.kill_at_step=-1",
                        "--filter", "toy.signal_at_steps=[]")
     assert code == 0 and len(out.splitlines()) == 3 and " ± " in out and "2 finished" in out
@@ -180,7 +182,7 @@ def test_curves_use_one_kind_of_line(runs_folder):
     xs, ys = R.read_curve(runs_folder / "lr0.1-s0", "train_loss", "step")
     assert xs == steps and len(ys) == len(steps)
     xs, ys = R.read_curve(runs_folder / "lr0.1-s0", "val_top1", "epoch")
-    assert xs == [1, 2] and ys == epoch_values(runs_folder / "lr0.1-s0")
+    assert xs == [0, 1] and ys == epoch_values(runs_folder / "lr0.1-s0")   # numbered from 0, as log.jsonl
     xs, _ = R.read_curve(runs_folder / "resumed", "val_top1", "time")
     assert xs == epoch_values(runs_folder / "resumed", "time")   # the logged wall time, continued on resume
 

@@ -155,7 +155,7 @@ class GoesNaN(TinyTrainer):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     set_values({"logging.run_id": "nan"})
     trainer = GoesNaN()
-    with pytest.raises(NonFiniteLoss, match=r"the training loss is nan at epoch 2, step 5: .*last\.pt holds"):
+    with pytest.raises(NonFiniteLoss, match=r"the training loss is nan at epoch 1, step 5: .*last\.pt holds"):
         trainer.run()
     state = load_torch(trainer.checkpoint_path)
     assert (state["epoch"], state["step"]) == (1, 4)
@@ -186,10 +186,11 @@ def test_a_train_step_that_returns_nothing_is_explained():
 
 
 def test_console_log_runs_and_plots_number_epochs_alike(tmp_path, capsys):
-    """Epochs are shown numbered from 1 (docs/runs.md): the console's epoch lines and best epoch, `torchstrap runs`
-    and the plots' x axis; log.jsonl's `epoch` is the 0-based index, so the number shown is `epoch + 1`."""
+    """One convention (docs/runs.md): epochs numbered from 0, as `self.epoch` counts them. The console's epoch
+    lines (`epoch E/LAST`), its best epoch, log.jsonl's `epoch`, the plots' x values and `torchstrap runs`'
+    best_epoch are the same numbers for the same run."""
     from torchstrap_runtime.plots import epoch_points
-    from torchstrap_runtime.runs import load_runs, read_curve
+    from torchstrap_runtime.runs import load_runs, read_curve, runs_table
 
     set_values({"logging.run_id": "numbers", "training.epochs": 3, "logging.monitor": "score",
                 "logging.progress": True})
@@ -200,11 +201,12 @@ def test_console_log_runs_and_plots_number_epochs_alike(tmp_path, capsys):
     log = epochs_of(trainer)
     best = max(log, key=lambda r: r["score"])
     assert [r["epoch"] for r in log] == [0, 1, 2] and best["epoch"] == 1
-    shown = [int(n) for n in re.findall(r"^epoch (\d+)/3: ", printed, flags=re.M)]
-    assert shown == [r["epoch"] + 1 for r in log] == [1, 2, 3], printed
-    assert re.search(rf"^best score: 0\.5000 at epoch {best['epoch'] + 1} ", printed, flags=re.M), printed
-    assert re.search(r"^epoch 3: ", printed, flags=re.M), printed  # the summary: the last epoch's number
-    assert [x for x, _ in epoch_points(log, "score")] == [1, 2, 3]  # curves.png
-    assert read_curve(tmp_path / "numbers", "score", "epoch")[0] == [1, 2, 3]  # torchstrap plot
-    (run,) = load_runs([tmp_path], use_sacct=False)
-    assert run.epochs_done == 3  # torchstrap runs: epochs 3/3
+    shown = [int(n) for n in re.findall(r"^epoch (\d+)/2: ", printed, flags=re.M)]  # 3 epochs: the last is 2
+    assert shown == [r["epoch"] for r in log] == [0, 1, 2], printed
+    assert re.search(rf"^best score: 0\.5000 at epoch {best['epoch']} ", printed, flags=re.M), printed
+    assert re.search(r"^epoch 2: ", printed, flags=re.M), printed  # the summary: the last epoch's number
+    assert [x for x, _ in epoch_points(log, "score")] == [0, 1, 2]  # curves.png
+    assert read_curve(tmp_path / "numbers", "score", "epoch")[0] == [0, 1, 2]  # torchstrap plot
+    runs = load_runs([tmp_path], use_sacct=False)
+    (row,) = runs_table(runs, metric="score")
+    assert row["best_epoch"] == best["epoch"] == 1 and row["epochs"] == "3/3"  # 3 epochs run, of 3

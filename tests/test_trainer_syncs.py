@@ -137,7 +137,7 @@ def test_a_non_finite_loss_found_later_names_its_step(tmp_path, read_point):
     log_every, checkpoint_every = {"log point": (3, 0), "checkpoint": (4, 2), "epoch end": (0, 0)}[read_point]
     set_values({"logging.run_id": "nan", "logging.log_every": log_every, "logging.checkpoint_every": checkpoint_every})
     trainer = GoesNaN()
-    with pytest.raises(NonFiniteLoss, match=r"the training loss is (inf|nan) at epoch 2, step 5: .*last\.pt holds"):
+    with pytest.raises(NonFiniteLoss, match=r"the training loss is (inf|nan) at epoch 1, step 5: .*last\.pt holds"):
         trainer.run()
     assert trainer.step == {"log point": 6, "checkpoint": 6, "epoch end": 8}[read_point]  # where it was found
     state = torch.load(trainer.checkpoint_path, weights_only=False)

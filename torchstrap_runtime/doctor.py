@@ -510,7 +510,7 @@ def after_first_epoch(trainer: Any, doctor: bool) -> dict[str, Any] | None:
                   f"on demand", flush=True)
         return None
     report = diagnose(trainer, trainer.epoch_record)
-    report["epoch"] = trainer.epoch + 1
+    report["epoch"] = trainer.epoch
     if trainer.is_main:
         write_report(trainer.run_dir, report)
         print(format_report(report), flush=True)

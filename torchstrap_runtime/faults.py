@@ -86,7 +86,7 @@ def out_of_memory_sentence(error: BaseException, trainer: Any) -> str:
     configured, given = config_value(key), batch_size(trainer.data) if trainer.data is not None else None
     size = given if given is not None else configured
     where = ("evaluation" if evaluating else "the first training step" if trainer.step == 0
-             else f"training step {trainer.step}") + f" (epoch {trainer.epoch + 1})"
+             else f"training step {trainer.step}") + f" (epoch {trainer.epoch})"
     asked = re.search(r"allocate (\d+) bytes", str(error)) or re.search(r"allocate ([\d.]+ [KMGT]iB)", str(error))
     refused = ""
     if asked:

@@ -8,10 +8,12 @@ from pathlib import Path
 from .loggers import read_log
 from .run_folder import CURVES_FILE
 
+EPOCH_AXIS = "epoch (from 0)"   # the x label wherever epochs are plotted: numbered as log.jsonl and the console do
+
 
 def epoch_points(epochs: list[dict], key: str, scale: float = 1.0) -> list[tuple[int, float]]:
-    """(epoch number, value) of each epoch record holding `key`: numbered from 1, the log's 0-based index + 1."""
-    return [(r["epoch"] + 1, scale * r[key]) for r in epochs if isinstance(r.get(key), (int, float))]
+    """(epoch, value) of each epoch record holding `key`: the epoch as log.jsonl and the console number it, from 0."""
+    return [(r["epoch"], scale * r[key]) for r in epochs if isinstance(r.get(key), (int, float))]
 
 
 def plot_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -34,8 +36,8 @@ def plot_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
         points = epoch_points(epochs, key, scale=100)
         if points:
             ax_acc.plot(*zip(*points), marker="o", label=label)
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    ax_loss.set(xlabel=EPOCH_AXIS, ylabel="loss", title="loss")
+    ax_acc.set(xlabel=EPOCH_AXIS, ylabel="accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
@@ -96,7 +98,7 @@ def plot_runs(runs: list, metric: str = "val_top1", x: str = "epoch", out: str |
     if not drawn:
         plt.close(fig)
         raise RunsError(f"no run logs the metric {metric!r}")
-    ax.set(xlabel={"epoch": "epoch", "step": "step", "time": "wall time (s)"}[x], ylabel=metric,
+    ax.set(xlabel={"epoch": EPOCH_AXIS, "step": "step", "time": "wall time (s)"}[x], ylabel=metric,
            title=title or f"{metric} of {len(runs)} run(s)" + (f", mean ± std over {', '.join(fold)}" if fold else ""))
     if x == "epoch":
         from matplotlib.ticker import MaxNLocator

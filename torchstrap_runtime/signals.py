@@ -78,5 +78,5 @@ def stop_on_signals(trainer: Any) -> Iterator[None]:
                 signal.signal(signum, handler)
     if received and not trainer.finished:
         first = received[0]
-        raise Interrupted(f"{signal.Signals(first).name}: stopped at epoch {trainer.epoch + 1}, step {trainer.step} "
+        raise Interrupted(f"{signal.Signals(first).name}: stopped at epoch {trainer.epoch}, step {trainer.step} "
                           f"after saving a checkpoint; {kept_checkpoint(trainer)}", EXIT_CODES[first])

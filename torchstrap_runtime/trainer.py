@@ -315,7 +315,7 @@ class Trainer(TrainerBase):
             self.epoch_record = {"kind": "epoch"}
             self.modules.train()
             self.before_train_epoch()
-            if not self.train_one_epoch(f"epoch {self.epoch + 1}/{epochs}"):
+            if not self.train_one_epoch(f"epoch {self.epoch}/{epochs - 1}"):
                 return self.epoch_record  # stopped on request, checkpointed
             self.start_batch = 0
             if isinstance(self.scheduler, PER_EPOCH_SCHEDULERS):
@@ -384,7 +384,7 @@ class Trainer(TrainerBase):
         self.check_losses()
         self.close_progress_bar()
         if self.batch_index == 0:  # an iterable without a length that yields nothing: no step, never "finished"
-            raise UserError(f"the training loader gave no batch in epoch {self.epoch + 1}: nothing was trained "
+            raise UserError(f"the training loader gave no batch in epoch {self.epoch}: nothing was trained "
                             f"(is the training set empty, or smaller than data.batch_size with drop_last?)")
         elapsed = max(time.perf_counter() - started, 1e-9)
         self.epoch_record.update(images_per_s=samples * self.world_size / elapsed, data_wait_share=waited / elapsed,

@@ -147,7 +147,7 @@ class TrainerBase:
             self.close_progress_bar()
             kept = f"{self.checkpoint_path} holds the last good checkpoint" if self.checkpoint_path.exists() \
                 else "no checkpoint was written yet"
-            raise NonFiniteLoss(f"the training loss is {bad[1]} at epoch {self.epoch + 1}, step {bad[0]}: "
+            raise NonFiniteLoss(f"the training loss is {bad[1]} at epoch {self.epoch}, step {bad[0]}: "
                                 f"the run stopped and {kept} (lower optimizer.lr, set training.grad_clip, or "
                                 f"set training.stop_on_nan false to go on)")
 

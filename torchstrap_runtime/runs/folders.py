@@ -289,8 +289,8 @@ def read_curve(run_dir: str | Path, metric: str, x: str = "epoch") -> tuple[list
     """(xs, ys) of `metric` over a run's log: x is `epoch`, `step` or `time` (the run's wall time in seconds).
 
     The lines of one kind are used: the kind that logs `metric` most often (train_step lines for a train_loss
-    logged every few steps, epoch lines for val_top1). With x = epoch, epoch lines sit at the epoch's end
-    (1, 2, ...) and step lines at their fraction of the epochs."""
+    logged every few steps, epoch lines for val_top1). With x = epoch, epoch lines sit at their epoch as
+    log.jsonl and the console number it (0, 1, ...) and step lines at the epochs done (epoch E spans E to E + 1)."""
     from ..loggers import read_log
 
     if x not in ("epoch", "step", "time"):
@@ -321,7 +321,7 @@ def read_curve(run_dir: str | Path, metric: str, x: str = "epoch") -> tuple[list
         elif x == "time":
             xs.append(times[i])
         elif kind in ("epoch", "eval"):
-            xs.append(record.get("epoch", 0) + 1)
+            xs.append(record.get("epoch", 0))
         else:
             xs.append(record.get("step", 0) / steps_per_epoch if steps_per_epoch else record.get("epoch", 0))
     return xs, [float(records[i][metric]) for i in chosen]

@@ -14,8 +14,9 @@ from .folders import Run, RunsError, _is_number, _key, differing_keys, experimen
 def runs_table(runs: list[Run], metric: str = "val_top1", mode: str = "max",
                keys: list[str] | None = None) -> list[dict[str, Any]]:
     """One dict per run: experiment (when the runs come from more than one), run, status, epochs, wall_s, the
-    differing hyper-parameters (or `keys`), tags (when any), `best_<metric>` (max or min over epochs, per `mode`)
-    and `final_<metric>`."""
+    differing hyper-parameters (or `keys`), tags (when any), `best_<metric>` (max or min over epochs, per `mode`),
+    `best_epoch` (its epoch, numbered from 0 as in log.jsonl; the first of equal values) and `final_<metric>`.
+    `epochs` counts the epochs run, of `training.epochs`."""
     if mode not in ("max", "min"):
         raise RunsError(f"mode must be max or min, got {mode!r}")
     keys = [k for k in (differing_keys(runs) if keys is None else keys) if k != "logging.tags"]
@@ -25,6 +26,7 @@ def runs_table(runs: list[Run], metric: str = "val_top1", mode: str = "max",
     rows = []
     for run in runs:
         values = run.metric(metric)
+        epochs = [r.get("epoch") for r in run.epochs if _is_number(r.get(metric))]
         target = run.params.get("training.epochs")
         row = {"experiment": experiments[run.path]} if several else {}
         row |= {"run": run.run_id, "status": run.status,
@@ -33,7 +35,9 @@ def runs_table(runs: list[Run], metric: str = "val_top1", mode: str = "max",
         row.update({k: run.params.get(k) for k in keys})
         if tagged:
             row["tags"] = ",".join(map(str, run.params.get("logging.tags") or []))
-        row[f"best_{metric}"] = (max(values) if mode == "max" else min(values)) if values else None
+        best = (values.index(max(values)) if mode == "max" else values.index(min(values))) if values else None
+        row[f"best_{metric}"] = values[best] if values else None
+        row["best_epoch"] = epochs[best] if values else None
         row[f"final_{metric}"] = values[-1] if values else None
         rows.append(row)
     return rows
