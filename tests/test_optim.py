@@ -13,6 +13,7 @@ from torch import nn
 
 from torchstrap_runtime.config import reset_config, set_values
 from torchstrap_runtime.distributed import convert_sync_batchnorm
+from torchstrap_runtime.errors import USER_ERROR_EXIT, exit_on_user_error
 from torchstrap_runtime.loggers import read_log
 from torchstrap_runtime.optim import (LARS, PER_EPOCH_SCHEDULERS, build_optimizer, build_scheduler,
                                       parameter_groups)
@@ -331,3 +332,35 @@ def test_config_driven_schedule_resumes_exactly(config, tmp_path):
         assert torch.equal(value, resumed.raw_model.state_dict()[key]), key
     last_epoch = [[r for r in read_log(t.run_dir) if r["kind"] == "epoch"][-1] for t in (full, resumed)]
     assert last_epoch[0]["val_loss"] == last_epoch[1]["val_loss"]
+
+
+@pytest.mark.parametrize("name, settings, sentence", [
+    ("ffcv_cyclic", {"scheduler.warmup_epochs": 1.0, "scheduler.lr_peak_epoch": 3},
+     "scheduler.warmup_epochs is 1 but scheduler.name ffcv_cyclic does not use it: its warm-up is the ramp up to "
+     "scheduler.lr_peak_epoch (now 3): set that instead, and scheduler.warmup_epochs 0"),
+    ("ffcv_cifar_cyclic", {"scheduler.warmup_epochs": 0.5, "scheduler.min_lr": 0.0},
+     "scheduler.warmup_epochs is 0.5 but scheduler.name ffcv_cifar_cyclic does not use it: its warm-up is the ramp "
+     "up to scheduler.lr_peak_epoch (now 2): set that instead, and scheduler.warmup_epochs 0"),
+    ("ffcv_step", {"scheduler.warmup_epochs": 2.0},
+     "scheduler.warmup_epochs is 2 but scheduler.name ffcv_step does not use it: ffcv_step has no warm-up (use "
+     "ffcv_cyclic for a ramp up to scheduler.lr_peak_epoch), and scheduler.warmup_epochs 0"),
+    ("ffcv_cyclic", {"scheduler.warmup_epochs": 0.0},
+     "scheduler.min_lr is 0.6 but scheduler.name ffcv_cyclic does not use it: FFCV's schedules end at lr 0 after "
+     "training.epochs (set scheduler.min_lr 0, or use cosine)"),
+])
+def test_ffcv_schedules_refuse_the_keys_they_do_not_use(config, capsys, name, settings, sentence):
+    """scheduler.warmup_epochs / min_lr are not silently ignored by FFCV's schedules: one sentence, exit 2."""
+    set_values({"scheduler.name": name, "scheduler.lr_peak_epoch": 2, "scheduler.min_lr": 0.6, **settings})
+    with pytest.raises(SystemExit) as stopped:
+        exit_on_user_error(lambda argv: SmallTrainer().run(), argv=[])
+    assert stopped.value.code == USER_ERROR_EXIT
+    assert capsys.readouterr().err == f"error: {sentence}\n"
+
+
+def test_ffcv_schedule_without_those_keys_trains(config):
+    set_values({"scheduler.name": "ffcv_cyclic", "scheduler.warmup_epochs": 0.0, "scheduler.min_lr": 0.0,
+                "scheduler.lr_peak_epoch": 2})
+    trainer = SmallTrainer()
+    trainer.run()
+    lrs = [r["lr"] for r in read_log(trainer.run_dir) if r.get("kind") == "train_step"]
+    assert max(lrs) == pytest.approx(2.0, rel=0.01) and lrs[-1] < 0.2   # the ramp to the peak, then down to 0

@@ -209,10 +209,17 @@ def test_tags_are_recorded_and_shown(runs_folder, tmp_path, capsys):
 
 
 def test_template_experiment_configs_override_the_default(tmp_path):
-    """configs/experiment/*.yaml hold only keys the runtime declares; later -C files win."""
+    """configs/experiment/*.yaml hold only keys the runtime declares (the .yaml.jinja ones as rendered for the
+    default recipe and an FFCV one); later -C files win."""
+    import jinja2
+
     experiments = ROOT / "template" / "configs" / "experiment"
     files = sorted(experiments.glob("*.yaml"))
     assert len(files) >= 2
+    for template in sorted(experiments.glob("*.yaml.jinja")):
+        for recipe in ("default", "ffcv-rn50"):
+            files.append(tmp_path / f"{recipe}-{template.stem}")
+            files[-1].write_text(jinja2.Template(template.read_text(), keep_trailing_newline=True).render(recipe=recipe))
     for file in files:
         cfg.load_config(["-C", str(file)])
     cfg.load_config(["-C", str(experiments / "smoke.yaml"), "-C", str(experiments / "tracked.yaml")])

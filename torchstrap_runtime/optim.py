@@ -16,7 +16,8 @@ Schedules (`warmup_epochs` W, `min_lr` m, base lr of a parameter group b):
   milestones count epochs from the start of training (warm-up included), as in Goyal et al. (2017).
   With W = 0 and m = 0 they are torch's StepLR / MultiStepLR, stepped per epoch; otherwise a per-step
   LambdaLR (so the warm-up is per step) that gives every epoch after the warm-up the same lr;
-- `ffcv_cyclic`, `ffcv_step`, `ffcv_cifar_cyclic`: FFCV's recipes, per iteration (recipes/ffcv_lr.py);
+- `ffcv_cyclic`, `ffcv_step`, `ffcv_cifar_cyclic`: FFCV's recipes, per iteration (recipes/ffcv_lr.py); their
+  warm-up is the ramp to `lr_peak_epoch` and they end at 0: W or m set with them stops with a sentence;
 - `onecycle`: torch's OneCycleLR (its own warm-up, from b/25 up to b, and momentum cycling); W sets the
   length of that warm-up (else torch's 30% of the run) and m > 0 its final lr (else b/25/1e4).
 """
@@ -157,7 +158,8 @@ def build_scheduler(name: str, optimizer: torch.optim.Optimizer, steps_per_epoch
     warmup = int(warmup_epochs * steps_per_epoch)
     bases = [base_lr(group) for group in optimizer.param_groups]
     if name in FFCV_SCHEDULES:   # their own warm-up (lr_peak_epoch); gamma, step_size: ffcv_step's ratio, length
-        return build_ffcv_scheduler(name, optimizer, steps_per_epoch, epochs, lr_peak_epoch, gamma, step_size)
+        return build_ffcv_scheduler(name, optimizer, steps_per_epoch, epochs, lr_peak_epoch, gamma, step_size,
+                                    warmup_epochs, min_lr)
     if name == "onecycle":
         return _one_cycle(optimizer, bases, steps, warmup, min_lr)
     if min_lr > min(bases):

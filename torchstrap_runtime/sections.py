@@ -66,7 +66,7 @@ def declare_standard_sections() -> None:
         name=Param(OneOf(SCHEDULERS),
                    "none | cosine | step, multistep (the lr changes at epoch ends) | onecycle | ffcv_cyclic, ffcv_step, "
                    "ffcv_cifar_cyclic (FFCV's recipes: the lr changes every step)", default="cosine"),
-        warmup_epochs=Param(Float(min=0), "linear warm-up epochs (every schedule)", default=0.0),
+        warmup_epochs=Param(Float(min=0), "linear warm-up epochs (not ffcv_*: they ramp up to lr_peak_epoch)", default=0.0),
         min_lr=Param(Float(min=0), "lowest lr: end of cosine, floor of step/multistep, end of onecycle", default=0.0),
         step_size=Param(Int(min=1), "StepLR: epochs between decays", default=30),
         milestones=Param(ListOfInt(min=1), "MultiStepLR: epochs where the lr decays, e.g. [30, 60] or 30,60", default=[30, 60]),

@@ -8,7 +8,9 @@ and FFCV's CIFAR-10 example), built for the `scheduler.name` choices of `FFCV_SC
   `ffcv_cifar_cyclic`: one triangle over the whole run counted in iterations: interp(s, [0, lr_peak_epoch n,
       epochs n], [0, lr, 0]) at optimizer step s (the CIFAR example: the first step has lr 0).
 
-`PerIterationLR` holds each group's base lr (its peak) and sets lr_at(step, base) before every step.
+`PerIterationLR` holds each group's base lr (its peak) and sets lr_at(step, base) before every step. The
+keys of the other schedules that these do not use, `scheduler.warmup_epochs` and `scheduler.min_lr`, stop the run
+with a sentence when set (`check_unused_keys`) rather than being ignored.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+
+from ..config import ConfigError
 
 FFCV_SCHEDULES = ("ffcv_cyclic", "ffcv_step", "ffcv_cifar_cyclic")  # scheduler.name choices built here
 CYCLIC_START = 1e-4  # ffcv_cyclic starts at this fraction of the peak lr
@@ -70,11 +74,27 @@ class PerIterationLR(torch.optim.lr_scheduler.LRScheduler):
         return {key: value for key, value in self.__dict__.items() if key not in ("optimizer", "lr_at")}
 
 
+def check_unused_keys(name: str, warmup_epochs: float, min_lr: float, lr_peak_epoch: int) -> None:
+    """Stop with one sentence when `scheduler.warmup_epochs` or `scheduler.min_lr` is set for schedule `name`
+    (one of FFCV_SCHEDULES): their warm-up is lr_peak_epoch's ramp and they end at 0, as the FFCV recipes do."""
+    if warmup_epochs:
+        instead = ("ffcv_step has no warm-up (use ffcv_cyclic for a ramp up to scheduler.lr_peak_epoch)"
+                   if name == "ffcv_step" else
+                   f"its warm-up is the ramp up to scheduler.lr_peak_epoch (now {lr_peak_epoch}): set that instead")
+        raise ConfigError(f"scheduler.warmup_epochs is {warmup_epochs:g} but scheduler.name {name} does not use it: "
+                          f"{instead}, and scheduler.warmup_epochs 0")
+    if min_lr:
+        raise ConfigError(f"scheduler.min_lr is {min_lr:g} but scheduler.name {name} does not use it: FFCV's "
+                          f"schedules end at lr 0 after training.epochs (set scheduler.min_lr 0, or use cosine)")
+
+
 def build_ffcv_scheduler(name: str, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int,
-                         lr_peak_epoch: int, step_ratio: float, step_length: int) -> PerIterationLR:
+                         lr_peak_epoch: int, step_ratio: float, step_length: int, warmup_epochs: float = 0.0,
+                         min_lr: float = 0.0) -> PerIterationLR:
     """The per-iteration scheduler of `name` (FFCV_SCHEDULES); each group's lr is its peak (base) lr."""
+    check_unused_keys(name, warmup_epochs, min_lr, lr_peak_epoch)
     if not 0 <= lr_peak_epoch <= epochs:
-        raise ValueError(f"scheduler.lr_peak_epoch must be in [0, training.epochs = {epochs}], got {lr_peak_epoch}")
+        raise ConfigError(f"scheduler.lr_peak_epoch must be in [0, training.epochs = {epochs}], got {lr_peak_epoch}")
     steps_per_epoch = max(1, steps_per_epoch)
     return PerIterationLR(optimizer, lambda step, lr: schedule_lr(name, step, lr, steps_per_epoch, epochs,
                                                                   lr_peak_epoch, step_ratio, step_length))
