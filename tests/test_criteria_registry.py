@@ -16,6 +16,7 @@ from torchstrap_runtime.config import config_as_dict, load_config, reset_config
 from torchstrap_runtime.criteria import registry
 from torchstrap_runtime.criteria import (build_criterion, describe, knn_accuracy, knn_predict, linear_probe_accuracy,
                                          list_criteria, nmi, precision_at_1)
+from torchstrap_runtime.errors import USER_ERROR_EXIT, exit_on_user_error
 from torchstrap_runtime.sections import declare_standard_sections
 
 
@@ -97,11 +98,12 @@ def test_unknown_name_lists_close_matches():
 def test_wrong_parameter_names_parameter_and_loss():
     with pytest.raises(ValueError) as e:
         build_criterion("TripletMarginLoss", {"margn": 0.1})
-    assert str(e.value).startswith("TripletMarginLoss got an unexpected parameter 'margn'; accepted: margin, swap, ")
+    assert str(e.value).startswith("criterion.params has 'margn', which TripletMarginLoss does not accept "
+                                   "(accepted: margin, swap, ")
     assert str(e.value).endswith("did you mean 'margin'?")
-    with pytest.raises(ValueError, match="CrossEntropyLoss got an unexpected parameter 'smoothing'.*label_smoothing"):
+    with pytest.raises(ValueError, match="criterion.params has 'smoothing', which CrossEntropyLoss does not .*label_smo"):
         build_criterion("CrossEntropyLoss", {"smoothing": 0.1})
-    with pytest.raises(ValueError, match="TripletMarginMiner got an unexpected parameter 'margins'"):
+    with pytest.raises(ValueError, match="criterion.miner_params has 'margins', which TripletMarginMiner does not"):
         build_criterion("TripletMarginLoss", miner="TripletMarginMiner", miner_params={"margins": 0.1})
 
 
@@ -120,7 +122,7 @@ def test_missing_required_parameters_are_named():
     ({"name": "ContrastiveLoss", "params": [1, 2]}, "must be a mapping"),
     ({"name": "ContrastiveLoss", "params": "{margin: [0.1"}, "not valid YAML"),
     ({"name": "ContrastiveLoss", "params": {"distance": "CosineSim"}}, "unknown criterion.params.distance 'CosineSim'.*'CosineSimilarity'"),
-    ({"name": "ContrastiveLoss", "params": {"distance": {"name": "LpDistance", "params": {"pp": 1}}}}, "LpDistance got an unexpected parameter 'pp'.*did you mean 'p'"),
+    ({"name": "ContrastiveLoss", "params": {"distance": {"name": "LpDistance", "params": {"pp": 1}}}}, "criterion.params.distance.params has 'pp', which LpDistance does not accept.*did you mean 'p'"),
     ({"name": "SelfSupervisedLoss", "params": {"loss": {"nam": "NTXentLoss"}}}, "criterion.params.loss must be a class name"),
     ({"name": "GenericPairLoss"}, "is not a loss"),
     ({"name": "CrossBatchMemory", "params": {"loss": "ContrastiveLoss", "embedding_size": 4, "miner": "BatchHardMiner"},
@@ -237,3 +239,19 @@ def test_a_torch_loss_resolves_without_importing_pytorch_metric_learning():
     assert done.stdout.split() == ["nn", "False"], done.stdout + done.stderr
     assert set(registry.torch_losses()) & set(registry.pml_losses()) == registry.NAMES_IN_NN_AND_PML
     assert all(registry.resolve(name)[0] == "pml" for name in registry.NAMES_IN_NN_AND_PML)
+
+
+@pytest.mark.parametrize("name, params, sentence", [
+    ("MultiSimilarityLoss", {"margin": 0.1},   # the metric-learning default's params with another pml loss
+     "criterion.params has 'margin', which MultiSimilarityLoss does not accept (accepted: alpha, beta, base, "
+     "mat_based_loss, embedding_regularizer, embedding_reg_weight, reducer, distance, collect_stats)"),
+    ("MSELoss", {"margin": 0.1},
+     "criterion.params has 'margin', which MSELoss does not accept (accepted: size_average, reduce, reduction)"),
+])
+def test_a_parameter_the_loss_does_not_take_exits_with_one_sentence(capsys, name, params, sentence):
+    """Any torch.nn / pytorch-metric-learning loss given a keyword it does not take: `error: <sentence>`, exit 2,
+    no traceback, as an experiment's entry point (exit_on_user_error) prints it."""
+    with pytest.raises(SystemExit) as stopped:
+        exit_on_user_error(lambda argv: build_criterion(name, params), argv=[])
+    assert stopped.value.code == USER_ERROR_EXIT
+    assert capsys.readouterr().err == f"error: {sentence}\n"

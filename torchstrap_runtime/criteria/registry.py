@@ -15,6 +15,9 @@ Parameters are keyword arguments of the class. For pytorch-metric-learning, para
 `miners`, `reducers`, `default_reducer`) are given as a class name or as {"name": ..., "params": {...}};
 list-valued `weight`/`pos_weight` of torch.nn losses become tensors. `params` may also be a YAML/JSON
 string (handy on the command line: --criterion.params '{margin: 0.1}').
+
+A wrong name or parameter raises `CriterionError` (a UserError and a ValueError): one sentence naming the config
+key (`criterion.params`, `criterion.miner_params`, ...), what it holds and what is accepted.
 """
 
 from __future__ import annotations
@@ -67,6 +70,10 @@ PML_MINER_IN_CONSTRUCTOR = {"CrossBatchMemory"}
 NAMES_IN_NN_AND_PML = frozenset({"TripletMarginLoss"})
 # torch.nn layers that compute a loss but are no _Loss: built through a wrapper that returns the loss.
 TORCH_LOSS_LAYERS: dict[str, type[nn.Module]] = {"AdaptiveLogSoftmaxWithLoss": AdaptiveSoftmaxLoss}
+
+
+class CriterionError(UserError, ValueError):
+    """A criterion name or parameter the user gave that cannot build a loss (exit 2 with its sentence)."""
 
 
 # ----------------------------------------------------------------------------- name tables
@@ -127,7 +134,7 @@ def _suggest(name: str, candidates: list[str]) -> str:
 def resolve(name: str) -> tuple[str, type[nn.Module]]:
     """(library, class) for a criterion name; library is "nn", "pml", "coke", "ssl" or "graphs"."""
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"criterion name must be a non-empty string, got {name!r}")
+        raise CriterionError(f"criterion name must be a non-empty string, got {name!r}")
     if name in COKE_CRITERIA:
         return "coke", COKE_CRITERIA[name]
     if name in SSL_CRITERIA:
@@ -150,8 +157,8 @@ def resolve(name: str) -> tuple[str, type[nn.Module]]:
     if not prefix and name in nn_table:
         return "nn", nn_table[name]
     if name in PML_BASE_CLASSES or bare in PML_BASE_CLASSES:
-        raise ValueError(f"criterion {name!r} is not a loss: {PML_BASE_CLASSES[bare]}")
-    raise ValueError(f"unknown criterion {name!r}; {_suggest(name, list_criteria())} "
+        raise CriterionError(f"criterion {name!r} is not a loss: {PML_BASE_CLASSES[bare]}")
+    raise CriterionError(f"unknown criterion {name!r}; {_suggest(name, list_criteria())} "
                      f"(list_criteria() lists all {len(list_criteria())} names)")
 
 
@@ -165,12 +172,12 @@ def parse_params(params: Any, what: str = "criterion.params") -> dict[str, Any]:
         try:
             params = parse_text(params)
         except ValueError as e:
-            raise ValueError(f"{what} is not valid YAML/JSON: {params!r} ({e})") from None
+            raise CriterionError(f"{what} is not valid YAML/JSON: {params!r} ({e})") from None
     if not isinstance(params, dict):
-        raise ValueError(f"{what} must be a mapping of keyword arguments, got {params!r}")
+        raise CriterionError(f"{what} must be a mapping of keyword arguments, got {params!r}")
     bad = [k for k in params if not isinstance(k, str)]
     if bad:
-        raise ValueError(f"{what} keys must be strings, got {bad!r}")
+        raise CriterionError(f"{what} keys must be strings, got {bad!r}")
     return dict(params)
 
 
@@ -189,31 +196,36 @@ def accepted_params(cls: type) -> list[str]:
     return names
 
 
-def check_params(cls: type, params: dict[str, Any], label: str | None = None) -> None:
-    """Raise ValueError naming the parameter and the class for every keyword the class does not take."""
+def check_params(cls: type, params: dict[str, Any], label: str | None = None,
+                 params_key: str = "criterion.params") -> None:
+    """Raise CriterionError naming the config key `params_key`, the parameter and the class for the first keyword
+    the class does not take, with the ones it does."""
     label = label or cls.__name__
     accepted = accepted_params(cls)
     for key in params:
         if key not in accepted:
             close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.5)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"{label} got an unexpected parameter {key!r}; "
-                             f"accepted: {', '.join(accepted) or '(none)'}{hint}")
+            raise CriterionError(f"{params_key} has {key!r}, which {label} does not accept "
+                                 f"(accepted: {', '.join(accepted) or 'none'}){hint}")
 
 
-def instantiate(cls: type, params: dict[str, Any], label: str | None = None) -> nn.Module:
-    """cls(**params) with errors that name the class and the parameter."""
+def instantiate(cls: type, params: dict[str, Any], label: str | None = None,
+                params_key: str = "criterion.params") -> nn.Module:
+    """cls(**params) with errors that name the config key `params_key`, the class and the parameter."""
     label = label or cls.__name__
-    check_params(cls, params, label)
+    check_params(cls, params, label, params_key)
     try:
         return cls(**params)
     except TypeError as e:
         msg = str(e)
         if "missing" in msg and "required" in msg:
             missing = msg.split(":", 1)[-1].strip()
-            raise ValueError(f"{label} needs parameter(s) {missing}; "
-                             f"accepted: {', '.join(accepted_params(cls))}") from e
-        raise ValueError(f"{label} could not be built from parameters {params!r}: {msg}") from e
+            raise CriterionError(f"{label} needs parameter(s) {missing} in {params_key}; "
+                                 f"accepted: {', '.join(accepted_params(cls))}") from e
+        raise CriterionError(f"{label} could not be built from {params_key} {params!r}: {msg}") from e
+    except ValueError as e:   # the class's own check of a value
+        raise CriterionError(f"{label} could not be built from {params_key} {params!r}: {e}") from e
 
 
 PML_OBJECT_PARAMS: dict[str, str] = {
@@ -233,22 +245,24 @@ def _tensorize(cls: type, params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_pml_object(kind: str, spec: Any, what: str) -> nn.Module:
-    """A pml distance/reducer/regularizer/loss/miner from a name, {"name", "params"}, or an object."""
+def build_pml_object(kind: str, spec: Any, what: str, params_key: str | None = None) -> nn.Module:
+    """A pml distance/reducer/regularizer/loss/miner from a name, {"name", "params"}, or an object; `what` is
+    its config key, `params_key` that of its parameters (default `<what>.params`)."""
     if isinstance(spec, nn.Module):
         return spec
     if isinstance(spec, str):
         name, params = spec, {}
     elif isinstance(spec, dict) and "name" in spec and set(spec) <= {"name", "params"}:
-        name, params = spec["name"], parse_params(spec.get("params"), f"{what}.params")
+        name, params = spec["name"], parse_params(spec.get("params"), params_key or f"{what}.params")
     else:
-        raise ValueError(f"{what} must be a class name or {{'name': ..., 'params': {{...}}}}, got {spec!r}")
+        raise CriterionError(f"{what} must be a class name or {{'name': ..., 'params': {{...}}}}, got {spec!r}")
     table = pml_losses() if kind == "losses" else _pml_classes(kind, {"BaseMiner"} if kind == "miners" else {})
     if name not in table:
-        raise ValueError(f"unknown {what} {name!r} (pytorch_metric_learning.{kind}); "
+        raise CriterionError(f"unknown {what} {name!r} (pytorch_metric_learning.{kind}); "
                          f"{_suggest(name, sorted(table))}")
     cls = table[name]
-    return instantiate(cls, _pml_params(cls, params, what), name)
+    return instantiate(cls, _pml_params(cls, params, params_key or f"{what}.params"), name,
+                       params_key or f"{what}.params")
 
 
 def _pml_params(cls: type, params: dict[str, Any], what: str) -> dict[str, Any]:
@@ -284,9 +298,9 @@ def build_criterion(name: str, params: dict[str, Any] | str | None = None,
     if isinstance(miner, str) and miner.strip().lower() in ("", *NONE_WORDS):
         miner = None
     if miner is None and miner_params:
-        raise ValueError(f"criterion.miner_params {miner_params!r} given without criterion.miner")
+        raise CriterionError(f"criterion.miner_params {miner_params!r} given without criterion.miner")
     if miner is not None and library != "pml":
-        raise ValueError(f"criterion {name!r} does not take a miner (miners work with "
+        raise CriterionError(f"criterion {name!r} does not take a miner (miners work with "
                          f"pytorch-metric-learning losses only), got miner={miner!r}")
 
     if library == "nn":
@@ -305,15 +319,16 @@ def _build_pml(name: str, cls: type, params: dict[str, Any], miner: Any,
     miner_spec = None if miner is None else {"name": miner, "params": miner_params}
     if cls.__name__ in PML_VIEWS_LOSSES:
         if miner_spec is not None:
-            raise ValueError(f"criterion {name!r} compares two views and takes no miner, got miner={miner!r}")
+            raise CriterionError(f"criterion {name!r} compares two views and takes no miner, got miner={miner!r}")
         return ViewsLoss(instantiate(cls, _pml_params(cls, params, "criterion.params"), name))
     if cls.__name__ in PML_MINER_IN_CONSTRUCTOR and miner_spec is not None:
         if "miner" in params:
-            raise ValueError(f"criterion {name!r}: give the miner once, as criterion.miner or params.miner")
+            raise CriterionError(f"criterion {name!r}: give the miner once, as criterion.miner or params.miner")
         params = {**params, "miner": miner_spec}
         miner_spec = None
     loss = instantiate(cls, _pml_params(cls, params, "criterion.params"), name)
-    miner_module = None if miner_spec is None else build_pml_object("miners", miner_spec, "criterion.miner")
+    miner_module = None if miner_spec is None else build_pml_object("miners", miner_spec, "criterion.miner",
+                                                                    "criterion.miner_params")
     return MetricLoss(loss, miner_module)
 
 
