@@ -31,6 +31,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from .config import ConfigError
 from .errors import UserError
 from .recipes.ffcv_lr import FFCV_SCHEDULES, build_ffcv_scheduler
 
@@ -136,7 +137,7 @@ def build_optimizer(name: str, groups: Iterable[dict], lr: float, momentum: floa
         return torch.optim.AdamW(groups, lr=lr, **kernel)
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum, nesterov=nesterov)
-    raise ValueError(f"optimizer.name: unknown optimizer {name!r}, expected one of {', '.join(OPTIMIZERS)}")
+    raise ConfigError(f"optimizer.name: unknown optimizer {name!r}, expected one of {', '.join(OPTIMIZERS)}")
 
 
 def base_lr(group: dict) -> float:
@@ -152,7 +153,7 @@ def build_scheduler(name: str, optimizer: torch.optim.Optimizer, steps_per_epoch
     StepLR/MultiStepLR step per epoch; every other schedule returned here steps per batch."""
     sched = torch.optim.lr_scheduler
     if name not in SCHEDULERS:
-        raise ValueError(f"scheduler.name: unknown schedule {name!r}, expected one of {', '.join(SCHEDULERS)}")
+        raise ConfigError(f"scheduler.name: unknown schedule {name!r}, expected one of {', '.join(SCHEDULERS)}")
     steps_per_epoch = max(1, steps_per_epoch)
     steps = max(1, epochs * steps_per_epoch)
     warmup = int(warmup_epochs * steps_per_epoch)
@@ -163,7 +164,7 @@ def build_scheduler(name: str, optimizer: torch.optim.Optimizer, steps_per_epoch
     if name == "onecycle":
         return _one_cycle(optimizer, bases, steps, warmup, min_lr)
     if min_lr > min(bases):
-        raise ValueError(f"scheduler.min_lr ({min_lr}) must not exceed the learning rate ({min(bases)})")
+        raise ConfigError(f"scheduler.min_lr ({min_lr}) must not exceed the learning rate ({min(bases)})")
     floors = [min_lr / b if b > 0 else 0.0 for b in bases]   # LambdaLR factors are relative to each group's lr
     if name == "none":
         return sched.LambdaLR(optimizer, lambda s: warmup_factor(s, warmup)) if warmup else None
@@ -206,7 +207,7 @@ def _one_cycle(optimizer: torch.optim.Optimizer, bases: list[float], steps: int,
                min_lr: float) -> torch.optim.lr_scheduler.OneCycleLR:
     start = bases[0] / ONECYCLE_DIV_FACTOR
     if min_lr >= start:
-        raise ValueError(f"scheduler.min_lr ({min_lr}) must be below the one-cycle start lr "
+        raise ConfigError(f"scheduler.min_lr ({min_lr}) must be below the one-cycle start lr "
                          f"optimizer.lr / {ONECYCLE_DIV_FACTOR:g} ({start:g})")
     pct_start = min(max(warmup, 2), steps - 1) / steps if warmup and steps > 2 else 0.3
     final_div_factor = start / min_lr if min_lr > 0 else 1e4
