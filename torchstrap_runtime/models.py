@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import param
 from .vit import VITS, patch_size_for
 
 
@@ -147,6 +148,16 @@ def build_model(name: str, num_classes: int, image_size: int = 32, in_channels: 
                             zero_init_residual=zero_init_residual)
     names = [f"'{model}'" for model in MODELS]
     raise ValueError(f"unknown model '{name}': expected {', '.join(names[:-1])} or {names[-1]}")
+
+
+@param("model.stem")
+@param("model.zero_init_residual")
+def backbone(name: str, num_classes: int, image_size: int = 32, stem: str = "auto",
+             zero_init_residual: bool = False) -> nn.Module:
+    """`build_model` with the config's `model.stem` ('auto': by image size) and `model.zero_init_residual`: the
+    network an experiment's models.py starts from; `num_classes=0` gives the features (`.out_features` numbers)."""
+    return build_model(name, num_classes, image_size, stem=None if stem == "auto" else stem,
+                       zero_init_residual=zero_init_residual)
 
 
 # ---------------------------------------------------------------------- ResNet-18/34/50 (torchvision's architecture)

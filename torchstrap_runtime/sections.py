@@ -1,4 +1,6 @@
-"""The standard config sections that `Trainer` reads. Experiments add their own in their `config.py`.
+"""The standard config sections that `Trainer` reads, and the keys that `data.experiment_loaders` (the loaders'
+settings) and `models.backbone` (`model.stem`, `model.zero_init_residual`) read. Experiments add their own in
+their `config.py`.
 
 Importing this module declares them; `declare_standard_sections()` declares them again after
 `config.reset_config()` (tests). Every value has a default, so a Trainer runs with no config file.
@@ -51,6 +53,18 @@ def declare_standard_sections() -> None:
         load_scheduler=Param(Bool(), "with load_from: also restore the scheduler state", default=False),
         load_epoch=Param(Bool(), "with load_from: also continue from its epoch", default=False),
         sync_bn=Param(Bool(), "convert BatchNorm to SyncBatchNorm when world size > 1", default=True),
+        stem=Param(OneOf(["auto", "cifar", "imagenet"]), "ResNet stem: cifar (3x3 conv, no max-pool), imagenet (7x7/2 conv "
+                   "+ max-pool), auto = cifar up to 64 px", default="auto"),
+        zero_init_residual=Param(Bool(), "ResNet: start each residual branch's last BatchNorm at zero", default=False),
+    )
+    Section("data", "datasets and loaders (the experiment's config.py declares its dataset: train_path, val_path, "
+            "image_size)").params(
+        batch_size=Param(Int(min=1), "training batch size (per process)", default=64),
+        val_batch_size=Param(Int(min=1), "validation batch size (per process)", default=256),
+        num_workers=Param(Int(min=-1), "loader worker threads (-1 or 0 = one per core)", default=2),
+        loader_seed=Param(OptionalInt(min=0), "seed of the data order (null = fresh each run)", default=0),
+        os_cache=Param(Bool(), "let the OS page cache hold the .beton (false, for data larger than RAM: read it page "
+                       "by page, quasi-random order)", default=True),
     )
     Section("optimizer", "the optimizer").params(
         name=Param(OneOf(OPTIMIZERS), "optimizer (lars: SGD with a layer-wise trust ratio, SSL recipes)", default="sgd"),

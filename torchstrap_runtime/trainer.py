@@ -125,13 +125,20 @@ class Trainer(TrainerBase):
         self.scaler = dev.grad_scaler(self.device, self.dtype)
         self.ema: dict[str, torch.Tensor] | None = ema_copy(self.raw_model.state_dict()) if self.ema_decay else None
 
+    loaders: Any = None  # a module with train_loader(distributed) and val_loader(distributed): an experiment's data.py
+
     def initialize_train_loader(self) -> None:
-        """Set `self.train_loader` (any iterable of batches; FFCV loaders get `set_epoch` for exact resume)."""
-        raise NotImplementedError("override initialize_train_loader (the generated experiment's data.py builds it)")
+        """Set `self.train_loader` (any iterable of batches; FFCV loaders get `set_epoch` for exact resume).
+        Default: `self.loaders.train_loader(distributed=world size > 1)`."""
+        if self.loaders is None:
+            raise NotImplementedError("set Trainer.loaders (the experiment's data.py) or override initialize_train_loader")
+        self.train_loader = self.loaders.train_loader(distributed=self.world_size > 1)
 
     def initialize_val_loader(self) -> None:
-        """Set `self.val_loader`."""
-        raise NotImplementedError("override initialize_val_loader (the generated experiment's data.py builds it)")
+        """Set `self.val_loader`. Default: `self.loaders.val_loader(distributed=world size > 1)`."""
+        if self.loaders is None:
+            raise NotImplementedError("set Trainer.loaders (the experiment's data.py) or override initialize_val_loader")
+        self.val_loader = self.loaders.val_loader(distributed=self.world_size > 1)
 
     @param("optimizer.name")
     @param("optimizer.lr")
