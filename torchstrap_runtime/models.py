@@ -161,53 +161,49 @@ def backbone(name: str, num_classes: int, image_size: int = 32, stem: str = "aut
 
 
 # ---------------------------------------------------------------------- ResNet-18/34/50 (torchvision's architecture)
-class ResidualBlock(nn.Module):
-    """torchvision's BasicBlock: two 3x3 convolutions; the shortcut is projected (1x1 conv + BN) when the shape changes."""
+class ConvBNBlock(nn.Module):
+    """A block of torchvision's ResNets: convolutions conv1, conv2, ... each followed by its batch norm bn1, bn2, ...
+    and a ReLU, the shortcut added before the last ReLU (projected, 1x1 conv + BN, when the shape changes).
+    `convs`: (in_channels, out_channels, kernel, stride) of each convolution, padded to keep the size."""
 
-    expansion = 1
+    expansion = 1  # output channels per `planes`
 
-    def __init__(self, in_channels: int, planes: int, stride: int = 1):
+    def __init__(self, in_channels: int, planes: int, stride: int, convs: list[tuple[int, int, int, int]]):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        for i, (conv_in, conv_out, kernel, conv_stride) in enumerate(convs, 1):
+            setattr(self, f"conv{i}", nn.Conv2d(conv_in, conv_out, kernel, conv_stride, kernel // 2, bias=False))
+            setattr(self, f"bn{i}", nn.BatchNorm2d(conv_out))
+        self.depth = len(convs)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = projection(in_channels, planes * self.expansion, stride)
 
     def last_bn(self) -> nn.BatchNorm2d:
-        return self.bn2
+        return getattr(self, f"bn{self.depth}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        out = x
+        for i in range(1, self.depth + 1):
+            out = getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(out))
+            if i < self.depth:
+                out = self.relu(out)
         return self.relu(out + (x if self.downsample is None else self.downsample(x)))
 
 
-class Bottleneck(nn.Module):
+class ResidualBlock(ConvBNBlock):
+    """torchvision's BasicBlock: two 3x3 convolutions, the first with the stride."""
+
+    def __init__(self, in_channels: int, planes: int, stride: int = 1):
+        super().__init__(in_channels, planes, stride, [(in_channels, planes, 3, stride), (planes, planes, 3, 1)])
+
+
+class Bottleneck(ConvBNBlock):
     """torchvision's Bottleneck (ResNet v1.5): 1x1 reduce, 3x3 with the stride, 1x1 expand (x4)."""
 
     expansion = 4
 
     def __init__(self, in_channels: int, planes: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = projection(in_channels, planes * self.expansion, stride)
-
-    def last_bn(self) -> nn.BatchNorm2d:
-        return self.bn3
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+        super().__init__(in_channels, planes, stride, [(in_channels, planes, 1, 1), (planes, planes, 3, stride),
+                                                        (planes, planes * self.expansion, 1, 1)])
 
 
 def projection(in_channels: int, out_channels: int, stride: int) -> nn.Module | None:
@@ -269,7 +265,7 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
         if zero_init_residual:
             for m in self.modules():
-                if isinstance(m, (ResidualBlock, Bottleneck)):
+                if isinstance(m, ConvBNBlock):
                     nn.init.zeros_(m.last_bn().weight)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

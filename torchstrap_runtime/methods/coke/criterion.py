@@ -90,6 +90,21 @@ def _check(cls: str, key: str, value, ok: bool, expected: str) -> None:
 
 # ----------------------------------------------------------------------------- shared machinery
 
+class PerHead:
+    """A read-only list attribute of a CoKe criterion: its buffers `<attribute>_0`, `<attribute>_1`, ... one a head."""
+
+    def __init__(self, doc: str):
+        self.__doc__ = doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, criterion, owner: type | None = None):
+        if criterion is None:
+            return self
+        return [getattr(criterion, f"{self.name}_{h}") for h in range(criterion.num_heads)]
+
+
 class _CoKe(nn.Module):
     """Running and logit centers, duals, counters and the label memory of several heads."""
 
@@ -139,27 +154,10 @@ class _CoKe(nn.Module):
         self._warned_no_indices = False
 
     # ---------------------------------------------------------------- public state
-    def _per_head(self, name: str) -> list[torch.Tensor]:
-        return [getattr(self, f"{name}_{h}") for h in range(self.num_heads)]
-
-    @property
-    def centers(self) -> list[torch.Tensor]:
-        """Running assignment centers, one [K_h, D] tensor per head."""
-        return self._per_head("centers")
-
-    @property
-    def logit_centers(self) -> list[torch.Tensor]:
-        """Centers of the logits, frozen at each epoch end, one [K_h, D] tensor per head."""
-        return self._per_head("logit_centers")
-
-    @property
-    def duals(self) -> list[torch.Tensor]:
-        return self._per_head("duals")
-
-    @property
-    def counters(self) -> list[torch.Tensor]:
-        """Samples assigned to each cluster so far this epoch."""
-        return self._per_head("counters")
+    centers = PerHead("Running assignment centers, one [K_h, D] tensor per head.")
+    logit_centers = PerHead("Centers of the logits, frozen at each epoch end, one [K_h, D] tensor per head.")
+    duals = PerHead("Dual variables of the cluster-size constraint, one [K_h] tensor per head.")
+    counters = PerHead("Samples assigned to each cluster so far this epoch, one [K_h] tensor per head.")
 
     @torch.no_grad()
     def load_centers(self, centers: list[torch.Tensor]) -> None:
