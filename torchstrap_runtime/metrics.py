@@ -1,7 +1,7 @@
 """Metric accumulators: running sums over an epoch, and a classification pass's sums (loss, top-k hits, confusion).
 
     self.val_sums = ClassificationSums()              # before_eval_epoch
-    self.val_sums.add(outputs, labels, loss)          # eval_step: on the device, no host sync per batch
+    self.val_sums.add(class_scores(outputs, criterion), labels, loss)  # eval_step: on the device, no host sync
     self.epoch_record.update(self.val_sums.metrics()) # after_eval_epoch: val_loss, val_top1, val_top5 over all ranks
 
 A running sum is a plain dict of numbers with a `count` (e.g. {"loss": 0.0, "top1": 0.0, "count": 0}): the step
@@ -54,6 +54,13 @@ def confusion_counts(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     classes = outputs.shape[1]
     counts = torch.bincount(targets * classes + outputs.argmax(1), minlength=classes * classes)
     return counts[: classes * classes].view(classes, classes)
+
+
+def class_scores(outputs: torch.Tensor, criterion) -> torch.Tensor:
+    """The class scores top-k accuracy ranks: the model's `outputs`, or `criterion.log_prob(outputs)` when the
+    criterion holds the output layer (AdaptiveLogSoftmaxWithLoss: the model outputs features, not logits)."""
+    log_prob = getattr(criterion, "log_prob", None)
+    return outputs if log_prob is None else log_prob(outputs)
 
 
 class ClassificationSums:

@@ -36,7 +36,7 @@ from .distributed import all_reduce_sums, drop_padding, setup_distributed
 from .ema import ema_copy, update_ema
 from .errors import UserError
 from .faults import stop_on_faults
-from .metrics import ClassificationSums, add_to_sums, means, new_sums
+from .metrics import ClassificationSums, add_to_sums, class_scores, means, new_sums
 from .optim import PER_EPOCH_SCHEDULERS, build_optimizer, build_scheduler, parameter_groups
 from .signals import stop_on_signals
 from .steps_record import open_steps_record
@@ -275,9 +275,8 @@ class Trainer(TrainerBase):
         with self.autocast():
             outputs = self.test_time_augmentation(inputs)
             loss = self.criterion(outputs, targets)
-            if hasattr(self.criterion, "log_prob"):  # the loss holds the output layer (AdaptiveLogSoftmaxWithLoss)
-                outputs = self.criterion.log_prob(outputs)
-        self.val_sums.add(outputs, targets, loss)
+            scores = class_scores(outputs, self.criterion)  # the criterion's log_prob when it holds the output layer
+        self.val_sums.add(scores, targets, loss)
 
     def after_eval_step(self) -> None:
         """Called after each `eval_step`."""
