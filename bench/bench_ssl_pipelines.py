@@ -198,8 +198,8 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--pipelines", nargs="+", choices=list(PIPELINES), default=list(PIPELINES))
     args = p.parse_args()
-    rounds = args.rounds or (1 if args.quick else 3)
-    spec = datasets.Spec("jpeg256", 64 if args.quick else 384, 224, 288)
+    rounds = args.rounds or (1 if args.quick else 4)
+    spec = datasets.Spec("jpeg256", 64 if args.quick else 512, 224, 288)  # the loader bench's kind of images
     datasets.ensure(spec)
     contenders: dict[str, dict[str, Callable[[], float]]] = {name: {} for name in args.pipelines}
     loads: dict[str, list[float]] = {name: [] for name in args.pipelines}
