@@ -196,3 +196,17 @@ def test_quick_ssl_pipelines_run_writes_both_pipelines():
             medians["torchstrap seeded"] / medians["PIL DataLoader"])
         assert part["ms_per_image"]["torchstrap seeded"] == pytest.approx(1000 / medians["torchstrap seeded"])
         assert len(part["load_average_1min"]) == result["rounds"] * 3
+
+
+def test_color_jitter_bench_times_both_kernels_on_the_same_images():
+    import bench_color_jitter as bench
+
+    from torchstrap_runtime.data.color_jitter import RandomColorJitter, color_jitter_kernel
+
+    images = bench.photo_crops(3)
+    assert images.shape == (3, bench.SIZE, bench.SIZE, 3) and len({im.tobytes() for im in images}) == 3
+    params = RandomColorJitter(0.4, 0.4, 0.2, 0.1, p=1.0, seed=0, random_order=True).params()
+    for kernel in (color_jitter_kernel, bench.per_pixel_color_jitter_kernel):
+        before = images.copy()
+        assert bench.per_image(kernel, images, params)() > 0
+        np.testing.assert_array_equal(images, before)  # each round jitters a copy
