@@ -44,11 +44,13 @@ def crop_box(rng: random.Random, height: int, width: int, scale, ratio=(3 / 4, 4
     return 0, 0, height, width
 
 
-def pil_view(image, rng: random.Random, size: int, scale, jitter, blur_p: float, solarize_p: float = 0.0):
+def pil_view(image, rng: random.Random, size: int, scale, jitter, blur_p: float, solarize_p: float = 0.0,
+             resample: str = "BILINEAR"):
+    """One view as torchvision's transforms make it from a PIL image (`resample`: PIL's filter name)."""
     from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
     top, left, h, w = crop_box(rng, image.height, image.width, scale)
-    image = image.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
+    image = image.resize((size, size), getattr(Image, resample), box=(left, top, left + w, top + h))
     if rng.random() < 0.8:
         b, c, s, hue = jitter
         steps = [0, 1, 2, 3]
@@ -103,23 +105,28 @@ def pil_loader(spec: datasets.Spec) -> Iterable:
 # ---------------------------------------------------------------- upstream FFCV (the ops it has)
 def ffcv_loader(spec: datasets.Spec) -> Iterable:
     from ffcv.fields.basics import IntDecoder
-    from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import ToTensor
+
+    mild, strong = (0.4, 0.4, 0.2, 0.1), (0.8, 0.8, 0.8, 0.2)
+    pipelines = {"image": upstream_view(LARGE, (0.08, 1.0), mild), "label": [IntDecoder(), ToTensor()],
+                 "view2": upstream_view(LARGE, (0.08, 1.0), mild)}
+    pipelines.update({f"small{i}": upstream_view(SMALL, (0.05, 0.6), strong) for i in range(1, NUM_SMALL + 1)})
+    return Loader(str(eight_copies(spec)), batch_size=BATCH, num_workers=WORKERS, order=OrderOption.RANDOM,
+                  pipelines=pipelines, drop_last=True)
+
+
+def upstream_view(size: int, scale, jitter) -> list:
+    """One view with upstream FFCV's ops: its crop decoder (area interpolation), brightness, contrast and
+    saturation (each p 0.8: it has no hue), flip, normalisation to float32 NCHW."""
+    from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
     from ffcv.transforms import (Convert, NormalizeImage, RandomBrightness, RandomContrast, RandomHorizontalFlip,
                                  RandomSaturation, ToTensor, ToTorchImage)
 
-    def view(size, scale, jitter):
-        b, c, s, _ = jitter
-        return [RandomResizedCropRGBImageDecoder((size, size), scale=scale), RandomBrightness(b, 0.8),
-                RandomContrast(c, 0.8), RandomSaturation(s, 0.8), RandomHorizontalFlip(),
-                NormalizeImage(MEAN * 255, STD * 255, np.float32), ToTensor(), ToTorchImage(), Convert(torch.float32)]
-
-    mild, strong = (0.4, 0.4, 0.2, 0.1), (0.8, 0.8, 0.8, 0.2)
-    pipelines = {"image": view(LARGE, (0.08, 1.0), mild), "label": [IntDecoder(), ToTensor()],
-                 "view2": view(LARGE, (0.08, 1.0), mild)}
-    pipelines.update({f"small{i}": view(SMALL, (0.05, 0.6), strong) for i in range(1, NUM_SMALL + 1)})
-    return Loader(str(eight_copies(spec)), batch_size=BATCH, num_workers=WORKERS, order=OrderOption.RANDOM,
-                  pipelines=pipelines, drop_last=True)
+    b, c, s, _ = jitter
+    return [RandomResizedCropRGBImageDecoder((size, size), scale=scale), RandomBrightness(b, 0.8),
+            RandomContrast(c, 0.8), RandomSaturation(s, 0.8), RandomHorizontalFlip(),
+            NormalizeImage(MEAN * 255, STD * 255, np.float32), ToTensor(), ToTorchImage(), Convert(torch.float32)]
 
 
 def eight_copies(spec: datasets.Spec):

@@ -1,4 +1,4 @@
-"""RandomColorJitter's kernel in µs per 224 px image, one thread: the table-driven, vectorised kernel of
+"""RandomColorJitter's kernel in µs per 224 px image, one thread: the vectorised kernel (blocks of rows in L1) of
 torchstrap_runtime.data.color_jitter against the per-pixel HSV kernel it replaced (tests/color_jitter_reference.py).
 
 A batch of 224 x 224 crops of the sample photos, jittered with CoKe's magnitudes (brightness 0.4, contrast 0.4,
@@ -26,7 +26,7 @@ from color_jitter_reference import per_pixel_color_jitter_kernel  # noqa: E402
 from torchstrap_runtime.data.color_jitter import RandomColorJitter, color_jitter_kernel  # noqa: E402
 
 SIZE = 224
-OLD, NEW = "per-pixel HSV kernel (before)", "table + vectorised kernel"
+OLD, NEW = "per-pixel HSV kernel (before)", "vectorised kernel, L1-sized blocks"
 
 
 def photo_crops(count: int, seed: int = 0) -> np.ndarray:

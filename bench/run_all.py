@@ -23,7 +23,7 @@ START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 SCRIPTS = {"loader": "bench_loader.py", "startup": "bench_startup.py", "trainer": "bench_trainer.py",
            "logging": "bench_logging.py", "generator": "bench_generator.py", "demo": "bench_demo.py",
            "runs": "bench_runs.py", "mirrors": "bench_mirrors.py", "coke_pipeline": "bench_coke_pipeline.py",
-           "gpu": "bench_gpu.py"}
+           "color_jitter": "bench_color_jitter.py", "ssl_pipelines": "bench_ssl_pipelines.py", "gpu": "bench_gpu.py"}
 
 
 def run_benchmarks(names: list[str], quick: bool) -> dict[str, str]:
@@ -282,6 +282,50 @@ def coke_rows(results: Results) -> list[list[str]]:
              rtext(ratio(ours, pil)), "reported", "—"]]
 
 
+def color_jitter_rows(results: Results) -> list[list[str]]:
+    """bench_color_jitter.py: RandomColorJitter's kernel per 224 px image, one thread, against the per-pixel
+    HSV kernel whose formulas are torchvision's."""
+    res = results.get("color_jitter")
+    if not res:
+        return [["`RandomColorJitter`, 224 px image, 1 thread", "not measured (bench_color_jitter.py has not run)",
+                 "—", "—", "< 300 µs", "—"]]
+    rows = []
+    for order, part in res["results"].items():
+        old, new = part["contenders"]
+        same = ("the same bytes" if part["max_abs_difference"] == 0 else
+                f"at most {part['max_abs_difference']} level apart on {part['share_differing']:.1e} of the values")
+        rows.append([f"`RandomColorJitter` (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1), {order}, "
+                     f"{res['size']} px image, 1 thread: output {same} as the per-pixel HSV kernel",
+                     cell(new), f"per-pixel HSV kernel {cell(old)}", rtext(ratio(new, old)), "< 300 µs",
+                     verdict(new["median"], 300.0, higher_is_better=False)])
+    return rows
+
+
+def ssl_pipeline_rows(results: Results) -> list[list[str]]:
+    """bench_ssl_pipelines.py: DINO's multi-crop and BYOL's two views, img/s and ms per image."""
+    res = results.get("ssl_pipelines")
+    if not res:
+        return [["SSL view pipelines (DINO multi-crop, BYOL two views)", "not measured (bench_ssl_pipelines.py has "
+                 "not run)", "—", "—", "reported", "—"]]
+    rows = []
+    for part in res["results"].values():
+        ours, upstream, pil = (contender(part, n) for n in ("torchstrap seeded", "upstream FFCV", "PIL DataLoader"))
+        loads = part["load_average_1min"]
+        label = (f"{part['label']} from 256 px JPEG, batch {res['batch_size']}, {res['workers']} workers "
+                 f"(load average {min(loads):.1f}–{max(loads):.1f})")
+
+        def with_ms(c: dict | None) -> str:
+            return f"{cell(c)}, {1000 / c['median']:.1f} ms/img" if c else cell(c)
+
+        rows.append([f"{label}: seeded pipeline vs upstream FFCV (the ops it has: crop, brightness, contrast, "
+                     f"saturation, flip; no {part['upstream_missing_ops']})", with_ms(ours), with_ms(upstream),
+                     rtext(ratio(ours, upstream)), "reported", "—"])
+        rows.append([f"{label}: vs PIL DataLoader (the authors' torchvision transforms, in PIL; "
+                     f"{part['pil_resample'].lower()} crops)", with_ms(ours), with_ms(pil), rtext(ratio(ours, pil)),
+                     "reported", "—"])
+    return rows
+
+
 GPU_ROWS = ("ResNet-50, 176 px", "ResNet-18, 160 px")   # bench_gpu.py's models, each plain and compiled
 
 
@@ -320,7 +364,7 @@ def table(results: Results) -> str:
     """The markdown performance table, with a link to docs/performance.md (how the figures are taken)."""
     rows = (loader_rows(results) + startup_rows(results) + trainer_rows(results) + logging_rows(results)
             + generator_rows(results) + demo_rows(results) + runs_rows(results) + coke_rows(results)
-            + gpu_rows(results))
+            + color_jitter_rows(results) + ssl_pipeline_rows(results) + gpu_rows(results))
     head = ["what", "torchstrap", "compared with", "ratio", "target", "met"]
     lines = [
         "### Performance (CPU figures)",

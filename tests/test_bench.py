@@ -132,3 +132,81 @@ def test_readme_block_is_replaced_in_place_and_nothing_else(tmp_path):
     bare.write_text("no markers\n")
     assert not run_all.write_table(text, tmp_path / "table2.md", bare)
     assert bare.read_text() == "no markers\n" and (tmp_path / "table2.md").read_text() == text
+
+
+def test_ssl_pipeline_views_of_the_pil_and_seeded_contenders(tiny_spec, monkeypatch):
+    """bench_ssl_pipelines.py's PIL dataset and seeded loader deliver each view of DINO's and BYOL's pipelines,
+    float32 NCHW at its size; the seeded loader gives the same batches when built again. (The quick run below
+    checks every contender's batches while it measures.)"""
+    import bench_ssl_pipelines as ssl
+
+    monkeypatch.setattr(ssl, "BATCH", 4)
+    jpegs, labels = datasets.read_jpegs(tiny_spec.path)
+    for name, pipeline in ssl.PIPELINES.items():
+        sizes = [v["size"] for v in pipeline["views"]]
+        assert sizes == ([224, 224] + [96] * 6 if name == "dino" else [224, 224])
+        views, label = ssl.PILViews(jpegs, labels, pipeline)[3]
+        assert label == labels[3] and [tuple(v.shape) for v in views] == [(3, s, s) for s in sizes]
+        assert all(v.dtype == torch.float32 for v in views)
+        loads: list[float] = []
+        assert ssl.epoch_rate(ssl.torchstrap_loader(tiny_spec, pipeline), len(sizes), loads)() > 0
+        assert len(loads) == 1
+        first, again = ([[x.clone() for x in batch] for batch in ssl.torchstrap_loader(tiny_spec, pipeline)]
+                        for _ in range(2))  # whole epochs: no loader thread left running
+        assert [tuple(x.shape) for x in first[0] if x.ndim == 4] == [(4, 3, s, s) for s in sizes]
+        assert len(first) == 3 and all(torch.equal(a, b) for x, y in zip(first, again) for a, b in zip(x, y))
+        first = first[0]
+        assert not torch.equal(first[0], first[2])  # the two global views differ
+
+
+def test_color_jitter_and_ssl_pipeline_rows_of_the_table():
+    jitter = {"size": 224, "results": {"random order": {
+        "contenders": [summary("per-pixel HSV kernel (before)", 1300.0, "µs/img"),
+                       summary("vectorised kernel", 250.0, "µs/img")],
+        "max_abs_difference": 0, "share_differing": 0.0}}}
+    dino = {"label": "DINO multi-crop", "load_average_1min": [1.5, 2.5], "pil_resample": "BICUBIC",
+            "upstream_missing_ops": "hue", "contenders": [summary("PIL DataLoader", 25.0),
+                                                          summary("upstream FFCV", 40.0),
+                                                          summary("torchstrap seeded", 50.0)]}
+    results = {"color_jitter": jitter, "ssl_pipelines": {"batch_size": 64, "workers": 2, "results": {"dino": dino}}}
+    [row] = run_all.color_jitter_rows(results)
+    assert row[1].startswith("250 µs/img") and row[3] == "0.19×" and row[4:] == ["< 300 µs", "yes"]
+    assert "the same bytes" in row[0]
+    jitter["results"]["random order"]["contenders"][1] = summary("vectorised kernel", 320.0, "µs/img")
+    assert run_all.color_jitter_rows(results)[0][-1] == "**no**"
+    upstream_row, pil_row = run_all.ssl_pipeline_rows(results)
+    assert "50.0 img/s" in upstream_row[1] and "20.0 ms/img" in upstream_row[1] and upstream_row[3] == "1.25×"
+    assert "load average 1.5–2.5" in upstream_row[0] and "no hue" in upstream_row[0]
+    assert pil_row[3] == "2.00×" and "bicubic" in pil_row[0]
+    assert "not measured" in run_all.ssl_pipeline_rows({})[0][1]
+
+
+def test_quick_ssl_pipelines_run_writes_both_pipelines():
+    import subprocess
+
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_ssl_pipelines.py"), "--quick"], cwd=BENCH.parent,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((BENCH / "results" / "ssl_pipelines_quick.json").read_text())
+    assert set(result["results"]) == {"dino", "byol"}
+    for part in result["results"].values():
+        medians = {c["name"]: c["median"] for c in part["contenders"]}
+        assert set(medians) == {"PIL DataLoader", "upstream FFCV", "torchstrap seeded"} and min(medians.values()) > 0
+        assert part["ratios"]["torchstrap / PIL DataLoader"] == pytest.approx(
+            medians["torchstrap seeded"] / medians["PIL DataLoader"])
+        assert part["ms_per_image"]["torchstrap seeded"] == pytest.approx(1000 / medians["torchstrap seeded"])
+        assert len(part["load_average_1min"]) == result["rounds"] * 3
+
+
+def test_color_jitter_bench_times_both_kernels_on_the_same_images():
+    import bench_color_jitter as bench
+
+    from torchstrap_runtime.data.color_jitter import RandomColorJitter, color_jitter_kernel
+
+    images = bench.photo_crops(3)
+    assert images.shape == (3, bench.SIZE, bench.SIZE, 3) and len({im.tobytes() for im in images}) == 3
+    params = RandomColorJitter(0.4, 0.4, 0.2, 0.1, p=1.0, seed=0, random_order=True).params()
+    for kernel in (color_jitter_kernel, bench.per_pixel_color_jitter_kernel):
+        before = images.copy()
+        assert bench.per_image(kernel, images, params)() > 0
+        np.testing.assert_array_equal(images, before)  # each round jitters a copy

@@ -79,3 +79,16 @@ def test_non_square_and_single_pixel_images():
     for shape in ((5, 37, 3), (1, 1, 3), (3, 1, 3)):
         images = np.random.default_rng(0).integers(0, 256, (8, *shape), dtype=np.uint8)
         assert compare(images, params, np.uint64(7)).max() <= 1
+
+
+def test_batch_that_is_not_contiguous():
+    """A batch viewed out of a larger array (channels 0-2 of RGBA) is jittered in place, as a contiguous one."""
+    params = RandomColorJitter(0.5, 0.5, 0.5, 0.3, p=1.0, seed=0, random_order=True).params()
+    rgba = np.random.default_rng(1).integers(0, 256, (6, 20, 30, 4), dtype=np.uint8)
+    alpha = rgba[..., 3].copy()
+    view, copy = rgba[..., :3], rgba[..., :3].copy()
+    color_jitter_kernel(view, None, np.arange(6), np.uint64(3), params)
+    color_jitter_kernel(copy, None, np.arange(6), np.uint64(3), params)
+    np.testing.assert_array_equal(view, copy)
+    np.testing.assert_array_equal(rgba[..., 3], alpha)
+    assert not np.array_equal(copy, np.random.default_rng(1).integers(0, 256, (6, 20, 30, 4), dtype=np.uint8)[..., :3])

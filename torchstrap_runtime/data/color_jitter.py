@@ -76,50 +76,108 @@ def change_planes(step, r, g, b, bf, cf, sf, hf, mean):
         shift_hue_row(r, g, b, hf)
 
 
+BLOCK_PIXELS = 1024  # rows are taken in blocks of about this many pixels: three float64 blocks fit in L1
+
+
 @njit(cache=True, error_model="numpy", fastmath={"reassoc"})
-def mean_luma(r, g, b) -> float:
-    """Mean luma of the pixels. The sum may be regrouped (vectorised): it can differ from a sum in pixel order
-    in its last bits, which moves an output value by one level only if it lies that close to a rounding edge."""
+def luma_sum(r, g, b) -> float:
+    """Sum of the pixels' luma. It may be regrouped (vectorised): it can differ from a sum in pixel order in its
+    last bits, which moves an output value by one level only if it lies that close to a rounding edge."""
     total = 0.0
     for x in range(r.shape[0]):
         total += gray(r[x], g[x], b[x])
-    return total / r.shape[0]
+    return total
+
+
+@njit(cache=True, inline="always")
+def load_rows(image, top, rows, scale, cf, mean, r, g, b):
+    """Rows top..top+rows-1 of the uint8 image into three float64 channel blocks, each value v becoming
+    clip(cf clip(scale v) + (1 - cf) mean): a brightness change then a contrast change, either of which is
+    the identity with scale 1 or cf 1, mean 0. Each row is read as one flat run of values, so the loop
+    vectorises."""
+    w = image.shape[1]
+    for y in range(rows):
+        values, o = image[top + y].reshape(w * 3), y * w
+        for x in range(w):
+            r[o + x] = clip255(cf * clip255(scale * values[3 * x]) + (1 - cf) * mean)
+            g[o + x] = clip255(cf * clip255(scale * values[3 * x + 1]) + (1 - cf) * mean)
+            b[o + x] = clip255(cf * clip255(scale * values[3 * x + 2]) + (1 - cf) * mean)
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+def rows_luma_sum(image, top, rows, scale) -> float:
+    """Sum of the luma of rows top..top+rows-1 of the uint8 image, each value v taken as clip(scale v);
+    regrouped like luma_sum."""
+    w = image.shape[1]
+    total = 0.0
+    for y in range(rows):
+        values = image[top + y].reshape(w * 3)
+        for x in range(w):
+            total += gray(clip255(scale * values[3 * x]), clip255(scale * values[3 * x + 1]),
+                          clip255(scale * values[3 * x + 2]))
+    return total
+
+
+@njit(cache=True, inline="always")
+def store_rows(image, top, rows, r, g, b, rounded):
+    """The three channel blocks rounded half up into rows top..top+rows-1 of the image, through `rounded`
+    (int32, one row of values) so that both loops vectorise."""
+    w = image.shape[1]
+    for y in range(rows):
+        values, o = image[top + y].reshape(w * 3), y * w
+        for x in range(w):
+            rounded[3 * x] = np.int32(r[o + x] + 0.5)
+            rounded[3 * x + 1] = np.int32(g[o + x] + 0.5)
+            rounded[3 * x + 2] = np.int32(b[o + x] + 0.5)
+        for j in range(w * 3):
+            values[j] = rounded[j]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def jitter_image(image, order, bf, cf, sf, hf):
     """The four changes in `order` on one HxWx3 uint8 image, in float64, clipped after each, rounded once.
 
-    A brightness change that comes first is a 256-entry table applied while loading the image into three
-    float64 channel planes; the other changes run on the planes, in loops the compiler vectorises."""
+    The image goes through in blocks of rows held as three float64 channel blocks small enough for the L1
+    cache, each change a loop the compiler vectorises. A first pass sums the luma as it is before contrast
+    (contrast needs the mean of the whole image), a second pass runs contrast and the changes after it, then
+    rounds. A brightness change that comes first is applied while loading. Only when another change comes
+    before contrast are the values kept between the passes (three float64 planes of the whole image);
+    otherwise the first pass only reads the image and the second applies contrast while loading."""
     h, w, _ = image.shape
-    table = np.arange(256).astype(np.float64)
-    first = 0
-    if order[0] == 0:
-        for v in range(256):
-            table[v] = clip255(bf * table[v])
-        first = 1
-    planes = np.empty((3, h * w))
-    r, g, b = planes[0], planes[1], planes[2]
-    for y in range(h):
-        row, o = image[y], y * w
-        for x in range(w):
-            r[o + x], g[o + x], b[o + x] = table[row[x, 0]], table[row[x, 1]], table[row[x, 2]]
-    for s in range(first, 4):
-        step = order[s]
-        mean = 0.0
-        if step == 1:
-            mean = mean_luma(r, g, b)
-        change_planes(step, r, g, b, bf, cf, sf, hf, mean)
-    rounded = np.empty((3, h * w), np.uint8)  # rounded plane by plane (vectorised), then interleaved
-    for c in range(3):
-        plane, target = planes[c], rounded[c]
-        for x in range(h * w):
-            target[x] = np.int32(plane[x] + 0.5)
-    for y in range(h):
-        row, o = image[y], y * w
-        for x in range(w):
-            row[x, 0], row[x, 1], row[x, 2] = rounded[0, o + x], rounded[1, o + x], rounded[2, o + x]
+    first = 1 if order[0] == 0 else 0
+    scale = bf if first else 1.0  # a brightness change that comes first is applied while loading
+    contrast = first
+    while order[contrast] != 1:
+        contrast += 1
+    keep = contrast > first  # some change comes between the loading and contrast
+    rows = max(1, min(h, BLOCK_PIXELS // w))
+    block, rounded = np.empty((3, rows * w)), np.empty(w * 3, np.int32)
+    planes = np.empty((3, h * w if keep else 0))
+    total = 0.0
+    for top in range(0, h, rows):
+        n = min(rows, h - top)
+        if not keep:
+            total += rows_luma_sum(image, top, n, scale)
+            continue
+        o, m = top * w, n * w
+        r, g, b = planes[0, o:o + m], planes[1, o:o + m], planes[2, o:o + m]
+        load_rows(image, top, n, scale, 1.0, 0.0, r, g, b)
+        for s in range(first, contrast):
+            change_planes(order[s], r, g, b, bf, cf, sf, hf, 0.0)
+        total += luma_sum(r, g, b)
+    mean = total / (h * w)
+    for top in range(0, h, rows):
+        n = min(rows, h - top)
+        o, m = top * w, n * w
+        if keep:
+            r, g, b = planes[0, o:o + m], planes[1, o:o + m], planes[2, o:o + m]
+            change_planes(1, r, g, b, bf, cf, sf, hf, mean)
+        else:  # contrast applied while loading
+            r, g, b = block[0, :m], block[1, :m], block[2, :m]
+            load_rows(image, top, n, scale, cf, mean, r, g, b)
+        for s in range(contrast + 1, 4):
+            change_planes(order[s], r, g, b, bf, cf, sf, hf, mean)
+        store_rows(image, top, n, r, g, b, rounded)
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -140,7 +198,10 @@ def color_jitter_kernel(images, dst, indices, key, params):
             for j in range(3, 0, -1):
                 r = randint(k, 8 - j, 0, j)
                 order[j], order[r] = order[r], order[j]
-        jitter_image(images[i], order, bf, cf, sf, hf)
+        image = np.ascontiguousarray(images[i])  # the batch's own memory unless it is not C-contiguous
+        jitter_image(image, order, bf, cf, sf, hf)
+        if image.ctypes.data != images[i].ctypes.data:
+            images[i][:, :, :] = image
     return images
 
 
