@@ -9,8 +9,7 @@ from torch import nn
 from ..distributed import all_reduce_sum_with_grad
 from .inputs import check_views, full_precision
 from .vicreg import off_diagonal
-from .recipes import BaselineRecipe, OptimizerRecipe, scaled_width, two_views
-from .views import MILD_JITTER
+from .recipes import MILD_JITTER, BaselineRecipe, OptimizerRecipe, scaled_width, two_views
 from .vicreg import VICRegProjector
 
 BATCHNORM_EPS = 1e-5   # nn.BatchNorm1d's default, which the authors' normalisation layer keeps

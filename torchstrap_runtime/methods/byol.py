@@ -8,8 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .inputs import check_views, full_precision
-from .recipes import BaselineRecipe, OptimizerRecipe, TeacherRecipe, scaled_width, two_views
-from .views import MILD_JITTER
+from .recipes import MILD_JITTER, BaselineRecipe, OptimizerRecipe, TeacherRecipe, scaled_width, two_views
 
 
 def regression_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -9,8 +9,7 @@ from torch import nn
 
 from ..distributed import all_reduce_sum
 from .inputs import check_views, full_precision
-from .recipes import BaselineRecipe, OptimizerRecipe, TeacherRecipe, scaled_width
-from .views import MILD_JITTER
+from .recipes import MILD_JITTER, BaselineRecipe, OptimizerRecipe, TeacherRecipe, scaled_width
 
 
 class DINOLoss(nn.Module):

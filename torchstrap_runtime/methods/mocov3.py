@@ -9,8 +9,7 @@ from torch import nn
 
 from ..distributed import all_gather_cat, rows_before_rank
 from .inputs import check_temperature, check_views, full_precision
-from .recipes import BaselineRecipe, OptimizerRecipe, TeacherRecipe, scaled_width, two_views
-from .views import MILD_JITTER
+from .recipes import MILD_JITTER, BaselineRecipe, OptimizerRecipe, TeacherRecipe, scaled_width, two_views
 
 
 class MoCoV3Loss(nn.Module):

@@ -23,6 +23,8 @@ from torch import nn
 from ..models import forward_by_resolution
 from ..optim import LARS, cosine_with_warmup, parameter_groups
 
+STRONG_JITTER = (0.8, 0.8, 0.8, 0.2)  # brightness, contrast, saturation, hue: SimCLR's (strength 1), CoKe's small crops
+MILD_JITTER = (0.4, 0.4, 0.2, 0.1)    # BYOL's, VICReg's, Barlow Twins', MoCo v3's, DINO's, CoKe's large views
 LR_BATCH_DIVISOR = 256   # every author here scales lr = base_lr * global batch / 256
 
 

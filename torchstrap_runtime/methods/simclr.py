@@ -9,8 +9,7 @@ from torch import nn
 
 from ..distributed import all_gather_cat_with_grad, rows_before_rank
 from .inputs import check_temperature, check_views, full_precision
-from .recipes import BaselineRecipe, OptimizerRecipe, scaled_width, two_views
-from .views import STRONG_JITTER
+from .recipes import STRONG_JITTER, BaselineRecipe, OptimizerRecipe, scaled_width, two_views
 
 
 class SimCLRLoss(nn.Module):

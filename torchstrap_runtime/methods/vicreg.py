@@ -9,8 +9,7 @@ from torch import nn
 
 from ..distributed import all_gather_cat_with_grad
 from .inputs import check_views, full_precision
-from .recipes import BaselineRecipe, OptimizerRecipe, scaled_width, two_views
-from .views import MILD_JITTER
+from .recipes import MILD_JITTER, BaselineRecipe, OptimizerRecipe, scaled_width, two_views
 
 
 def off_diagonal(matrix: torch.Tensor) -> torch.Tensor:

@@ -27,11 +27,10 @@ from ffcv.transforms import Convert, NormalizeImage, ToTensor, ToTorchImage
 from ..data import (RandomColorJitter, RandomGaussianBlur, RandomGrayscale, RandomHorizontalFlip, RandomResizedCrop,
                     RandomSolarization, SampleIndexDecoder)
 from ..data.rng import mix64_py, stream_id
+from .recipes import MILD_JITTER, STRONG_JITTER  # noqa: F401  (the views' jitter strengths)
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406]) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225]) * 255
-STRONG_JITTER = (0.8, 0.8, 0.8, 0.2)  # SimCLR's (strength 1); CoKe's single view and small crops
-MILD_JITTER = (0.4, 0.4, 0.2, 0.1)  # BYOL's, also VICReg's, Barlow Twins', MoCo v3's, DINO's and CoKe's large views
 
 Pipelines = Tuple[Dict[str, list], Dict[str, str]]
 
