@@ -20,7 +20,7 @@ import torch
 
 from ..ffcv_required import require_ffcv
 
-require_ffcv("the self-supervised views (seeded FFCV pipelines)")
+require_ffcv("the self-supervised views (seeded FFCV pipelines: CoKe's and the baselines')")
 from ffcv.fields.decoders import IntDecoder
 from ffcv.transforms import Convert, NormalizeImage, ToTensor, ToTorchImage
 
