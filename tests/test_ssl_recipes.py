@@ -106,6 +106,39 @@ def test_the_recipes_optimizer_follows_the_backbone_and_dino_schedules_weight_de
     assert mocov3.criterion_params(None, 1, vit=True)["temperature"] == 0.2
 
 
+# ------------------------------------------------------------------------------------ views = the authors'
+# per view: (crop scale, jitter (b, c, s, h), jitter p, grayscale p, blur p, solarize p or 0), as their code has them
+TWO_VIEWS = {
+    "simclr": [((0.08, 1.0), (0.8, 0.8, 0.8, 0.2), 0.8, 0.2, 0.5, 0.0)] * 2,   # SimCLR: strength 1, blur 0.5 both
+    **{name: [((0.08, 1.0), (0.4, 0.4, 0.2, 0.1), 0.8, 0.2, 1.0, 0.0),
+              ((0.08, 1.0), (0.4, 0.4, 0.2, 0.1), 0.8, 0.2, 0.1, 0.2)] for name in ("byol", "vicreg", "barlow_twins",
+                                                                                   "mocov3")},
+    "dino": [((0.4, 1.0), (0.4, 0.4, 0.2, 0.1), 0.8, 0.2, 1.0, 0.0), ((0.4, 1.0), (0.4, 0.4, 0.2, 0.1), 0.8, 0.2, 0.1, 0.2)]
+    + [((0.05, 0.4), (0.4, 0.4, 0.2, 0.1), 0.8, 0.2, 0.5, 0.0)] * 8,   # 2 global + local_crops_number 8
+}
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_each_recipe_builds_its_authors_views(recipe):
+    from torchstrap_runtime.data import (RandomColorJitter, RandomGaussianBlur, RandomGrayscale, RandomResizedCrop,
+                                         RandomSolarization)
+    from torchstrap_runtime.methods.views import build_views
+
+    baseline = BASELINES[recipe]
+    pipelines, mapper = build_views(baseline.views(224, 96, baseline.small_crops), 0, None, recipe)
+    names = [n for n in pipelines if n != "label"]
+    assert names[:2] == ["image", "view2"] and all(mapper[n] == "image" for n in names[1:])
+    found = []
+    for name in names:
+        ops = {type(op): op for op in pipelines[name]}
+        crop, jitter = ops[RandomResizedCrop], ops[RandomColorJitter]
+        solarize = ops[RandomSolarization].p if RandomSolarization in ops else 0.0
+        found.append((tuple(crop.scale), (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue), jitter.p,
+                      ops[RandomGrayscale].p, ops[RandomGaussianBlur].p, solarize))
+        assert crop.output_size == ((96, 96) if name.startswith("small") else (224, 224))
+    assert found == TWO_VIEWS[recipe]
+
+
 # ------------------------------------------------------------------------------------ heads = the authors'
 def simclr_reference(in_dim, out_dim):
     """google-research/simclr tf2 ProjectionHead (3 layers): hidden Linear (BN, no bias) + BN + ReLU at the
