@@ -104,6 +104,10 @@ def test_the_recipes_optimizer_follows_the_backbone_and_dino_schedules_weight_de
     mocov3 = BASELINES["mocov3"]
     assert mocov3.optimizer.for_backbone(vit=True).name == "adamw" and mocov3.optimizer.for_backbone(False).name == "lars"
     assert mocov3.criterion_params(None, 1, vit=True)["temperature"] == 0.2
+    net = mocov3.network(nn.Flatten(), 12, head_scale=1 / 64, vit=True)
+    adamw = mocov3.optimizer.for_backbone(vit=True).build(net, global_batch=512)
+    assert type(adamw) is torch.optim.AdamW and [g["weight_decay"] for g in adamw.param_groups] == [0.1]  # every one
+    assert adamw.param_groups[0]["lr"] == pytest.approx(1.5e-4 * 2)
 
 
 # ------------------------------------------------------------------------------------ views = the authors'

@@ -70,14 +70,15 @@ def mocov3_heads(in_dim: int, head_scale: float = 1.0, vit: bool = False):
     return MoCoV3MLP(3 if vit else 2, in_dim, mlp, dim), MoCoV3MLP(2, dim, mlp, dim, last_bn=False)
 
 
-# CONFIG.md: ResNet-50 (100 epochs, batch 4096): LARS, lr 0.6 x batch / 256, weight decay 1e-6, momentum
-# 0.99, temperature 1.0; ViT-Small/Base (300 epochs): AdamW, lr 1.5e-4 x batch / 256, weight decay 0.1,
-# 40 warm-up epochs, temperature 0.2. Both: 10 (LARS) warm-up epochs,
-# cosine to 0, momentum cosine to 1; views (main_moco.py augmentation1/2): jitter (0.4, 0.4, 0.2, 0.1) p 0.8,
-# grayscale 0.2, blur 1.0 / 0.1, solarization 0 / 0.2.
+# CONFIG.md: ResNet-50 (100 epochs, batch 4096): LARS, lr 0.6 x batch / 256, weight decay 1e-6 (none on 1-D
+# parameters), 10 warm-up epochs, momentum 0.99, temperature 1.0; ViT-Small/Base (300 epochs): AdamW, lr 1.5e-4
+# x batch / 256, weight decay 0.1 on every parameter (AdamW(model.parameters())), 40 warm-up epochs, temperature
+# 0.2. Both: cosine to 0, momentum cosine to 1; views (main_moco.py augmentation1/2): jitter (0.4, 0.4, 0.2, 0.1)
+# p 0.8, grayscale 0.2, blur 1.0 / 0.1, solarization 0 / 0.2.
 RECIPE = BaselineRecipe(
     name="mocov3", criterion="mocov3", params={"temperature": 1.0}, vit_params={"temperature": 0.2}, heads=mocov3_heads,
     views=lambda size, small_size, small_crops: two_views(size, MILD_JITTER, (1.0, 0.1), (0.0, 0.2)),
     optimizer=OptimizerRecipe("lars", base_lr=0.6, weight_decay=1e-6,
-                              vit=OptimizerRecipe("adamw", base_lr=1.5e-4, weight_decay=0.1, warmup_epochs=40.0)),
+                              vit=OptimizerRecipe("adamw", base_lr=1.5e-4, weight_decay=0.1, warmup_epochs=40.0,
+                                                  exclude_norm_bias=False)),
     teacher=TeacherRecipe(0.99, offset=1))

@@ -73,8 +73,9 @@ class OptimizerRecipe:
     """The authors' optimizer: `name` ('lars' or 'adamw'), `base_lr` at batch 256 (lr = base_lr * batch / 256),
     `weight_decay` (to `final_weight_decay` along a cosine when set: DINO), `warmup_epochs` of linear warm-up
     then a cosine to `end_lr_ratio` * lr (or to `min_lr` when set); norm parameters and biases get no weight decay
-    (and no LARS adaptation). `bias_lr`: their own base lr (Barlow Twins). `vit`: the same fields for a ViT
-    backbone (MoCo v3's AdamW) or None. `betas`: AdamW's."""
+    (and no LARS adaptation) unless `exclude_norm_bias` is False (MoCo v3's AdamW decays every parameter).
+    `bias_lr`: their own base lr (Barlow Twins). `vit`: the same fields for a ViT backbone (MoCo v3's AdamW) or
+    None. `betas`: AdamW's."""
 
     name: str
     base_lr: float
@@ -87,6 +88,7 @@ class OptimizerRecipe:
     momentum: float = 0.9
     eta: float = 0.001
     betas: tuple[float, float] = (0.9, 0.999)
+    exclude_norm_bias: bool = True
     vit: "OptimizerRecipe | None" = None
 
     def for_backbone(self, vit: bool) -> "OptimizerRecipe":
@@ -97,7 +99,7 @@ class OptimizerRecipe:
         Groups: weights (weight decay, LARS adaptation), then norm parameters and biases (neither)."""
         scale = global_batch / LR_BATCH_DIVISOR
         lr = (base_lr or self.base_lr) * scale
-        groups = parameter_groups(model, self.weight_decay, exclude_norm_bias=True)
+        groups = parameter_groups(model, self.weight_decay, exclude_norm_bias=self.exclude_norm_bias)
         if self.bias_lr is not None:
             for group in groups:
                 if group.get("lars_exclude"):
