@@ -348,6 +348,9 @@ def test_an_interrupted_dino_run_resumes_bitwise(digits, tmp_path, task_trainer)
                 assert torch.equal(a[key], b[key]), (name, key)
     assert int(resumed.teacher.updates) == 6 and not torch.equal(resumed.criterion.center,
                                                                    torch.zeros_like(resumed.criterion.center))
-    for group_a, group_b in zip(straight.optimizer.state_dict()["state"].values(),
-                                resumed.optimizer.state_dict()["state"].values()):
-        assert all(torch.equal(group_a[k], group_b[k]) for k in group_a)
+    for a, b in ((straight.optimizer, resumed.optimizer), (straight.probe.optimizer, resumed.probe.optimizer)):
+        states_a, states_b = a.state_dict()["state"], b.state_dict()["state"]
+        assert states_a.keys() == states_b.keys() and states_a
+        for key in states_a:
+            assert all(torch.equal(torch.as_tensor(states_a[key][k]), torch.as_tensor(states_b[key][k]))
+                       for k in states_a[key])
