@@ -76,5 +76,6 @@ def barlow_twins_heads(in_dim: int, head_scale: float = 1.0, vit: bool = False):
 # solarization 0 / 0.2.
 RECIPE = BaselineRecipe(
     name="barlow_twins", criterion="barlow_twins", params={"lambd": 0.0051}, heads=barlow_twins_heads,
-    views=lambda size, small_size, small_crops: two_views(size, MILD_JITTER, (1.0, 0.1), (0.0, 0.2)),
+    views=lambda size, small_size, small_crops, scale_min=0.08: two_views(
+        size, MILD_JITTER, (1.0, 0.1), (0.0, 0.2), scale=(scale_min, 1.0)),
     optimizer=OptimizerRecipe("lars", base_lr=0.2, weight_decay=1.5e-6, end_lr_ratio=0.001, bias_lr=0.0048))

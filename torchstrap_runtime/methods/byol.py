@@ -53,5 +53,6 @@ def byol_heads(in_dim: int, head_scale: float = 1.0, vit: bool = False):
 # to 1; views: jitter (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2, blur 1.0 / 0.1, solarization 0 / 0.2.
 RECIPE = BaselineRecipe(
     name="byol", criterion="byol", heads=byol_heads,
-    views=lambda size, small_size, small_crops: two_views(size, MILD_JITTER, (1.0, 0.1), (0.0, 0.2)),
+    views=lambda size, small_size, small_crops, scale_min=0.08: two_views(
+        size, MILD_JITTER, (1.0, 0.1), (0.0, 0.2), scale=(scale_min, 1.0)),
     optimizer=OptimizerRecipe("lars", base_lr=0.2, weight_decay=1.5e-6), teacher=TeacherRecipe(0.996))

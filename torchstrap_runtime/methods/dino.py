@@ -157,11 +157,11 @@ def cancel_gradients_last_layer(epoch: int, model: nn.Module, freeze_last_layer:
                 p.grad = None
 
 
-def dino_views(image_size: int, small_size: int, small_crops: int, global_scale=(0.4, 1.0),
-               local_scale=(0.05, 0.4)) -> list[dict]:
+def dino_views(image_size: int, small_size: int, small_crops: int, scale_min: float | None = None,
+               global_scale=(0.4, 1.0), local_scale=(0.05, 0.4)) -> list[dict]:
     """DataAugmentationDINO: two global crops (scale 0.4-1; blur 1.0 / 0.1, solarization 0 / 0.2) and
     `small_crops` local crops of `small_size` (scale 0.05-0.4, blur 0.5); jitter (0.4, 0.4, 0.2, 0.1) p 0.8,
-    grayscale 0.2 on every crop."""
+    grayscale 0.2 on every crop. `scale_min` is unused: DINO's crops keep their own scales."""
     common = dict(jitter=MILD_JITTER, jitter_p=0.8, grayscale_p=0.2)
     return [dict(name="image", image_size=image_size, scale=global_scale, blur_p=1.0, **common),
             dict(name="view2", image_size=image_size, scale=global_scale, blur_p=0.1, solarize_p=0.2, **common),

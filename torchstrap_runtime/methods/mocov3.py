@@ -77,7 +77,8 @@ def mocov3_heads(in_dim: int, head_scale: float = 1.0, vit: bool = False):
 # p 0.8, grayscale 0.2, blur 1.0 / 0.1, solarization 0 / 0.2.
 RECIPE = BaselineRecipe(
     name="mocov3", criterion="mocov3", params={"temperature": 1.0}, vit_params={"temperature": 0.2}, heads=mocov3_heads,
-    views=lambda size, small_size, small_crops: two_views(size, MILD_JITTER, (1.0, 0.1), (0.0, 0.2)),
+    views=lambda size, small_size, small_crops, scale_min=0.08: two_views(
+        size, MILD_JITTER, (1.0, 0.1), (0.0, 0.2), scale=(scale_min, 1.0)),
     optimizer=OptimizerRecipe("lars", base_lr=0.6, weight_decay=1e-6,
                               vit=OptimizerRecipe("adamw", base_lr=1.5e-4, weight_decay=0.1, warmup_epochs=40.0,
                                                   exclude_norm_bias=False)),

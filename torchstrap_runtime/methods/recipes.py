@@ -147,15 +147,16 @@ class TeacherRecipe:
 class BaselineRecipe:
     """An SSL baseline as its authors ran it: `criterion` (a build_criterion name) and its `params`; `heads`
     (in_dim, head_scale, vit) -> (projector, predictor or None), the projector's last width in `out_dim_param`
-    of the params when the criterion needs it (DINO's out_dim); `views` (image_size, small_size, small_crops)
-    -> view dicts for `methods.views.build_views`, global views first; `global_views`: how many the teacher
+    of the params when the criterion needs it (DINO's out_dim); `views` (image_size, small_size, small_crops[,
+    scale_min: the two views' smallest crop area, default the authors' 0.08]) -> view dicts for
+    `methods.views.build_views`, global views first; `global_views`: how many the teacher
     and the probe see; `optimizer`; `teacher` or None; `small_crops`: the authors' local crops (DINO);
     `vit_params`: the criterion's parameters the authors change on a ViT (MoCo v3's temperature 0.2)."""
 
     name: str
     criterion: str
     heads: Callable[[int, float, bool], tuple[nn.Module, nn.Module | None]]
-    views: Callable[[int, int, int], list[dict]]
+    views: Callable[..., list[dict]]
     optimizer: OptimizerRecipe
     params: dict = field(default_factory=dict)
     teacher: TeacherRecipe | None = None

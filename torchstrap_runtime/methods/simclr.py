@@ -77,5 +77,6 @@ def simclr_heads(in_dim: int, head_scale: float = 1.0, vit: bool = False):
 # with p 0.8, grayscale 0.2, blur p 0.5 on both views, no solarization.
 RECIPE = BaselineRecipe(
     name="simclr", criterion="simclr", params={"temperature": 0.1}, heads=simclr_heads,
-    views=lambda size, small_size, small_crops: two_views(size, STRONG_JITTER, (0.5, 0.5), (0.0, 0.0)),
+    views=lambda size, small_size, small_crops, scale_min=0.08: two_views(
+        size, STRONG_JITTER, (0.5, 0.5), (0.0, 0.0), scale=(scale_min, 1.0)),
     optimizer=OptimizerRecipe("lars", base_lr=0.3, weight_decay=1e-6))

@@ -82,5 +82,6 @@ def vicreg_heads(in_dim: int, head_scale: float = 1.0, vit: bool = False):
 RECIPE = BaselineRecipe(
     name="vicreg", criterion="vicreg", params={"sim_coeff": 25.0, "std_coeff": 25.0, "cov_coeff": 1.0},
     heads=vicreg_heads,
-    views=lambda size, small_size, small_crops: two_views(size, MILD_JITTER, (1.0, 0.1), (0.0, 0.2)),
+    views=lambda size, small_size, small_crops, scale_min=0.08: two_views(
+        size, MILD_JITTER, (1.0, 0.1), (0.0, 0.2), scale=(scale_min, 1.0)),
     optimizer=OptimizerRecipe("lars", base_lr=0.2, weight_decay=1e-6, end_lr_ratio=0.001))
