@@ -109,7 +109,8 @@ def test_trainer_trains_on_tensors_and_a_dataloader_without_ffcv(tmp_path):
 
 def test_what_needs_ffcv_says_so_in_one_sentence(tmp_path):
     for what, named in (("data", "torchstrap_runtime.data (the seeded ops, the Loader and .beton files) needs FFCV"),
-                        ("views", "CoKe's views (seeded FFCV pipelines) needs FFCV")):
+                        ("views", "the self-supervised views (seeded FFCV pipelines: CoKe's and the baselines') "
+                                  "needs FFCV")):
         proc = run_without_ffcv(tmp_path, NEEDS_FFCV, what)
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert proc.stderr.startswith(f"error: {named}, which does not import here (No module named 'ffcv')")

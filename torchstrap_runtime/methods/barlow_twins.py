@@ -9,6 +9,8 @@ from torch import nn
 from ..distributed import all_reduce_sum_with_grad
 from .inputs import check_views, full_precision
 from .vicreg import off_diagonal
+from .recipes import MILD_JITTER, BaselineRecipe, OptimizerRecipe, scaled_width, two_views
+from .vicreg import VICRegProjector
 
 BATCHNORM_EPS = 1e-5   # nn.BatchNorm1d's default, which the authors' normalisation layer keeps
 
@@ -53,3 +55,27 @@ class BarlowTwinsLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"lambd={self.lambd}"
+
+
+class BarlowTwinsProjector(VICRegProjector):
+    """Barlow Twins' projector (facebookresearch/barlowtwins main.py, "8192-8192-8192"): per hidden width
+    Linear (no bias) -> BatchNorm -> ReLU, then a Linear without bias; the loss's BatchNorm (no affine) is in
+    the criterion."""
+
+    def __init__(self, in_dim: int, widths: tuple[int, ...] = (8192, 8192, 8192)):
+        super().__init__(in_dim, widths, bias_last=False, bias_hidden=False)
+
+
+def barlow_twins_heads(in_dim: int, head_scale: float = 1.0, vit: bool = False):
+    return BarlowTwinsProjector(in_dim, (scaled_width(8192, head_scale),) * 3), None
+
+
+# main.py (ImageNet, batch 2048): LARS, lr 0.2 (weights) and 0.0048 (biases and BatchNorm) x batch / 256,
+# weight decay 1.5e-6 on the weights only, no adaptation of biases and norms, 10 warm-up epochs then a cosine
+# to 0.001 x lr; lambd 0.0051; views: jitter (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2, blur 1.0 / 0.1,
+# solarization 0 / 0.2.
+RECIPE = BaselineRecipe(
+    name="barlow_twins", criterion="barlow_twins", params={"lambd": 0.0051}, heads=barlow_twins_heads,
+    views=lambda size, small_size, small_crops, scale_min=0.08: two_views(
+        size, MILD_JITTER, (1.0, 0.1), (0.0, 0.2), scale=(scale_min, 1.0)),
+    optimizer=OptimizerRecipe("lars", base_lr=0.2, weight_decay=1.5e-6, end_lr_ratio=0.001, bias_lr=0.0048))

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .inputs import check_views, full_precision
+from .recipes import MILD_JITTER, BaselineRecipe, OptimizerRecipe, TeacherRecipe, scaled_width, two_views
 
 
 def regression_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -26,3 +27,32 @@ class BYOLLoss(nn.Module):
         check_views("byol", student, teacher, 2, 2)
         (p1, p2), (t1, t2) = full_precision(student), full_precision([t.detach() for t in teacher])
         return (regression_loss(p1, t2) + regression_loss(p2, t1)).mean()
+
+
+class BYOLMLP(nn.Module):
+    """BYOL's projector and predictor (byol/utils/networks.py `MLP`): Linear -> BatchNorm -> ReLU -> Linear,
+    hidden 4096, output 256, with biases."""
+
+    def __init__(self, in_dim: int, hidden_dim: int = 4096, out_dim: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden_dim, out_dim))
+        self.out_dim = out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def byol_heads(in_dim: int, head_scale: float = 1.0, vit: bool = False):
+    hidden, out = scaled_width(4096, head_scale), scaled_width(256, head_scale)
+    return BYOLMLP(in_dim, hidden, out), BYOLMLP(out, hidden, out)
+
+
+# configs/byol.py (ImageNet, 1000 epochs at batch 4096): LARS, lr 0.2 x batch / 256, weight decay 1.5e-6, no
+# decay nor adaptation on biases and BatchNorm, 10 warm-up epochs then a cosine to 0; target EMA 0.996 rising
+# to 1; views: jitter (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2, blur 1.0 / 0.1, solarization 0 / 0.2.
+RECIPE = BaselineRecipe(
+    name="byol", criterion="byol", heads=byol_heads,
+    views=lambda size, small_size, small_crops, scale_min=0.08: two_views(
+        size, MILD_JITTER, (1.0, 0.1), (0.0, 0.2), scale=(scale_min, 1.0)),
+    optimizer=OptimizerRecipe("lars", base_lr=0.2, weight_decay=1.5e-6), teacher=TeacherRecipe(0.996))

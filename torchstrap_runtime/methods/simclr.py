@@ -9,6 +9,7 @@ from torch import nn
 
 from ..distributed import all_gather_cat_with_grad, rows_before_rank
 from .inputs import check_temperature, check_views, full_precision
+from .recipes import STRONG_JITTER, BaselineRecipe, OptimizerRecipe, scaled_width, two_views
 
 
 class SimCLRLoss(nn.Module):
@@ -46,3 +47,36 @@ class SimCLRLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}"
 
+
+class SimCLRProjector(nn.Module):
+    """SimCLR's projection head (google-research/simclr, v2's `ProjectionHead` with num_proj_layers 3): each
+    hidden layer Linear (no bias) -> BatchNorm -> ReLU at the input's width; the last Linear (no bias) ->
+    BatchNorm without centring (their `center=False`: a scale, its bias frozen at 0) to `out_dim` (128)."""
+
+    def __init__(self, in_dim: int, out_dim: int = 128, num_layers: int = 3, hidden_dim: int | None = None):
+        super().__init__()
+        hidden, layers = hidden_dim or in_dim, []
+        for i in range(num_layers - 1):
+            layers += [nn.Linear(in_dim if i == 0 else hidden, hidden, bias=False), nn.BatchNorm1d(hidden),
+                       nn.ReLU(inplace=True)]
+        last = nn.BatchNorm1d(out_dim)
+        last.bias.requires_grad_(False)
+        layers += [nn.Linear(hidden if num_layers > 1 else in_dim, out_dim, bias=False), last]
+        self.net, self.out_dim = nn.Sequential(*layers), out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def simclr_heads(in_dim: int, head_scale: float = 1.0, vit: bool = False):
+    return SimCLRProjector(in_dim, scaled_width(128, head_scale)), None
+
+
+# run.py's ImageNet settings: LARS, lr 0.3 x batch / 256 (learning_rate_scaling linear), weight decay 1e-6,
+# 10 warm-up epochs then a cosine to 0, temperature 0.1; views: colour jitter strength 1 (0.8, 0.8, 0.8, 0.2)
+# with p 0.8, grayscale 0.2, blur p 0.5 on both views, no solarization.
+RECIPE = BaselineRecipe(
+    name="simclr", criterion="simclr", params={"temperature": 0.1}, heads=simclr_heads,
+    views=lambda size, small_size, small_crops, scale_min=0.08: two_views(
+        size, STRONG_JITTER, (0.5, 0.5), (0.0, 0.0), scale=(scale_min, 1.0)),
+    optimizer=OptimizerRecipe("lars", base_lr=0.3, weight_decay=1e-6))

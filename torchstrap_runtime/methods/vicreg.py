@@ -9,6 +9,7 @@ from torch import nn
 
 from ..distributed import all_gather_cat_with_grad
 from .inputs import check_views, full_precision
+from .recipes import MILD_JITTER, BaselineRecipe, OptimizerRecipe, scaled_width, two_views
 
 
 def off_diagonal(matrix: torch.Tensor) -> torch.Tensor:
@@ -52,3 +53,35 @@ class VICRegLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"sim_coeff={self.sim_coeff}, std_coeff={self.std_coeff}, cov_coeff={self.cov_coeff}"
+
+
+class VICRegProjector(nn.Module):
+    """VICReg's projector (facebookresearch/vicreg `Projector`, mlp "8192-8192-8192"): per hidden width
+    Linear -> BatchNorm -> ReLU, then a Linear without bias to the last width."""
+
+    def __init__(self, in_dim: int, widths: tuple[int, ...] = (8192, 8192, 8192), bias_last: bool = False,
+                 bias_hidden: bool = True):
+        super().__init__()
+        dims, layers = [in_dim, *widths], []
+        for a, b in zip(dims[:-2], dims[1:-1]):
+            layers += [nn.Linear(a, b, bias=bias_hidden), nn.BatchNorm1d(b), nn.ReLU(inplace=True)]
+        layers.append(nn.Linear(dims[-2], dims[-1], bias=bias_last))
+        self.net, self.out_dim = nn.Sequential(*layers), dims[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def vicreg_heads(in_dim: int, head_scale: float = 1.0, vit: bool = False):
+    return VICRegProjector(in_dim, (scaled_width(8192, head_scale),) * 3), None
+
+
+# main_vicreg.py (ImageNet, batch 2048): LARS, base_lr 0.2 x batch / 256, weight decay 1e-6, no decay nor
+# adaptation on biases and norms, 10 warm-up epochs then a cosine to 0.001 x lr; loss 25 / 25 / 1; views
+# (augmentations.py): jitter (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2, blur 1.0 / 0.1, solarization 0 / 0.2.
+RECIPE = BaselineRecipe(
+    name="vicreg", criterion="vicreg", params={"sim_coeff": 25.0, "std_coeff": 25.0, "cov_coeff": 1.0},
+    heads=vicreg_heads,
+    views=lambda size, small_size, small_crops, scale_min=0.08: two_views(
+        size, MILD_JITTER, (1.0, 0.1), (0.0, 0.2), scale=(scale_min, 1.0)),
+    optimizer=OptimizerRecipe("lars", base_lr=0.2, weight_decay=1e-6, end_lr_ratio=0.001))

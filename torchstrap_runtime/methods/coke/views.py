@@ -14,101 +14,15 @@ Every builder also takes `flip_p` (0 for digits), `to_input` (a function returni
 the flip, e.g. a GPU normalisation; default: `to_model_input()`) and `index` (True adds an 'index' output,
 each sample's dataset index, last in the batch: CoKe's label memory needs it; see SampleIndexDecoder).
 
+The ops, seeds and op names are those of the shared builder, `methods.views` (`build_views`).
 Seeds: `seed` is one base seed; every op of every view gets its own seed derived from it and its name
 ("view2/blur", ...), so no two ops share draws; `seed=None` leaves every op fresh. `op_seeds` overrides
 single ops by name (e.g. {"image/crop": 7}); `op_seed_names(builder)` lists the names.
 """
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Callable, List, Mapping, Optional
 
-import numpy as np
-import torch
-
-from ...ffcv_required import require_ffcv
-
-require_ffcv("CoKe's views (seeded FFCV pipelines)")
-from ffcv.fields.decoders import IntDecoder
-from ffcv.transforms import Convert, NormalizeImage, ToTensor, ToTorchImage
-
-from ...data import (RandomColorJitter, RandomGaussianBlur, RandomGrayscale, RandomHorizontalFlip, RandomResizedCrop,
-                     RandomSolarization, SampleIndexDecoder)
-from ...data.rng import mix64_py, stream_id
-
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406]) * 255
-IMAGENET_STD = np.array([0.229, 0.224, 0.225]) * 255
-STRONG_JITTER = (0.8, 0.8, 0.8, 0.2)  # single view and small crops
-MILD_JITTER = (0.4, 0.4, 0.2, 0.1)  # the two large views of the double- and multi-view recipes
-
-Pipelines = Tuple[Dict[str, list], Dict[str, str]]
-
-
-def derive_seed(seed: Optional[int], name: str) -> Optional[int]:
-    """A 63-bit seed for op `name` from the base seed (None stays None: fresh randomness)."""
-    return None if seed is None else mix64_py(mix64_py(seed) ^ stream_id(name)) >> 1
-
-
-def blur_kernel_size(image_size: int) -> int:
-    """An odd kernel of about a tenth of the crop (23 at 224, 9 at 96), at least 3."""
-    return max(3, int(image_size / 10) // 2 * 2 + 1)
-
-
-def to_model_input(mean=IMAGENET_MEAN, std=IMAGENET_STD) -> list:
-    """uint8 NHWC images -> normalised float32 NCHW tensors."""
-    return [NormalizeImage(np.asarray(mean, float), np.asarray(std, float), np.float32), ToTensor(), ToTorchImage(),
-            Convert(torch.float32)]
-
-
-def coke_view(name: str, seed: Optional[int], op_seeds: Mapping[str, Optional[int]], image_size: int,
-              scale: Tuple[float, float], jitter: Tuple[float, float, float, float], blur_p: float,
-              solarize_p: float = 0.0, jitter_p: float = 0.8, grayscale_p: float = 0.2,
-              blur_sigma: Tuple[float, float] = (0.1, 2.0), flip_p: float = 0.5, interpolation: str = "bilinear",
-              mean=IMAGENET_MEAN, std=IMAGENET_STD, to_input: Optional[Callable[[], list]] = None) -> list:
-    """One view's ops (output `name`); op seeds are op_seeds[f"{name}/{op}"] or derived from `seed`."""
-    def seed_of(op: str) -> Optional[int]:
-        key = f"{name}/{op}"
-        return op_seeds[key] if key in op_seeds else derive_seed(seed, key)
-
-    b, c, s, h = jitter
-    ops = [
-        RandomResizedCrop((image_size, image_size), scale=scale, seed=seed_of("crop"), interpolation=interpolation),
-        RandomColorJitter(brightness=b, contrast=c, saturation=s, hue=h, p=jitter_p, seed=seed_of("jitter"),
-                          random_order=True),
-        RandomGrayscale(p=grayscale_p, seed=seed_of("grayscale")),
-        RandomGaussianBlur(kernel_size=blur_kernel_size(image_size), sigma=blur_sigma, p=blur_p, seed=seed_of("blur")),
-    ]
-    if solarize_p > 0:
-        ops.append(RandomSolarization(p=solarize_p, threshold=128, seed=seed_of("solarize")))
-    tail = to_input() if to_input is not None else to_model_input(mean, std)
-    return [*ops, RandomHorizontalFlip(p=flip_p, seed=seed_of("flip")), *tail]
-
-
-def _check_op_seeds(op_seeds: Optional[Mapping], pipelines: Dict[str, list], builder: str) -> Mapping:
-    op_seeds = dict(op_seeds or {})
-    names = set(op_seed_names_of(pipelines))
-    unknown = sorted(set(op_seeds) - names)
-    if unknown:
-        raise ValueError(f"{builder}: op_seeds names {unknown} are not ops of this recipe; its ops: {sorted(names)}")
-    return op_seeds
-
-
-def op_seed_names_of(pipelines: Dict[str, list]) -> List[str]:
-    kinds = {RandomResizedCrop: "crop", RandomColorJitter: "jitter", RandomGrayscale: "grayscale",
-             RandomGaussianBlur: "blur", RandomSolarization: "solarize", RandomHorizontalFlip: "flip"}
-    return [f"{view}/{kinds[type(op)]}" for view, ops in pipelines.items() if ops
-            for op in ops if type(op) in kinds]
-
-
-def _build(views: List[dict], seed: Optional[int], op_seeds: Optional[Mapping], builder: str,
-           index: bool = False, **options) -> Pipelines:
-    plain = {v["name"]: coke_view(seed=seed, op_seeds={}, **v, **options) for v in views}  # names, to check op_seeds
-    op_seeds = _check_op_seeds(op_seeds, plain, builder)
-    pipelines = ({v["name"]: coke_view(seed=seed, op_seeds=op_seeds, **v, **options) for v in views} if op_seeds
-                 else plain)
-    pipelines["label"] = [IntDecoder(), ToTensor()]
-    mapper = {v["name"]: "image" for v in views if v["name"] != "image"}
-    if index:  # last output: each sample's dataset index, read through the label field
-        pipelines["index"] = [SampleIndexDecoder(), ToTensor()]
-        mapper["index"] = "label"
-    return pipelines, mapper
+from ..views import (IMAGENET_MEAN, IMAGENET_STD, MILD_JITTER, STRONG_JITTER, Pipelines,  # noqa: F401  (re-exported)
+                     blur_kernel_size, build_views, derive_seed, op_seed_names, op_seed_names_of, to_model_input)
 
 
 def coke_imagenet_single_view(seed: Optional[int] = None, image_size: int = 224, scale=(0.08, 1.0),
@@ -118,7 +32,7 @@ def coke_imagenet_single_view(seed: Optional[int] = None, image_size: int = 224,
     """main_single_view.py: one 224 px view, strong jitter, blur p 0.5. Outputs: image, label."""
     view = dict(name="image", image_size=image_size, scale=scale, jitter=jitter, blur_p=blur_p,
                 interpolation=interpolation)
-    return _build([view], seed, op_seeds, "coke_imagenet_single_view", index, flip_p=flip_p, to_input=to_input)
+    return build_views([view], seed, op_seeds, "coke_imagenet_single_view", index, flip_p=flip_p, to_input=to_input)
 
 
 def _large_views(image_size, scale, jitter, blur_p, solarize_p, interpolation) -> List[dict]:
@@ -136,7 +50,7 @@ def coke_imagenet_double_view(seed: Optional[int] = None, image_size: int = 224,
     """main_double_view.py: two 224 px views, mild jitter, blur p 1.0 / 0.1, solarization 0.2 on view 2.
     Outputs: image (view 1), label, view2."""
     views = _large_views(image_size, scale, jitter, blur_p, solarize_p, interpolation)
-    return _build(views, seed, op_seeds, "coke_imagenet_double_view", index, flip_p=flip_p, to_input=to_input)
+    return build_views(views, seed, op_seeds, "coke_imagenet_double_view", index, flip_p=flip_p, to_input=to_input)
 
 
 def coke_imagenet_multi_view(seed: Optional[int] = None, image_size: int = 224, scale=(0.08, 1.0),
@@ -152,10 +66,4 @@ def coke_imagenet_multi_view(seed: Optional[int] = None, image_size: int = 224, 
     views = _large_views(image_size, scale, jitter, blur_p, solarize_p, interpolation)
     views += [dict(name=f"small{i}", image_size=small_size, scale=small_scale, jitter=small_jitter,
                    blur_p=small_blur_p, interpolation=interpolation) for i in range(1, num_small_crops + 1)]
-    return _build(views, seed, op_seeds, "coke_imagenet_multi_view", index, flip_p=flip_p, to_input=to_input)
-
-
-def op_seed_names(builder, **kwargs) -> List[str]:
-    """Names of the ops a builder makes (the keys `op_seeds` accepts), e.g. 'view2/solarize'."""
-    pipelines, _ = builder(seed=0, **kwargs)
-    return op_seed_names_of(pipelines)
+    return build_views(views, seed, op_seeds, "coke_imagenet_multi_view", index, flip_p=flip_p, to_input=to_input)
