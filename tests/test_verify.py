@@ -51,7 +51,7 @@ class WorkerOrderLoader(Loader):
 if os.environ.get("PLANTED") == "unseeded augmentation":
     RandomHorizontalFlip = UnseededFlip
 if os.environ.get("PLANTED") == "order by workers":
-    Loader = WorkerOrderLoader
+    experiment_loaders.Loader = WorkerOrderLoader  # data.py's loaders are built by the runtime's experiment_loaders
 '''
 
 
