@@ -342,7 +342,7 @@ def ssl_margin_rows(results: Results) -> list[list[str]]:
     for recipe, part in res["recipes"].items():
         probe, knn = part["summary"]["val_probe_top1"], part["summary"]["val_knn_top1"]
         seconds = statistics.mean(r["seconds"]["trained"] for r in part["runs"])
-        rows.append([f"SSL `{recipe}` on digits (resnet-small, {res['epochs']} epochs, {len(part['runs'])} seeds, "
+        rows.append([f"SSL `{recipe}` on digits (resnet-small, {res['epochs']} epochs, {len(part['runs'])} seed{'s' * (len(part['runs']) > 1)}, "
                      f"{seconds:.0f} s a run): val top-1 of the online linear probe / kNN, trained vs the same run "
                      "at lr ≈ 0",
                      f"probe {span(probe['trained'])}, kNN {span(knn['trained'])}",
