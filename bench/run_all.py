@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import subprocess
 import sys
 import time
@@ -23,7 +24,8 @@ START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 SCRIPTS = {"loader": "bench_loader.py", "startup": "bench_startup.py", "trainer": "bench_trainer.py",
            "logging": "bench_logging.py", "generator": "bench_generator.py", "demo": "bench_demo.py",
            "runs": "bench_runs.py", "mirrors": "bench_mirrors.py", "coke_pipeline": "bench_coke_pipeline.py",
-           "color_jitter": "bench_color_jitter.py", "ssl_pipelines": "bench_ssl_pipelines.py", "gpu": "bench_gpu.py"}
+           "color_jitter": "bench_color_jitter.py", "ssl_pipelines": "bench_ssl_pipelines.py", "gpu": "bench_gpu.py",
+           "ssl_margins": "ssl_margins.py"}
 
 
 def run_benchmarks(names: list[str], quick: bool) -> dict[str, str]:
@@ -326,6 +328,30 @@ def ssl_pipeline_rows(results: Results) -> list[list[str]]:
     return rows
 
 
+def ssl_margin_rows(results: Results) -> list[list[str]]:
+    """ssl_margins.py: per SSL recipe on digits, the online probe's and the kNN's top-1, trained vs untrained."""
+    res = results.get("ssl_margins")
+    if not res or "untrained" not in next(iter(res["recipes"].values()), {}).get("summary", {}).get("val_knn_top1", {}):
+        return []
+
+    def span(s: dict, signed: bool = False) -> str:
+        f = "{:+.3f}" if signed else "{:.3f}"
+        return f"{f.format(s['mean'])} [{f.format(s['min'])}–{f.format(s['max'])}]"
+
+    rows = []
+    for recipe, part in res["recipes"].items():
+        probe, knn = part["summary"]["val_probe_top1"], part["summary"]["val_knn_top1"]
+        seconds = statistics.mean(r["seconds"]["trained"] for r in part["runs"])
+        rows.append([f"SSL `{recipe}` on digits (resnet-small, {res['epochs']} epochs, {len(part['runs'])} seed{'s' * (len(part['runs']) > 1)}, "
+                     f"{seconds:.0f} s a run): val top-1 of the online linear probe / kNN, trained vs the same run "
+                     "at lr ≈ 0",
+                     f"probe {span(probe['trained'])}, kNN {span(knn['trained'])}",
+                     f"untrained: probe {span(probe['untrained'])}, kNN {span(knn['untrained'])}",
+                     f"margin: probe {span(probe['margin'], True)}, kNN {span(knn['margin'], True)}",
+                     "margins > 0", verdict(min(probe["margin"]["mean"], knn["margin"]["mean"]), 1e-9)])
+    return rows
+
+
 GPU_ROWS = ("ResNet-50, 176 px", "ResNet-18, 160 px")   # bench_gpu.py's models, each plain and compiled
 
 
@@ -364,7 +390,8 @@ def table(results: Results) -> str:
     """The markdown performance table, with a link to docs/performance.md (how the figures are taken)."""
     rows = (loader_rows(results) + startup_rows(results) + trainer_rows(results) + logging_rows(results)
             + generator_rows(results) + demo_rows(results) + runs_rows(results) + coke_rows(results)
-            + color_jitter_rows(results) + ssl_pipeline_rows(results) + gpu_rows(results))
+            + color_jitter_rows(results) + ssl_pipeline_rows(results) + ssl_margin_rows(results)
+            + gpu_rows(results))
     head = ["what", "torchstrap", "compared with", "ratio", "target", "met"]
     lines = [
         "### Performance (CPU figures)",

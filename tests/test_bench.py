@@ -181,6 +181,25 @@ def test_color_jitter_and_ssl_pipeline_rows_of_the_table():
     assert "not measured" in run_all.ssl_pipeline_rows({})[0][1]
 
 
+def test_ssl_margin_rows_show_both_methods_margins_over_seeds():
+    import ssl_margins
+
+    def run(seed, probe, knn):
+        return {"seed": seed, "seconds": {"trained": 30.0, "untrained": 28.0},
+                "val_probe_top1": {"trained": probe[1], "untrained": probe[0], "margin": probe[1] - probe[0]},
+                "val_knn_top1": {"trained": knn[1], "untrained": knn[0], "margin": knn[1] - knn[0]}}
+    runs = [run(0, (0.5, 0.75), (0.85, 0.9)), run(1, (0.6, 0.7), (0.9, 0.88))]
+    results = {"ssl_margins": {"epochs": 4, "recipes": {"byol": {"runs": runs, "summary": ssl_margins.summarize(runs)}}}}
+    [row] = run_all.ssl_margin_rows(results)
+    assert "`byol`" in row[0] and "4 epochs, 2 seeds, 30 s a run" in row[0]
+    assert row[1] == "probe 0.725 [0.700–0.750], kNN 0.890 [0.880–0.900]"
+    assert row[2] == "untrained: probe 0.550 [0.500–0.600], kNN 0.875 [0.850–0.900]"
+    assert row[3] == "margin: probe +0.175 [+0.100–+0.250], kNN +0.015 [-0.020–+0.050]" and row[-1] == "yes"
+    runs[0]["val_knn_top1"]["margin"] = -0.1
+    results["ssl_margins"]["recipes"]["byol"]["summary"] = ssl_margins.summarize(runs)
+    assert run_all.ssl_margin_rows(results)[0][-1] == "**no**"
+    assert run_all.ssl_margin_rows({}) == []
+
 def test_quick_ssl_pipelines_run_writes_both_pipelines():
     import subprocess
 

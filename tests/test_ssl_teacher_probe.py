@@ -126,6 +126,22 @@ def test_the_probe_learns_without_touching_the_backbone_and_resumes_exactly():
                if isinstance(a, torch.Tensor))
 
 
+
+def test_the_probe_normalizes_its_features_so_their_scale_and_offset_do_not_matter():
+    x, y = separable(96, 0)
+    probes = []
+    for features in (x, 1000 * x + 50):
+        torch.manual_seed(0)
+        probe = OnlineLinearProbe(10, 3, lr=0.05)
+        for _ in range(20):
+            probe.train_step(features, y)
+        probes.append(probe)
+    plain, scaled = probes
+    assert torch.allclose(plain.linear.weight, scaled.linear.weight, atol=1e-4)
+    assert torch.allclose(scaled.norm.running_mean, 50 + 1000 * x.mean(0), rtol=0.2)  # running statistics follow
+    x_val, _ = separable(60, 1)
+    assert torch.equal(plain(x_val).argmax(1), scaled(1000 * x_val + 50).argmax(1))
+
 # --------------------------------------------------------------------------- in a Trainer: resumed exactly
 class WithTeacherAndProbe(TinyTrainer):
     """A teacher following the model and a probe on its hidden features, both in the Trainer's checkpoint."""

@@ -67,18 +67,24 @@ def rankme(embeddings: torch.Tensor, eps: float = 1e-7) -> float:
 
 class OnlineLinearProbe(nn.Module):
     """A linear classifier trained alongside the run on detached features, with its own AdamW: no gradient
-    reaches the backbone, and the main optimizer never sees its weights. Its optimizer state is part of its
-    `state_dict` (extra state), so a checkpoint of the module resumes it exactly."""
+    reaches the backbone, and the main optimizer never sees its weights. As in MAE's and MoCo v3's linear
+    probes, the features pass a BatchNorm without affine parameters first (eps 1e-6) and the weights start at
+    std 0.01: a training step normalizes with its batch's statistics and updates the running ones, a prediction
+    uses the running ones. The running statistics and the optimizer state (extra state) are in its
+    `state_dict`, so a checkpoint of the module resumes it exactly."""
 
     def __init__(self, in_features: int, num_classes: int, lr: float = 1e-3, weight_decay: float = 0.0):
         super().__init__()
+        self.norm = nn.BatchNorm1d(in_features, affine=False, eps=1e-6)
         self.linear = nn.Linear(in_features, num_classes)
+        nn.init.trunc_normal_(self.linear.weight, std=0.01)
+        nn.init.zeros_(self.linear.bias)
         self.optimizer = torch.optim.AdamW(self.linear.parameters(), lr=lr, weight_decay=weight_decay)
 
     def train_step(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """One optimizer step of the probe on `features` (detached here); its loss, detached."""
         with torch.enable_grad():
-            loss = F.cross_entropy(self.linear(features.detach().float()), labels)
+            loss = F.cross_entropy(self.linear(self.normalized(features, batch_statistics=True)), labels)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
         if dist.is_available() and dist.is_initialized():  # every rank's probe takes the same step
@@ -88,8 +94,17 @@ class OnlineLinearProbe(nn.Module):
         self.optimizer.step()
         return loss.detach()
 
+    def normalized(self, features: torch.Tensor, batch_statistics: bool) -> torch.Tensor:
+        """`features` (detached, float32) through the norm: with this batch's statistics (updating the running
+        ones) or with the running ones."""
+        n = self.norm
+        if batch_statistics:
+            n.num_batches_tracked.add_(1)
+        return F.batch_norm(features.detach().float(), n.running_mean, n.running_var, training=batch_statistics,
+                            momentum=n.momentum, eps=n.eps)
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.linear(features.detach().float())
+        return self.linear(self.normalized(features, batch_statistics=False))
 
     def get_extra_state(self) -> dict:
         return copy.deepcopy(self.optimizer.state_dict())  # its own tensors: a later step must not change them
